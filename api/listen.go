@@ -1,0 +1,63 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// ErrSocketInUse reports a live daemon already listening on the socket path.
+var ErrSocketInUse = errors.New("socket in use")
+
+// Listen creates a Unix socket at path with mode (0600 or 0660), inside a
+// directory created 0700 (or 0750 for a 0660 socket) when missing. A stale
+// socket left by a dead daemon is replaced; anything at path that is not a
+// socket is never unlinked, and a socket with a live daemon behind it is
+// refused.
+func Listen(path string, mode os.FileMode) (net.Listener, error) {
+	if mode != 0o600 && mode != 0o660 {
+		return nil, fmt.Errorf("socket mode %04o: want 0600 or 0660", mode)
+	}
+	dirMode := os.FileMode(0o700)
+	if mode == 0o660 {
+		dirMode = 0o750
+	}
+	dir := filepath.Dir(path)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, dirMode); err != nil {
+			return nil, fmt.Errorf("create socket directory: %w", err)
+		}
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("socket directory: %w", err)
+	}
+	if st.Mode().Perm()&0o002 != 0 || (mode == 0o600 && st.Mode().Perm()&0o077 != 0) {
+		return nil, fmt.Errorf("socket directory %s has mode %04o: it must not be reachable by others (want %04o)", dir, st.Mode().Perm(), dirMode)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket: refusing to replace it", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%w: a daemon is already listening on %s", ErrSocketInUse, path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(true)
+	if err := os.Chmod(path, mode); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chmod socket: %w", err)
+	}
+	return l, nil
+}

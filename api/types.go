@@ -1,0 +1,138 @@
+// Package api is pskvault's local socket protocol: HTTP/1.1 with JSON bodies
+// over a Unix socket, under versioned paths (/v1/...). It holds the wire
+// types shared by the server (in this package) and the Go client (package
+// client), and the server that turns requests into vault calls.
+//
+// Key material crosses the socket in exactly two places, never as JSON except
+// the derived key: an EPSK being imported travels as the raw
+// application/octet-stream body of POST /v1/psks/import, a generated EPSK as
+// the raw body of the POST /v1/psks/create response, and a derived key as the
+// "ipskx" field of a derive response.
+package api
+
+import (
+	"encoding/hex"
+	"time"
+	"unicode/utf8"
+
+	"github.com/pskvault/pskvault/vault"
+)
+
+// Version is pskvault's version.
+const Version = "0.1.0-dev"
+
+// MaxBody is the largest request body the server reads.
+const MaxBody = 64 << 10
+
+// ContentTypeKey marks a body that is raw key material.
+const ContentTypeKey = "application/octet-stream"
+
+// HeaderIdentity carries the hex identity of a PSK created by POST /v1/psks/create.
+const HeaderIdentity = "Pskvault-Identity-Hex"
+
+// Status is GET /v1/status.
+type Status struct {
+	Version string            `json:"version"`
+	NodeID  string            `json:"node_id"`
+	Backend vault.BackendInfo `json:"backend"`
+	PSKs    int               `json:"psks"`
+}
+
+// PSK is a PSK record as the API shows it: no key bytes, no backend handle.
+type PSK struct {
+	IdentityHex string    `json:"identity_hex"`
+	Identity    string    `json:"identity,omitempty"` // when the identity is valid UTF-8
+	Hash        string    `json:"hash"`
+	KeyBits     int       `json:"key_bits"`
+	ClientNode  string    `json:"client_node"`
+	ServerNode  string    `json:"server_node"`
+	Targets     []string  `json:"targets"`
+	Created     time.Time `json:"created"`
+	NotAfter    time.Time `json:"not_after,omitzero"`
+	State       string    `json:"state"`
+	Origin      string    `json:"origin"`
+	Backend     string    `json:"backend"`
+}
+
+// FromRecord converts a vault record for the wire.
+func FromRecord(p *vault.PSK) PSK {
+	out := PSK{
+		IdentityHex: p.IdentityHex(),
+		Hash:        p.Hash.String(),
+		KeyBits:     p.KeyBits,
+		ClientNode:  p.ClientNode,
+		ServerNode:  p.ServerNode,
+		Created:     p.Created,
+		NotAfter:    p.NotAfter,
+		State:       string(p.State),
+		Origin:      p.Origin,
+		Backend:     p.Backend,
+	}
+	if utf8.Valid(p.Identity) {
+		out.Identity = string(p.Identity)
+	}
+	for _, t := range p.Targets {
+		out.Targets = append(out.Targets, t.String())
+	}
+	return out
+}
+
+// PSKList is GET /v1/psks.
+type PSKList struct {
+	PSKs []PSK `json:"psks"`
+}
+
+// DeriveRequest is POST /v1/derive. Exactly one of Identity (UTF-8 text) and
+// IdentityHex names the PSK.
+type DeriveRequest struct {
+	Identity    string `json:"identity,omitempty"`
+	IdentityHex string `json:"identity_hex,omitempty"`
+	ContextHex  string `json:"context_hex,omitempty"`
+	Protocol    string `json:"protocol"` // "tls1.3" or "dtls1.3"
+	KDF         string `json:"kdf"`      // "sha256" or "sha384"
+}
+
+// DeriveResponse is the answer to POST /v1/derive. IPSKX is the one JSON
+// field in the protocol that carries key material.
+type DeriveResponse struct {
+	ImportedIdentity string    `json:"imported_identity"` // hex of the serialized ImportedIdentity
+	IPSKX            string    `json:"ipskx"`             // hex of the imported PSK
+	IdentityHex      string    `json:"identity_hex"`
+	ContextHex       string    `json:"context_hex"`
+	Protocol         string    `json:"protocol"`
+	KDF              string    `json:"kdf"`
+	Hash             string    `json:"hash"`
+	Role             string    `json:"role"`
+	NotAfter         time.Time `json:"not_after,omitzero"`
+}
+
+// Error is every non-2xx answer.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Error codes.
+const (
+	CodeBadRequest       = "bad_request"
+	CodeBadHex           = "bad_hex"
+	CodeTooLarge         = "too_large"
+	CodeNotFound         = "not_found"
+	CodeExists           = "exists"
+	CodeKeyTooShort      = "key_too_short"
+	CodeNotParty         = "not_party"
+	CodeSameNode         = "same_node"
+	CodeRevoked          = "revoked"
+	CodeExpired          = "expired"
+	CodeTargetNotAllowed = "target_not_allowed"
+	CodeUnknownProtocol  = "unknown_protocol"
+	CodeLegacyProtocol   = "legacy_protocol"
+	CodeUnknownKDF       = "unknown_kdf"
+	CodeUnknownHash      = "unknown_hash"
+	CodeUnsupported      = "unsupported"
+	CodeKeyPolicy        = "key_policy"
+	CodeUnavailable      = "backend_unavailable"
+	CodeInternal         = "internal"
+)
+
+func hexOf(b []byte) string { return hex.EncodeToString(b) }

@@ -1,0 +1,235 @@
+// Package client is the Go client for a pskvault daemon's Unix socket. The
+// pskvault CLI uses it for everything but init; TLS stacks written in Go can
+// use it too.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/pskvault/pskvault/api"
+)
+
+// ErrNoDaemon reports that nothing listens on the socket.
+var ErrNoDaemon = errors.New("no pskvault daemon is listening")
+
+// Error is an error answer from the daemon.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Client talks to one daemon.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// New returns a client for the daemon listening on socket.
+func New(socket string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConns:        16,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     30 * time.Second,
+		DisableCompression:  true,
+	}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
+}
+
+// Close drops idle connections.
+func (c *Client) Close() { c.hc.CloseIdleConnections() }
+
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, ctype string, body []byte) (*http.Response, error) {
+	u := "http://pskvault" + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("%w on %s", ErrNoDaemon, c.socket)
+		}
+		return nil, fmt.Errorf("talk to daemon on %s: %w", c.socket, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		e := &Error{Status: resp.StatusCode}
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		var ae api.Error
+		if json.Unmarshal(raw, &ae) != nil || ae.Code == "" {
+			ae.Code, ae.Message = "http_"+strconv.Itoa(resp.StatusCode), "daemon answered "+resp.Status
+		}
+		e.Code, e.Message = ae.Code, ae.Message
+		return nil, e
+	}
+	return resp, nil
+}
+
+func (c *Client) getJSON(ctx context.Context, method, path string, q url.Values, ctype string, body []byte, out any) error {
+	resp, err := c.do(ctx, method, path, q, ctype, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode daemon answer: %w", err)
+	}
+	return nil
+}
+
+// Status reports the daemon's node, backend and version.
+func (c *Client) Status(ctx context.Context) (*api.Status, error) {
+	var s api.Status
+	return &s, c.getJSON(ctx, http.MethodGet, "/v1/status", nil, "", nil, &s)
+}
+
+// List returns every PSK record.
+func (c *Client) List(ctx context.Context) ([]api.PSK, error) {
+	var l api.PSKList
+	return l.PSKs, c.getJSON(ctx, http.MethodGet, "/v1/psks", nil, "", nil, &l)
+}
+
+// Get returns one PSK record.
+func (c *Client) Get(ctx context.Context, identity []byte) (*api.PSK, error) {
+	var p api.PSK
+	return &p, c.getJSON(ctx, http.MethodGet, "/v1/psks/"+hex.EncodeToString(identity), nil, "", nil, &p)
+}
+
+// Delete destroys a PSK.
+func (c *Client) Delete(ctx context.Context, identity []byte) error {
+	return c.getJSON(ctx, http.MethodDelete, "/v1/psks/"+hex.EncodeToString(identity), nil, "", nil, nil)
+}
+
+// PSKSpec describes a PSK to import or create.
+type PSKSpec struct {
+	Identity   []byte
+	Hash       string // "sha256" (default) or "sha384"
+	ClientNode string
+	ServerNode string
+	Targets    []string // "tls1.3/sha256", ...; empty: all
+	NotAfter   time.Time
+	Params     map[string]string // backend-specific
+}
+
+func (s PSKSpec) query() url.Values {
+	q := url.Values{}
+	q.Set("identity_hex", hex.EncodeToString(s.Identity))
+	q.Set("client", s.ClientNode)
+	q.Set("server", s.ServerNode)
+	if s.Hash != "" {
+		q.Set("hash", s.Hash)
+	}
+	for _, t := range s.Targets {
+		q.Add("target", t)
+	}
+	if !s.NotAfter.IsZero() {
+		q.Set("not_after", s.NotAfter.UTC().Format(time.RFC3339))
+	}
+	for k, v := range s.Params {
+		q.Add("param", k+"="+v)
+	}
+	return q
+}
+
+// Import stores an EPSK. key is sent as the raw request body, never JSON.
+func (c *Client) Import(ctx context.Context, spec PSKSpec, key []byte) (*api.PSK, error) {
+	var p api.PSK
+	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/import", spec.query(), api.ContentTypeKey, key, &p)
+}
+
+// ImportWrapped stores a PRK wrapped for the daemon's hardware; keyBits is
+// the EPSK size the provisioning side attests.
+func (c *Client) ImportWrapped(ctx context.Context, spec PSKSpec, blob []byte, keyBits int) (*api.PSK, error) {
+	q := spec.query()
+	q.Set("wrapped_key_bits", strconv.Itoa(keyBits))
+	var p api.PSK
+	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/import", q, api.ContentTypeKey, blob, &p)
+}
+
+// Create has the daemon generate a 256-bit EPSK, store it, and return it for
+// the peer. The caller delivers the key and then zeroes it.
+func (c *Client) Create(ctx context.Context, spec PSKSpec) (identity, key []byte, err error) {
+	resp, err := c.do(ctx, http.MethodPost, "/v1/psks/create", spec.query(), "", nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	key, err = io.ReadAll(io.LimitReader(resp.Body, api.MaxBody))
+	if err != nil {
+		clear(key)
+		return nil, nil, fmt.Errorf("read created key: %w", err)
+	}
+	identity, err = hex.DecodeString(resp.Header.Get(api.HeaderIdentity))
+	if err != nil {
+		clear(key)
+		return nil, nil, fmt.Errorf("daemon sent a bad %s header", api.HeaderIdentity)
+	}
+	return identity, key, nil
+}
+
+// DeriveRequest names an imported PSK to derive.
+type DeriveRequest struct {
+	Identity []byte
+	Context  []byte
+	Protocol string // "tls1.3" or "dtls1.3"
+	KDF      string // "sha256" or "sha384"
+}
+
+// Derived is an imported PSK. IPSKX is secret: zero it after use.
+type Derived struct {
+	ImportedIdentity []byte
+	IPSKX            []byte
+	Response         api.DeriveResponse // IPSKX field cleared
+}
+
+// Derive asks the daemon for an imported PSK.
+func (c *Client) Derive(ctx context.Context, r DeriveRequest) (*Derived, error) {
+	body, _ := json.Marshal(api.DeriveRequest{
+		IdentityHex: hex.EncodeToString(r.Identity),
+		ContextHex:  hex.EncodeToString(r.Context),
+		Protocol:    r.Protocol,
+		KDF:         r.KDF,
+	})
+	var resp api.DeriveResponse
+	if err := c.getJSON(ctx, http.MethodPost, "/v1/derive", nil, "application/json", body, &resp); err != nil {
+		return nil, err
+	}
+	d := &Derived{Response: resp}
+	var err error
+	if d.ImportedIdentity, err = hex.DecodeString(resp.ImportedIdentity); err != nil {
+		return nil, fmt.Errorf("daemon sent bad imported_identity: %w", err)
+	}
+	if d.IPSKX, err = hex.DecodeString(resp.IPSKX); err != nil {
+		return nil, errors.New("daemon sent a malformed ipskx")
+	}
+	d.Response.IPSKX = ""
+	return d, nil
+}

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+
+	"github.com/pskvault/pskvault/client"
+)
+
+func init() {
+	register(&command{name: "derive", summary: "derive an RFC 9258 imported PSK (ipskx) through the daemon", setup: setupDerive})
+}
+
+func setupDerive(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
+	var id identityFlags
+	id.register(fs)
+	ctxHex := fs.String("context-hex", "", "RFC 9258 `context` in hex (sent in clear: never secret)")
+	proto := fs.String("protocol", "tls1.3", "target `protocol`: tls1.3 or dtls1.3")
+	kdf := fs.String("kdf", "sha256", "target `KDF`: sha256 (HKDF_SHA256) or sha384 (HKDF_SHA384)")
+	asJSON := fs.Bool("json", false, "print JSON with imported_identity and ipskx in hex")
+	return func(ctx context.Context, args []string) error {
+		if len(args) > 0 {
+			return usagef("unexpected argument %q", args[0])
+		}
+		b, err := id.bytes()
+		if err != nil {
+			return err
+		}
+		c, err := hex.DecodeString(*ctxHex)
+		if err != nil {
+			return usagef("--context-hex: not a hex string")
+		}
+		d, err := g.client().Derive(ctx, client.DeriveRequest{Identity: b, Context: c, Protocol: *proto, KDF: *kdf})
+		if err != nil {
+			return err
+		}
+		defer clear(d.IPSKX)
+		r := d.Response
+		r.IPSKX = hex.EncodeToString(d.IPSKX)
+		if *asJSON {
+			return json.NewEncoder(g.stdout).Encode(r)
+		}
+		fmt.Fprintf(g.stdout, "imported_identity %s\nipskx             %s\nprotocol          %s\nkdf               %s\nrole              %s\n", r.ImportedIdentity, r.IPSKX, r.Protocol, r.KDF, r.Role)
+		return nil
+	}
+}

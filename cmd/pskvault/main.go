@@ -1,0 +1,217 @@
+// Command pskvault keeps TLS 1.3 external PSKs in a TPM, an HSM or an
+// encrypted software store and hands local TLS stacks only RFC 9258 imported
+// PSKs derived from them, following RFC 9257.
+//
+// `pskvault serve` owns a vault and listens on a Unix socket; every other verb
+// but init talks to it through package client.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/pskvault/pskvault/client"
+
+	// Backends register themselves with the vault.
+	_ "github.com/pskvault/pskvault/backends/soft"
+)
+
+// command is one verb ("init") or verb pair ("psk import").
+type command struct {
+	name    string
+	args    string // synopsis after the flags
+	summary string
+	// setup registers the verb's flags and returns the function to run.
+	setup func(fs *flag.FlagSet, g *globals) func(ctx context.Context, args []string) error
+}
+
+var commands = map[string]*command{}
+
+func register(c *command) {
+	if _, dup := commands[c.name]; dup {
+		panic("pskvault: command registered twice: " + c.name)
+	}
+	commands[c.name] = c
+}
+
+// globals are the flags every verb accepts.
+type globals struct {
+	stateDir string
+	socket   string
+	stdout   io.Writer
+	stderr   io.Writer
+	stdin    io.Reader
+}
+
+func (g *globals) client() *client.Client { return client.New(g.socket) }
+
+func (g *globals) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.stateDir, "state-dir", g.stateDir, "vault state `directory` (env PSKVAULT_STATE_DIR)")
+	fs.StringVar(&g.socket, "socket", g.socket, "daemon socket `path` (env PSKVAULT_SOCKET)")
+}
+
+func defaultGlobals() *globals {
+	g := &globals{stdout: os.Stdout, stderr: os.Stderr, stdin: os.Stdin}
+	g.stateDir = os.Getenv("PSKVAULT_STATE_DIR")
+	if g.stateDir == "" {
+		g.stateDir = defaultStateDir()
+	}
+	g.socket = os.Getenv("PSKVAULT_SOCKET")
+	if g.socket == "" {
+		g.socket = defaultSocket()
+	}
+	return g
+}
+
+func defaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/pskvault"
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "pskvault")
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".local", "state", "pskvault")
+}
+
+func defaultSocket() string {
+	if os.Geteuid() == 0 {
+		return "/run/pskvault/pskvault.sock"
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "pskvault", "pskvault.sock")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("pskvault-%d", os.Geteuid()), "pskvault.sock")
+}
+
+// hintError is an error with advice for the user.
+type hintError struct {
+	err  error
+	hint string
+}
+
+func (h *hintError) Error() string { return h.err.Error() }
+func (h *hintError) Unwrap() error { return h.err }
+
+func withHint(err error, format string, args ...any) error {
+	return &hintError{err: err, hint: fmt.Sprintf(format, args...)}
+}
+
+// usageError is a mistake on the command line.
+type usageError struct{ msg string }
+
+func (u *usageError) Error() string { return u.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], defaultGlobals())
+	stop()
+	os.Exit(code)
+}
+
+// run executes one command line and returns the exit status.
+func run(ctx context.Context, argv []string, g *globals) int {
+	top := flag.NewFlagSet("pskvault", flag.ContinueOnError)
+	top.SetOutput(io.Discard)
+	g.register(top)
+	help := top.Bool("help", false, "show help")
+	top.BoolVar(help, "h", false, "show help")
+	if err := top.Parse(argv); err != nil {
+		fmt.Fprintf(g.stderr, "pskvault: error: %v\n", err)
+		fmt.Fprintln(g.stderr, "pskvault: hint: run 'pskvault --help'")
+		return 2
+	}
+	rest := top.Args()
+	if *help || len(rest) == 0 || rest[0] == "help" {
+		printOverview(g.stdout)
+		if len(rest) == 0 && !*help {
+			return 2
+		}
+		return 0
+	}
+	c, args := lookup(rest)
+	if c == nil {
+		fmt.Fprintf(g.stderr, "pskvault: error: unknown command %q\n", strings.Join(rest[:min(2, len(rest))], " "))
+		fmt.Fprintln(g.stderr, "pskvault: hint: run 'pskvault --help' for the list of commands")
+		return 2
+	}
+	fs := flag.NewFlagSet("pskvault "+c.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	g.register(fs)
+	do := c.setup(fs, g)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(g.stdout, c, fs)
+			return 0
+		}
+		fmt.Fprintf(g.stderr, "pskvault %s: error: %v\n", c.name, err)
+		fmt.Fprintf(g.stderr, "pskvault %s: hint: run 'pskvault %s --help'\n", c.name, c.name)
+		return 2
+	}
+	if err := do(ctx, fs.Args()); err != nil {
+		return report(g, c, err)
+	}
+	return 0
+}
+
+func report(g *globals, c *command, err error) int {
+	fmt.Fprintf(g.stderr, "pskvault %s: error: %s\n", c.name, oneLine(err.Error()))
+	var h *hintError
+	var u *usageError
+	switch {
+	case errors.As(err, &h):
+		fmt.Fprintf(g.stderr, "pskvault %s: hint: %s\n", c.name, h.hint)
+	case errors.As(err, &u):
+		fmt.Fprintf(g.stderr, "pskvault %s: hint: run 'pskvault %s --help'\n", c.name, c.name)
+		return 2
+	case errors.Is(err, client.ErrNoDaemon):
+		fmt.Fprintf(g.stderr, "pskvault %s: hint: start the daemon with 'pskvault --state-dir %s --socket %s serve' (or pass the --socket of a running one)\n", c.name, g.stateDir, g.socket)
+	}
+	return 1
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+func lookup(rest []string) (*command, []string) {
+	if len(rest) >= 2 {
+		if c := commands[rest[0]+" "+rest[1]]; c != nil {
+			return c, rest[2:]
+		}
+	}
+	if c := commands[rest[0]]; c != nil {
+		return c, rest[1:]
+	}
+	return nil, nil
+}
+
+func printOverview(w io.Writer) {
+	fmt.Fprintln(w, "pskvault: TLS 1.3 external PSKs kept in hardware, handed out only as RFC 9258 imported PSKs")
+	fmt.Fprintln(w, "\nUsage: pskvault [--state-dir DIR] [--socket PATH] COMMAND [flags]\n\nCommands:")
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-18s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintln(w, "\nRun 'pskvault COMMAND --help' for a command's flags. Key material is never taken on the command line.")
+}
+
+func printUsage(w io.Writer, c *command, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "Usage: pskvault %s [flags] %s\n\n%s\n\nFlags:\n", c.name, c.args, c.summary)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}

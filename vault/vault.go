@@ -1,0 +1,498 @@
+// Package vault holds PSK records, enforces RFC 9257 policy and orchestrates
+// RFC 9258 derivation: it checks whether a request may run, has the importer
+// plan the HKDF-Expand blocks and has the backend answer each block with one
+// HMAC under a key the backend never lets go of.
+//
+// Records live in a bbolt file in the state directory; an in-memory index
+// serves derivations without touching the disk.
+package vault
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/pskvault/pskvault/importer"
+)
+
+// Vault errors; match with errors.Is.
+var (
+	ErrNotInitialized     = errors.New("vault not initialized")
+	ErrAlreadyInitialized = errors.New("vault already initialized")
+	ErrInvalid            = errors.New("invalid request")
+	ErrNotFound           = errors.New("no such PSK")
+	ErrExists             = errors.New("a PSK with this identity already exists")
+	ErrKeyTooShort        = errors.New("key shorter than 128 bits (RFC 9257 section 6 requires at least 128 bits of entropy)")
+	ErrNotParty           = errors.New("this node is not party to the PSK")
+	ErrSameNode           = errors.New("client and server node must differ (RFC 9257 section 4.1: one client and one server)")
+	ErrRevoked            = errors.New("PSK revoked")
+	ErrExpired            = errors.New("PSK expired")
+	ErrTargetNotAllowed   = errors.New("target not allowed for this PSK")
+)
+
+// MinKeyLen is the shortest EPSK accepted: 128 bits (RFC 9257 section 6).
+const MinKeyLen = 16
+
+// MaxKeyLen bounds imported EPSKs; nothing legitimate is longer.
+const MaxKeyLen = 1024
+
+// GeneratedKeyLen is the size of keys the vault generates: 256 bits.
+const GeneratedKeyLen = 32
+
+const dbFile = "vault.db"
+
+var (
+	bucketMeta = []byte("meta")
+	bucketPSKs = []byte("psks")
+	nodeIDRe   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$`)
+)
+
+// CheckNodeID validates a node identifier: 1-64 characters of
+// [A-Za-z0-9._:-], starting with a letter or digit.
+func CheckNodeID(id string) error {
+	if !nodeIDRe.MatchString(id) {
+		return fmt.Errorf("%w: node id %q: want 1-64 characters of A-Z a-z 0-9 . _ : -, starting with a letter or digit", ErrInvalid, id)
+	}
+	return nil
+}
+
+// Config is what init records about a vault.
+type Config struct {
+	NodeID  string `json:"node_id"`
+	Backend string `json:"backend"` // backend URI
+}
+
+// Vault is an open vault. It is safe for concurrent use.
+type Vault struct {
+	dir     string
+	db      *bolt.DB
+	cfg     Config
+	backend Backend
+	now     func() time.Time
+
+	mu   sync.RWMutex
+	psks map[string]*PSK // by string(identity)
+}
+
+// Init creates a vault in dir (created 0700 if missing) for nodeID on the
+// backend named by backendURI.
+func Init(ctx context.Context, dir string, cfg Config) error {
+	if err := CheckNodeID(cfg.NodeID); err != nil {
+		return err
+	}
+	if cfg.Backend == "" {
+		cfg.Backend = "soft"
+	}
+	if err := ensurePrivateDir(dir); err != nil {
+		return err
+	}
+	path := filepath.Join(dir, dbFile)
+	if _, err := os.Stat(path); err == nil {
+		return fmt.Errorf("%w in %s", ErrAlreadyInitialized, dir)
+	}
+	b, err := OpenBackend(ctx, BackendConfig{URI: cfg.Backend, StateDir: dir, Init: true})
+	if err != nil {
+		return fmt.Errorf("open backend: %w", err)
+	}
+	defer b.Close()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	defer db.Close()
+	raw, _ := json.Marshal(cfg)
+	return db.Update(func(tx *bolt.Tx) error {
+		m, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucketIfNotExists(bucketPSKs); err != nil {
+			return err
+		}
+		return m.Put([]byte("config"), raw)
+	})
+}
+
+// ensurePrivateDir creates dir 0700, or checks an existing one is not
+// readable or writable by group or others.
+func ensurePrivateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%w: state dir %s is not a directory", ErrInvalid, dir)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("%w: state dir %s has mode %04o; it must be 0700 (chmod 700 %s)", ErrInvalid, dir, st.Mode().Perm(), dir)
+	}
+	return nil
+}
+
+// Open opens an initialized vault and its backend. Only one process can
+// hold a vault open: the database file is locked.
+func Open(ctx context.Context, dir string) (*Vault, error) {
+	path := filepath.Join(dir, dbFile)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s has no %s (run: pskvault init --node-id NAME)", ErrNotInitialized, dir, dbFile)
+	}
+	if err := ensurePrivateDir(dir); err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 500 * time.Millisecond})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("vault %s is in use by another process (is a daemon already serving it?)", dir)
+		}
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	v := &Vault{dir: dir, db: db, now: time.Now, psks: map[string]*PSK{}}
+	err = db.View(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bucketMeta)
+		if m == nil {
+			return fmt.Errorf("%w: %s has no metadata", ErrNotInitialized, path)
+		}
+		if err := json.Unmarshal(m.Get([]byte("config")), &v.cfg); err != nil {
+			return fmt.Errorf("read vault config: %w", err)
+		}
+		return tx.Bucket(bucketPSKs).ForEach(func(k, val []byte) error {
+			var p PSK
+			if err := json.Unmarshal(val, &p); err != nil {
+				return fmt.Errorf("read PSK record %x: %w", k, err)
+			}
+			v.psks[string(p.Identity)] = &p
+			return nil
+		})
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	v.backend, err = OpenBackend(ctx, BackendConfig{URI: v.cfg.Backend, StateDir: dir})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open backend: %w", err)
+	}
+	return v, nil
+}
+
+// Close closes the backend and the database.
+func (v *Vault) Close() error {
+	return errors.Join(v.backend.Close(), v.db.Close())
+}
+
+// Config returns the vault's configuration.
+func (v *Vault) Config() Config { return v.cfg }
+
+// NodeID is this vault's node identifier.
+func (v *Vault) NodeID() string { return v.cfg.NodeID }
+
+// BackendInfo describes the vault's backend.
+func (v *Vault) BackendInfo() BackendInfo { return v.backend.Info() }
+
+// ImportRequest imports an EPSK (or a backend-wrapped PRK).
+type ImportRequest struct {
+	Identity   []byte
+	Key        []byte // the EPSK; not retained, the caller zeroes it
+	Hash       importer.Hash
+	ClientNode string
+	ServerNode string
+	Targets    []Target // nil: AllTargets
+	NotAfter   time.Time
+	Params     map[string]string // backend-specific, passed through
+	// Wrapped means Key is a PRK wrapped for this backend's hardware
+	// (WrappedImporter); WrappedKeyBits is then the EPSK size the
+	// provisioning side attests.
+	Wrapped        bool
+	WrappedKeyBits int
+	origin         string
+}
+
+func (v *Vault) checkImport(req *ImportRequest) error {
+	if len(req.Identity) == 0 || len(req.Identity) > importer.MaxIdentityLen-8 {
+		return fmt.Errorf("%w: identity must be 1..%d bytes, got %d", ErrInvalid, importer.MaxIdentityLen-8, len(req.Identity))
+	}
+	if !req.Hash.Valid() {
+		return fmt.Errorf("%w: %w", ErrInvalid, importer.ErrUnknownHash)
+	}
+	if !v.backend.Info().Supports(req.Hash) {
+		return fmt.Errorf("%w: backend %s cannot hold %s keys", ErrUnsupported, v.backend.Info().Name, req.Hash)
+	}
+	if err := CheckNodeID(req.ClientNode); err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	if err := CheckNodeID(req.ServerNode); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	if req.ClientNode == req.ServerNode {
+		return ErrSameNode
+	}
+	if req.ClientNode != v.cfg.NodeID && req.ServerNode != v.cfg.NodeID {
+		return fmt.Errorf("%w: PSK is between %s and %s, this vault is node %s", ErrNotParty, req.ClientNode, req.ServerNode, v.cfg.NodeID)
+	}
+	bits := len(req.Key) * 8
+	if req.Wrapped {
+		bits = req.WrappedKeyBits
+	}
+	if bits < MinKeyLen*8 {
+		return fmt.Errorf("%w: got %d bits", ErrKeyTooShort, bits)
+	}
+	if !req.Wrapped && len(req.Key) > MaxKeyLen {
+		return fmt.Errorf("%w: key is %d bytes, limit %d", ErrInvalid, len(req.Key), MaxKeyLen)
+	}
+	if req.Targets == nil {
+		req.Targets = append([]Target{}, AllTargets...)
+	}
+	for _, t := range req.Targets {
+		if err := t.Protocol.Check(); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		if err := t.KDF.Check(); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+	}
+	if !req.NotAfter.IsZero() && !req.NotAfter.After(v.now()) {
+		return fmt.Errorf("%w: not-after %s is in the past", ErrInvalid, req.NotAfter.Format(time.RFC3339))
+	}
+	v.mu.RLock()
+	_, dup := v.psks[string(req.Identity)]
+	v.mu.RUnlock()
+	if dup {
+		return fmt.Errorf("%w: %x", ErrExists, req.Identity)
+	}
+	return nil
+}
+
+// Import stores a PSK. The EPSK is extracted to a PRK here, handed to the
+// backend, and wiped; only the backend handle is recorded.
+func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
+	if err := v.checkImport(&req); err != nil {
+		return nil, err
+	}
+	var handle []byte
+	var err error
+	if req.Wrapped {
+		wi, ok := v.backend.(WrappedImporter)
+		if !ok {
+			return nil, fmt.Errorf("%w: backend %s has no wrapped import", ErrUnsupported, v.backend.Info().Name)
+		}
+		handle, err = wi.ImportWrapped(ctx, req.Key, req.Hash, req.Params)
+	} else {
+		var prk []byte
+		prk, err = importer.Extract(req.Hash, req.Key)
+		if err != nil {
+			return nil, err
+		}
+		handle, err = v.backend.StoreKey(ctx, StoreRequest{PRK: prk, Hash: req.Hash, Label: keyLabel(req.Identity), Params: req.Params})
+		clear(prk)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store key in %s backend: %w", v.backend.Info().Name, err)
+	}
+	origin := req.origin
+	if origin == "" {
+		origin = "imported"
+		if req.Wrapped {
+			origin = "imported-wrapped"
+		}
+	}
+	bits := len(req.Key) * 8
+	if req.Wrapped {
+		bits = req.WrappedKeyBits
+	}
+	p := &PSK{
+		Identity:   append([]byte{}, req.Identity...),
+		Hash:       req.Hash,
+		KeyBits:    bits,
+		ClientNode: req.ClientNode,
+		ServerNode: req.ServerNode,
+		Targets:    req.Targets,
+		Created:    v.now().UTC().Truncate(time.Second),
+		NotAfter:   req.NotAfter.UTC(),
+		State:      StateActive,
+		Origin:     origin,
+		Backend:    v.backend.Info().Name,
+		Handle:     handle,
+	}
+	if err := v.put(p, true); err != nil {
+		v.backend.DeleteKey(ctx, KeyRef{Handle: handle, Hash: req.Hash})
+		return nil, err
+	}
+	return p.clone(), nil
+}
+
+// keyLabel is the non-secret name a backend may give the key.
+func keyLabel(identity []byte) string {
+	sum := sha256.Sum256(identity)
+	return fmt.Sprintf("pskvault-%x", sum[:8])
+}
+
+// Create generates a 256-bit EPSK (OS RNG, mixed with the backend's hardware
+// RNG when it has one), stores it, and returns it for the peer. The caller
+// must deliver and then zero the returned key.
+func (v *Vault) Create(ctx context.Context, req ImportRequest) (*PSK, []byte, error) {
+	key, err := v.generateKey(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	req.Key, req.Wrapped, req.origin = key, false, "generated"
+	if _, ok := v.backend.(RandomSource); ok {
+		req.origin = "generated (OS RNG mixed with " + v.backend.Info().Name + " RNG)"
+	}
+	p, err := v.Import(ctx, req)
+	if err != nil {
+		clear(key)
+		return nil, nil, err
+	}
+	return p, key, nil
+}
+
+func (v *Vault) generateKey(ctx context.Context) ([]byte, error) {
+	key := make([]byte, GeneratedKeyLen)
+	if _, err := rand.Read(key); err != nil {
+		return nil, fmt.Errorf("OS RNG: %w", err)
+	}
+	rs, ok := v.backend.(RandomSource)
+	if !ok {
+		return key, nil
+	}
+	hw, err := rs.Random(ctx, GeneratedKeyLen)
+	if err != nil {
+		clear(key)
+		return nil, fmt.Errorf("hardware RNG: %w", err)
+	}
+	// SHA-256(os || hw): as strong as the better of the two sources.
+	h := sha256.New()
+	h.Write(key)
+	h.Write(hw)
+	clear(key)
+	clear(hw)
+	return h.Sum(key[:0]), nil
+}
+
+func (v *Vault) put(p *PSK, mustBeNew bool) error {
+	raw, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if _, dup := v.psks[string(p.Identity)]; dup && mustBeNew {
+		return fmt.Errorf("%w: %x", ErrExists, p.Identity)
+	}
+	err = v.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketPSKs).Put(p.Identity, raw)
+	})
+	if err != nil {
+		return fmt.Errorf("write PSK record: %w", err)
+	}
+	v.psks[string(p.Identity)] = p
+	return nil
+}
+
+// Get returns a copy of the PSK with this identity.
+func (v *Vault) Get(identity []byte) (*PSK, error) {
+	v.mu.RLock()
+	p := v.psks[string(identity)]
+	v.mu.RUnlock()
+	if p == nil {
+		return nil, ErrNotFound
+	}
+	return p.clone(), nil
+}
+
+// List returns copies of all PSKs, ordered by identity.
+func (v *Vault) List() []*PSK {
+	v.mu.RLock()
+	out := make([]*PSK, 0, len(v.psks))
+	for _, p := range v.psks {
+		out = append(out, p.clone())
+	}
+	v.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return string(out[i].Identity) < string(out[j].Identity) })
+	return out
+}
+
+// Delete destroys the PSK's key in the backend and removes its record.
+func (v *Vault) Delete(ctx context.Context, identity []byte) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	p := v.psks[string(identity)]
+	if p == nil {
+		return ErrNotFound
+	}
+	if err := v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}); err != nil {
+		return fmt.Errorf("delete key in %s backend: %w", p.Backend, err)
+	}
+	if err := v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPSKs).Delete(identity) }); err != nil {
+		return fmt.Errorf("delete PSK record: %w", err)
+	}
+	delete(v.psks, string(identity))
+	return nil
+}
+
+// DeriveRequest asks for the imported PSK of one identity, context and target.
+type DeriveRequest struct {
+	Identity []byte // external identity
+	Context  []byte // RFC 9258 context, sent in clear
+	Target   Target
+}
+
+// Derived is an imported PSK. IPSKX is secret: the caller zeroes it after use.
+type Derived struct {
+	PSK              *PSK
+	ImportedIdentity []byte // PskIdentity.identity on the wire
+	IPSKX            []byte
+	Role             string // this node's role: "client" or "server"
+}
+
+// Derive computes ipskx for the request after checking policy: the PSK exists
+// and is active, unexpired, allows the target, and this node is party to it.
+func (v *Vault) Derive(ctx context.Context, req DeriveRequest) (*Derived, error) {
+	v.mu.RLock()
+	p := v.psks[string(req.Identity)]
+	v.mu.RUnlock()
+	if p == nil {
+		return nil, ErrNotFound
+	}
+	if !p.Party(v.cfg.NodeID) {
+		return nil, fmt.Errorf("%w: PSK is between %s and %s, this vault is node %s", ErrNotParty, p.ClientNode, p.ServerNode, v.cfg.NodeID)
+	}
+	if p.State != StateActive {
+		return nil, ErrRevoked
+	}
+	if p.Expired(v.now()) {
+		return nil, fmt.Errorf("%w at %s", ErrExpired, p.NotAfter.Format(time.RFC3339))
+	}
+	if !p.Allows(req.Target) {
+		return nil, fmt.Errorf("%w: %s (allowed: %v)", ErrTargetNotAllowed, req.Target, p.Targets)
+	}
+	plan, err := importer.NewPlan(p.Hash, importer.Identity{External: p.Identity, Context: req.Context, Protocol: req.Target.Protocol, KDF: req.Target.KDF})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	key := KeyRef{Handle: p.Handle, Hash: p.Hash}
+	ipskx, err := plan.Expand(func(data []byte) ([]byte, error) { return v.backend.HMAC(ctx, key, data) })
+	if err != nil {
+		return nil, fmt.Errorf("derive in %s backend: %w", p.Backend, err)
+	}
+	role := "server"
+	if p.ClientNode == v.cfg.NodeID {
+		role = "client"
+	}
+	return &Derived{PSK: p.clone(), ImportedIdentity: plan.ImportedIdentity, IPSKX: ipskx, Role: role}, nil
+}
