@@ -288,4 +288,3 @@ func printRecord(g *globals, p *api.PSK, asJSON bool) error {
 	}
 	return tw.Flush()
 }
-
