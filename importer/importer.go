@@ -351,6 +351,10 @@ func (p *Plan) HkdfLabel() []byte { return append([]byte{}, p.label...) }
 
 // Expand computes ipskx, calling mac once per HKDF-Expand block.
 func (p *Plan) Expand(mac MAC) ([]byte, error) {
+	if p == nil || !p.Hash.Valid() || p.outLen == 0 {
+		// A Plan not built by NewPlan would yield an empty key or panic.
+		return nil, fmt.Errorf("%w: Plan not built by NewPlan", ErrUnknownKDF)
+	}
 	n := p.Hash.Size()
 	out := make([]byte, 0, p.Blocks()*n)
 	buf := make([]byte, 0, n+len(p.label)+1)
