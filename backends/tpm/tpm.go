@@ -1,0 +1,233 @@
+// Package tpm is the TPM 2.0 vault backend: each PSK's PRK (epskx) becomes a
+// keyedHash HMAC object wrapped by the TPM's storage parent, and every
+// HKDF-Expand block is one TPM2_HMAC. Only TPM-wrapped public/private blobs
+// leave the TPM; the PRK crosses the bus once, at creation, inside a salted
+// parameter-encrypted session.
+//
+// It registers the "tpm" scheme with the vault. URIs:
+//
+//	tpm                                  /dev/tpmrm0, else /dev/tpm0
+//	tpm:device=/dev/tpmrm0               a TPM character device
+//	tpm:swtpm=127.0.0.1:2321             swtpm's raw TCP command channel
+//	tpm:swtpm-unix=/run/swtpm/sock       swtpm's unix command channel
+//
+// followed by comma-separated options: persist-srk (make the ECC SRK
+// persistent at 0x81000001 if nothing is there), max-loaded=N (transient
+// objects to keep loaded; default 16, and fewer when the TPM runs out).
+package tpm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/pskvault/pskvault/importer"
+	"github.com/pskvault/pskvault/vault"
+)
+
+// Scheme is the URI scheme this backend registers.
+const Scheme = "tpm"
+
+// SRKHandle is the TCG-reserved persistent handle of the storage root key.
+const SRKHandle = tpm2.TPMHandle(0x81000001)
+
+func init() {
+	vault.RegisterBackend(Scheme, func(ctx context.Context, cfg vault.BackendConfig) (vault.Backend, error) {
+		return Open(ctx, cfg.URI)
+	})
+}
+
+// Config is a parsed backend URI.
+type Config struct {
+	Device     string // character device; "" with no swtpm = default device
+	SwtpmTCP   string // host:port of swtpm's command channel
+	SwtpmUnix  string // path of swtpm's unix command socket
+	PersistSRK bool   // create the persistent SRK if absent
+	MaxLoaded  int    // upper bound on cached loaded objects
+}
+
+// DefaultDevices are tried in order when the URI names no device.
+var DefaultDevices = []string{"/dev/tpmrm0", "/dev/tpm0"}
+
+// ParseURI parses a "tpm[:k=v,...]" backend URI. Unknown options are
+// refused, never ignored.
+func ParseURI(uri string) (Config, error) {
+	cfg := Config{MaxLoaded: 16}
+	scheme, rest, _ := strings.Cut(uri, ":")
+	if scheme != Scheme {
+		return cfg, fmt.Errorf("tpm backend: URI %q does not start with %q", uri, Scheme+":")
+	}
+	if rest == "" {
+		return cfg, nil
+	}
+	seen := map[string]bool{}
+	for _, kv := range strings.Split(rest, ",") {
+		k, v, hasV := strings.Cut(kv, "=")
+		if seen[k] {
+			return cfg, fmt.Errorf("tpm backend: option %q given twice", k)
+		}
+		seen[k] = true
+		need := func() error {
+			if !hasV || v == "" {
+				return fmt.Errorf("tpm backend: option %q needs a value (%s=...)", k, k)
+			}
+			return nil
+		}
+		switch k {
+		case "device":
+			if err := need(); err != nil {
+				return cfg, err
+			}
+			cfg.Device = v
+		case "swtpm":
+			if err := need(); err != nil {
+				return cfg, err
+			}
+			cfg.SwtpmTCP = v
+		case "swtpm-unix":
+			if err := need(); err != nil {
+				return cfg, err
+			}
+			cfg.SwtpmUnix = v
+		case "persist-srk":
+			b := true
+			if hasV {
+				var err error
+				if b, err = strconv.ParseBool(v); err != nil {
+					return cfg, fmt.Errorf("tpm backend: persist-srk=%q is not a boolean", v)
+				}
+			}
+			cfg.PersistSRK = b
+		case "max-loaded":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 1024 {
+				return cfg, fmt.Errorf("tpm backend: max-loaded=%q: want a number from 1 to 1024", v)
+			}
+			cfg.MaxLoaded = n
+		case "":
+			return cfg, fmt.Errorf("tpm backend: empty option in URI %q", uri)
+		default:
+			return cfg, fmt.Errorf("tpm backend: unknown option %q in URI (known: device, swtpm, swtpm-unix, persist-srk, max-loaded)", k)
+		}
+	}
+	n := 0
+	for _, s := range []string{cfg.Device, cfg.SwtpmTCP, cfg.SwtpmUnix} {
+		if s != "" {
+			n++
+		}
+	}
+	if n > 1 {
+		return cfg, errors.New("tpm backend: give only one of device=, swtpm=, swtpm-unix=")
+	}
+	return cfg, nil
+}
+
+// Backend is a vault.Backend holding PRKs in a TPM 2.0. It is safe for
+// concurrent use: TPM commands are serialized.
+type Backend struct {
+	cfg Config
+
+	// sem serializes all TPM traffic and guards everything below; a
+	// channel rather than a mutex so that waiting honours the context.
+	sem    chan struct{}
+	closed bool
+	link   *link   // nil while disconnected
+	parent *parent // nil until (re)established on the current link
+	cache  *objectCache
+	hashes []importer.Hash
+	desc   string
+
+	closeOnce sync.Once
+}
+
+var (
+	_ vault.Backend         = (*Backend)(nil)
+	_ vault.RandomSource    = (*Backend)(nil)
+	_ vault.WrappedImporter = (*Backend)(nil)
+)
+
+// Open connects to the TPM named by uri and prepares the storage parent.
+func Open(ctx context.Context, uri string) (*Backend, error) {
+	cfg, err := ParseURI(uri)
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{cfg: cfg, sem: make(chan struct{}, 1), cache: newObjectCache(cfg.MaxLoaded)}
+	err = b.run(ctx, "open", func() error {
+		b.hashes = []importer.Hash{importer.SHA256}
+		if b.supportsHMAC(tpm2.TPMAlgSHA384) {
+			b.hashes = append(b.hashes, importer.SHA384)
+		}
+		return nil
+	})
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// Info describes the backend.
+func (b *Backend) Info() vault.BackendInfo {
+	names := make([]string, len(b.hashes))
+	for i, h := range b.hashes {
+		names[i] = h.String()
+	}
+	return vault.BackendInfo{
+		Name:        Scheme,
+		Description: b.description(),
+		Hardware:    b.cfg.SwtpmTCP == "" && b.cfg.SwtpmUnix == "",
+		Hashes:      append([]importer.Hash(nil), b.hashes...),
+		HashNames:   names,
+	}
+}
+
+func (b *Backend) description() string {
+	var where string
+	switch {
+	case b.cfg.SwtpmTCP != "":
+		where = "swtpm at " + b.cfg.SwtpmTCP + " (software TPM: no hardware protection)"
+	case b.cfg.SwtpmUnix != "":
+		where = "swtpm at " + b.cfg.SwtpmUnix + " (software TPM: no hardware protection)"
+	default:
+		where = b.desc
+		if where == "" {
+			where = "TPM device"
+		}
+	}
+	return "TPM 2.0, " + where
+}
+
+// Close flushes the objects this backend loaded, sends TPM2_Shutdown(STATE)
+// to a swtpm (a kernel-managed device is left to the kernel), and
+// disconnects. It is safe to call more than once.
+func (b *Backend) Close() error {
+	var err error
+	b.closeOnce.Do(func() {
+		b.sem <- struct{}{}
+		defer func() { <-b.sem }()
+		b.closed = true
+		if b.link == nil {
+			return
+		}
+		b.cache.flushAll(b.link)
+		if b.parent != nil && b.parent.transient {
+			b.link.flush(b.parent.handle)
+		}
+		if b.link.simulator {
+			if _, e := (tpm2.Shutdown{ShutdownType: tpm2.TPMSUState}).Execute(b.link); e != nil {
+				err = b.mapErr("shutdown", e)
+			}
+		}
+		if e := b.link.Close(); e != nil && err == nil {
+			err = e
+		}
+		b.link, b.parent = nil, nil
+	})
+	return err
+}
