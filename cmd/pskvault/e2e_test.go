@@ -1,0 +1,378 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pskvault/pskvault/importer"
+)
+
+// binary is the pskvault executable built once for the end-to-end tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pskvault-bin-")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "pskvault")
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		panic("build pskvault: " + err.Error())
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// node is a vault and, once started, its daemon.
+type node struct {
+	t      *testing.T
+	dir    string
+	socket string
+	log    *bytes.Buffer
+	cmd    *exec.Cmd
+}
+
+func newNode(t *testing.T, id string, backend string) *node {
+	t.Helper()
+	root := t.TempDir()
+	n := &node{t: t, dir: filepath.Join(root, "state"), socket: filepath.Join(root, "run", "pskvault.sock")}
+	if out, code := n.run(nil, "init", "--node-id", id, "--backend", backend); code != 0 {
+		t.Fatalf("init: exit %d: %s", code, out)
+	}
+	return n
+}
+
+// run runs the CLI against this node and returns combined output and exit code.
+func (n *node) run(stdin []byte, args ...string) (string, int) {
+	n.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, append([]string{"--state-dir", n.dir, "--socket", n.socket}, args...)...)
+	cmd.Stdin = bytes.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		n.t.Fatalf("run pskvault: %v", err)
+	}
+	return string(out), 0
+}
+
+func (n *node) start() {
+	n.t.Helper()
+	n.log = &bytes.Buffer{}
+	n.cmd = exec.Command(binary, "--state-dir", n.dir, "--socket", n.socket, "serve")
+	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
+	if err := n.cmd.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	n.t.Cleanup(n.stop)
+	for i := 0; ; i++ {
+		if c, err := net.Dial("unix", n.socket); err == nil {
+			c.Close()
+			return
+		}
+		if i > 200 {
+			n.t.Fatalf("daemon did not start: %s", n.log)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+func (n *node) stop() {
+	if n.cmd == nil {
+		return
+	}
+	n.cmd.Process.Signal(os.Interrupt)
+	done := make(chan error, 1)
+	go func() { done <- n.cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		n.cmd.Process.Kill()
+		<-done
+		n.t.Error("daemon did not stop on SIGINT")
+	}
+	n.cmd = nil
+}
+
+// http sends a raw request to the daemon.
+func (n *node) http(method, path, ctype string, body io.Reader) (int, []byte) {
+	n.t.Helper()
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", n.socket)
+	}}, Timeout: 20 * time.Second}
+	req, _ := http.NewRequest(method, "http://pskvault"+path, body)
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		n.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func writeKey(t *testing.T, key []byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "key.hex")
+	// Whitespace and line breaks are ignored by --key-file.
+	h := hex.EncodeToString(key)
+	if err := os.WriteFile(p, []byte(h[:10]+" \n\t"+h[10:]+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func testKey(n int) []byte {
+	k := make([]byte, n)
+	for i := range k {
+		k[i] = byte(0xa0 + i*7)
+	}
+	return k
+}
+
+// TestEndToEnd drives the real binary through init, serve, import, derive
+// and delete, with the refusals the walking-skeleton issue names.
+func TestEndToEnd(t *testing.T) {
+	a := newNode(t, "node-a", "soft")
+	a.start()
+	epsk := testKey(32)
+	var responses bytes.Buffer
+
+	out, code := a.run(nil, "psk", "import", "--identity", "edge-1", "--client", "node-a", "--server", "node-b", "--key-file", writeKey(t, epsk))
+	if code != 0 {
+		t.Fatalf("import: exit %d: %s", code, out)
+	}
+	responses.WriteString(out)
+
+	t.Run("derive matches the importer", func(t *testing.T) {
+		for _, c := range []struct{ proto, kdf string }{{"tls1.3", "sha256"}, {"tls1.3", "sha384"}, {"dtls1.3", "sha256"}, {"dtls1.3", "sha384"}} {
+			out, code := a.run(nil, "derive", "--identity", "edge-1", "--context-hex", "0102", "--protocol", c.proto, "--kdf", c.kdf, "--json")
+			if code != 0 {
+				t.Fatalf("derive %s/%s: exit %d: %s", c.proto, c.kdf, code, out)
+			}
+			responses.WriteString(out)
+			var got struct{ ImportedIdentity, IPSKX, Role string }
+			if err := json.Unmarshal([]byte(out), &struct {
+				ImportedIdentity *string `json:"imported_identity"`
+				IPSKX            *string `json:"ipskx"`
+				Role             *string `json:"role"`
+			}{&got.ImportedIdentity, &got.IPSKX, &got.Role}); err != nil {
+				t.Fatalf("derive --json output is not JSON: %v", err)
+			}
+			p, _ := importer.ParseProtocol(c.proto)
+			k, _ := importer.ParseKDF(c.kdf)
+			wire, ipskx, err := importer.Import(importer.SHA256, epsk, importer.Identity{External: []byte("edge-1"), Context: []byte{1, 2}, Protocol: p, KDF: k})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.ImportedIdentity != hex.EncodeToString(wire) {
+				t.Errorf("%s/%s: imported_identity differs from the importer's", c.proto, c.kdf)
+			}
+			if got.IPSKX != hex.EncodeToString(ipskx) {
+				t.Errorf("%s/%s: ipskx differs from the importer's (values withheld)", c.proto, c.kdf)
+			}
+			if got.Role != "client" {
+				t.Errorf("role %q, want client", got.Role)
+			}
+		}
+	})
+
+	t.Run("15-byte key refused", func(t *testing.T) {
+		out, code := a.run(nil, "psk", "import", "--identity", "short", "--client", "node-a", "--server", "node-b", "--key-file", writeKey(t, testKey(15)))
+		if code == 0 || !strings.Contains(out, "shorter than 128 bits") {
+			t.Fatalf("15-byte key: exit %d: %s", code, out)
+		}
+		if strings.Count(strings.TrimSpace(out), "\n") != 0 {
+			t.Errorf("error is not one line: %q", out)
+		}
+	})
+
+	t.Run("PSK between two other nodes refused", func(t *testing.T) {
+		out, code := a.run(nil, "psk", "import", "--identity", "other", "--client", "node-x", "--server", "node-y", "--key-file", writeKey(t, testKey(32)))
+		if code == 0 || !strings.Contains(out, "not party") {
+			t.Fatalf("foreign PSK: exit %d: %s", code, out)
+		}
+	})
+
+	t.Run("key never on argv", func(t *testing.T) {
+		out, code := a.run(nil, "psk", "import", "--identity", "argv", "--client", "node-a", "--server", "node-b", hex.EncodeToString(testKey(32)))
+		if code != 2 || !strings.Contains(out, "never taken on the command line") {
+			t.Fatalf("key on argv: exit %d: %s", code, out)
+		}
+	})
+
+	t.Run("bad requests get a 4xx and the daemon keeps serving", func(t *testing.T) {
+		cases := []struct {
+			name, method, path, ctype, body string
+			status                          int
+			code                            string
+		}{
+			{"malformed JSON", "POST", "/v1/derive", "application/json", `{"identity":`, 400, "bad_request"},
+			{"unknown field", "POST", "/v1/derive", "application/json", `{"identity":"edge-1","protocol":"tls1.3","kdf":"sha256","x":1}`, 400, "bad_request"},
+			{"bad hex", "POST", "/v1/derive", "application/json", `{"identity_hex":"zz","protocol":"tls1.3","kdf":"sha256"}`, 400, "bad_hex"},
+			{"unknown PSK", "POST", "/v1/derive", "application/json", `{"identity":"nope","protocol":"tls1.3","kdf":"sha256"}`, 404, "not_found"},
+			{"unknown protocol", "POST", "/v1/derive", "application/json", `{"identity":"edge-1","protocol":"tls9","kdf":"sha256"}`, 400, "unknown_protocol"},
+			{"TLS 1.2", "POST", "/v1/derive", "application/json", `{"identity":"edge-1","protocol":"tls1.2","kdf":"sha256"}`, 400, "legacy_protocol"},
+			{"unknown KDF", "POST", "/v1/derive", "application/json", `{"identity":"edge-1","protocol":"tls1.3","kdf":"md5"}`, 400, "unknown_kdf"},
+			{"oversized body", "POST", "/v1/derive", "application/json", `{"identity":"` + strings.Repeat("a", 70<<10) + `"}`, 413, "too_large"},
+			{"unknown endpoint", "GET", "/v1/nope", "", "", 404, "not_found"},
+			{"import without content type", "POST", "/v1/psks/import?identity=z&client=node-a&server=node-b", "", "0123456789abcdef", 400, "bad_request"},
+			{"import unknown query", "POST", "/v1/psks/import?identity=z&client=node-a&server=node-b&bogus=1", "application/octet-stream", "0123456789abcdef", 400, "bad_request"},
+		}
+		for _, c := range cases {
+			status, body := a.http(c.method, c.path, c.ctype, strings.NewReader(c.body))
+			var e struct{ Code, Message string }
+			if status != c.status || json.Unmarshal(body, &e) != nil || e.Code != c.code || e.Message == "" {
+				t.Errorf("%s: got %d %s, want %d code %s", c.name, status, body, c.status, c.code)
+			}
+			responses.Write(body)
+		}
+		if out, code := a.run(nil, "psk", "list"); code != 0 || !strings.Contains(out, "edge-1") {
+			t.Fatalf("daemon stopped serving after bad requests: %s", out)
+		}
+		if n := strings.Count(mustList(t, a), "\n"); n != 2 {
+			t.Fatalf("bad requests changed the vault: %d lines in list", n)
+		}
+	})
+
+	t.Run("delete", func(t *testing.T) {
+		if out, code := a.run(nil, "psk", "delete", "--identity", "edge-1"); code != 0 {
+			t.Fatalf("delete: %s", out)
+		}
+		out, code := a.run(nil, "derive", "--identity", "edge-1")
+		if code == 0 || !strings.Contains(out, "no such PSK") {
+			t.Fatalf("derive after delete: exit %d: %s", code, out)
+		}
+	})
+
+	a.stop()
+	t.Run("no key bytes in state dir, logs or responses", func(t *testing.T) {
+		prk, _ := importer.Extract(importer.SHA256, epsk)
+		secrets := map[string][]byte{"EPSK": epsk, "PRK": prk, "EPSK hex": []byte(hex.EncodeToString(epsk)), "PRK hex": []byte(hex.EncodeToString(prk))}
+		haystacks := map[string][]byte{"daemon log": a.log.Bytes(), "responses": responses.Bytes()}
+		filepath.WalkDir(a.dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				b, _ := os.ReadFile(p)
+				haystacks[p] = b
+			}
+			return nil
+		})
+		for hn, h := range haystacks {
+			for sn, s := range secrets {
+				if bytes.Contains(h, s) {
+					t.Errorf("%s contains the %s", hn, sn)
+				}
+			}
+		}
+	})
+
+	t.Run("state files are private", func(t *testing.T) {
+		filepath.WalkDir(a.dir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			st, _ := d.Info()
+			if d.IsDir() && st.Mode().Perm() != 0o700 || !d.IsDir() && st.Mode().Perm() != 0o600 {
+				t.Errorf("%s has mode %04o", p, st.Mode().Perm())
+			}
+			return nil
+		})
+	})
+}
+
+func mustList(t *testing.T, n *node) string {
+	out, code := n.run(nil, "psk", "list")
+	if code != 0 {
+		t.Fatalf("list: %s", out)
+	}
+	return out
+}
+
+// TestDaemonRestart: records and keys survive a daemon restart.
+func TestDaemonRestart(t *testing.T) {
+	a := newNode(t, "node-a", "soft")
+	a.start()
+	key := testKey(48)
+	if out, code := a.run(nil, "psk", "import", "--identity", "r", "--hash", "sha384", "--client", "node-b", "--server", "node-a", "--key-file", "-"); code == 0 {
+		t.Fatalf("import from empty stdin succeeded: %s", out)
+	}
+	if out, code := a.run([]byte(hex.EncodeToString(key)), "psk", "import", "--identity", "r", "--hash", "sha384", "--client", "node-b", "--server", "node-a", "--key-file", "-"); code != 0 {
+		t.Fatalf("import: %s", out)
+	}
+	first, code := a.run(nil, "derive", "--identity", "r", "--json")
+	if code != 0 {
+		t.Fatal(first)
+	}
+	a.stop()
+	if out, code := a.run(nil, "psk", "list"); code == 0 || !strings.Contains(out, "pskvault --state-dir") {
+		t.Fatalf("no daemon: want a hint to start one, got exit %d: %s", code, out)
+	}
+	a.start()
+	second, code := a.run(nil, "derive", "--identity", "r", "--json")
+	if code != 0 || first != second {
+		t.Fatalf("derive after restart differs or failed (exit %d)", code)
+	}
+	if !strings.Contains(second, `"role":"server"`) {
+		t.Fatalf("role: %s", second)
+	}
+}
+
+// TestCLIUsage: every verb has --help; unknown verbs and flags fail with a hint.
+func TestCLIUsage(t *testing.T) {
+	n := &node{t: t, dir: t.TempDir(), socket: filepath.Join(t.TempDir(), "s")}
+	for name := range commands {
+		out, code := n.run(nil, append(strings.Fields(name), "--help")...)
+		if code != 0 || !strings.Contains(out, "Usage: pskvault "+name) {
+			t.Errorf("%s --help: exit %d: %s", name, code, out)
+		}
+	}
+	if out, code := n.run(nil, "frobnicate"); code != 2 || !strings.Contains(out, "unknown command") {
+		t.Errorf("unknown verb: exit %d: %s", code, out)
+	}
+	if out, code := n.run(nil, "derive", "--bogus"); code != 2 || !strings.Contains(out, "hint") {
+		t.Errorf("unknown flag: exit %d: %s", code, out)
+	}
+	if out, code := n.run(nil, "version"); code != 0 || !strings.HasPrefix(out, "pskvault ") {
+		t.Errorf("version: %s", out)
+	}
+}
+
+// TestDemo runs the demo as a user would.
+func TestDemo(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, binary, "demo").CombinedOutput()
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	for _, want := range []string{"match=true", "node-c: refused", "differs=true", "demo complete"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+	if _, err := exec.LookPath("openssl"); err == nil && !strings.Contains(string(out), "s_server received") {
+		t.Errorf("openssl is installed but the demo did no handshake:\n%s", out)
+	}
+}
