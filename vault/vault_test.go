@@ -1,0 +1,135 @@
+package vault_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	_ "github.com/pskvault/pskvault/backends/soft"
+	"github.com/pskvault/pskvault/importer"
+	"github.com/pskvault/pskvault/vault"
+)
+
+func openVault(tb testing.TB, node string) *vault.Vault {
+	tb.Helper()
+	dir := tb.TempDir() + "/v"
+	ctx := context.Background()
+	if err := vault.Init(ctx, dir, vault.Config{NodeID: node, Backend: "soft"}); err != nil {
+		tb.Fatal(err)
+	}
+	v, err := vault.Open(ctx, dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { v.Close() })
+	return v
+}
+
+func key(n int) []byte {
+	k := make([]byte, n)
+	for i := range k {
+		k[i] = byte(i*37 + 11)
+	}
+	return k
+}
+
+func pairwise(id string) vault.ImportRequest {
+	return vault.ImportRequest{Identity: []byte(id), Key: key(32), Hash: importer.SHA256, ClientNode: "node-a", ServerNode: "node-b"}
+}
+
+// TestImportRules: the RFC 9257 MUSTs enforced from day one, one row each.
+func TestImportRules(t *testing.T) {
+	v := openVault(t, "node-a")
+	ctx := context.Background()
+	if _, err := v.Import(ctx, pairwise("taken")); err != nil {
+		t.Fatal(err)
+	}
+	mod := func(f func(*vault.ImportRequest)) vault.ImportRequest { r := pairwise("new"); f(&r); return r }
+	cases := []struct {
+		name string
+		req  vault.ImportRequest
+		want error
+	}{
+		{"RFC9257 s6 key of 15 bytes refused", mod(func(r *vault.ImportRequest) { r.Key = key(15) }), vault.ErrKeyTooShort},
+		{"RFC9257 s4.1 node not party refused", mod(func(r *vault.ImportRequest) { r.ClientNode, r.ServerNode = "node-x", "node-y" }), vault.ErrNotParty},
+		{"RFC9257 s4.1 one client and one server, not the same node", mod(func(r *vault.ImportRequest) { r.ServerNode = "node-a" }), vault.ErrSameNode},
+		{"identity compared byte by byte: duplicate refused", pairwise("taken"), vault.ErrExists},
+		{"empty identity refused", mod(func(r *vault.ImportRequest) { r.Identity = nil }), vault.ErrInvalid},
+		{"bad node id refused", mod(func(r *vault.ImportRequest) { r.ClientNode = "a b" }), vault.ErrInvalid},
+		{"unknown hash refused", mod(func(r *vault.ImportRequest) { r.Hash = 9 }), importer.ErrUnknownHash},
+		{"TLS 1.2 target refused", mod(func(r *vault.ImportRequest) { r.Targets = []vault.Target{{Protocol: 0x0303, KDF: 1}} }), importer.ErrLegacyProtocol},
+		{"expiry in the past refused", mod(func(r *vault.ImportRequest) { r.NotAfter = time.Now().Add(-time.Minute) }), vault.ErrInvalid},
+		{"backend parameter the soft backend lacks refused", mod(func(r *vault.ImportRequest) { r.Params = map[string]string{"pcrs": "7"} }), vault.ErrUnsupported},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := v.Import(ctx, c.req)
+			if !errors.Is(err, c.want) {
+				t.Fatalf("got %v, want %v", err, c.want)
+			}
+		})
+	}
+	if n := len(v.List()); n != 1 {
+		t.Fatalf("refused imports changed the vault: %d records", n)
+	}
+	// Identities differing only in case or trailing bytes are different PSKs.
+	for _, id := range []string{"Taken", "taken ", "taken\x00"} {
+		if _, err := v.Import(ctx, pairwise(id)); err != nil {
+			t.Errorf("identity %q: %v", id, err)
+		}
+	}
+}
+
+func TestDeriveRules(t *testing.T) {
+	v := openVault(t, "node-b")
+	ctx := context.Background()
+	req := pairwise("p")
+	req.Targets = []vault.Target{{Protocol: importer.TLS13, KDF: importer.HKDFSHA256}}
+	if _, err := v.Import(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	d, err := v.Derive(ctx, vault.DeriveRequest{Identity: []byte("p"), Context: []byte("c"), Target: req.Targets[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire, ipskx, _ := importer.Import(importer.SHA256, key(32), importer.Identity{External: []byte("p"), Context: []byte("c"), Protocol: importer.TLS13, KDF: importer.HKDFSHA256})
+	if !bytes.Equal(d.IPSKX, ipskx) || !bytes.Equal(d.ImportedIdentity, wire) || d.Role != "server" {
+		t.Fatal("vault derivation differs from the importer, or wrong role")
+	}
+	if _, err := v.Derive(ctx, vault.DeriveRequest{Identity: []byte("p"), Target: vault.Target{Protocol: importer.DTLS13, KDF: importer.HKDFSHA256}}); !errors.Is(err, vault.ErrTargetNotAllowed) {
+		t.Fatalf("target not allowed: %v", err)
+	}
+	if _, err := v.Derive(ctx, vault.DeriveRequest{Identity: []byte("P"), Target: req.Targets[0]}); !errors.Is(err, vault.ErrNotFound) {
+		t.Fatalf("case-folded identity matched: %v", err)
+	}
+	if err := v.Delete(ctx, []byte("p")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Derive(ctx, vault.DeriveRequest{Identity: []byte("p"), Target: req.Targets[0]}); !errors.Is(err, vault.ErrNotFound) {
+		t.Fatalf("derive after delete: %v", err)
+	}
+}
+
+func TestOpenTwiceRefused(t *testing.T) {
+	dir := t.TempDir() + "/v"
+	ctx := context.Background()
+	if err := vault.Init(ctx, dir, vault.Config{NodeID: "n1", Backend: "soft"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := vault.Init(ctx, dir, vault.Config{NodeID: "n1", Backend: "soft"}); !errors.Is(err, vault.ErrAlreadyInitialized) {
+		t.Fatalf("second init: %v", err)
+	}
+	v, err := vault.Open(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if _, err := vault.Open(ctx, dir); err == nil {
+		t.Fatal("a second process could open a vault in use")
+	}
+	if err := vault.Init(ctx, t.TempDir()+"/x", vault.Config{NodeID: "n1", Backend: "nope"}); !errors.Is(err, vault.ErrUnknownBackend) {
+		t.Fatalf("unknown backend: %v", err)
+	}
+}
