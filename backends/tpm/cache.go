@@ -18,6 +18,7 @@ type objectCache struct {
 
 type loaded struct {
 	id     string
+	key    *keyBlob
 	handle tpm2.TPMHandle
 	name   tpm2.TPM2BName
 }

@@ -1,7 +1,6 @@
 package tpm
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -43,14 +42,17 @@ type keyBlob struct {
 	pubBytes   []byte
 	private    tpm2.TPM2BPrivate
 	privBytes  []byte
+	raw        []byte // the encoded handle
 }
 
-// id names the key in the loaded-object cache.
-func (k *keyBlob) id() string {
-	h := sha256.New()
-	h.Write(k.pubBytes)
-	h.Write(k.privBytes)
-	return string(h.Sum(nil))
+// id names the key in the loaded-object cache: the handle itself, so a hot
+// HMAC finds its object without decoding the handle again.
+func (k *keyBlob) id() string { return string(k.raw) }
+
+// seal encodes k and records the encoding as its id.
+func (k *keyBlob) seal() []byte {
+	k.raw = k.marshal()
+	return slices.Clone(k.raw)
 }
 
 func (k *keyBlob) marshal() []byte {
@@ -85,7 +87,7 @@ func parseHandle(b []byte, h importer.Hash) (*keyBlob, error) {
 		return nil, bad(fmt.Sprintf("handle version %d, this build reads version %d", b[len(handleMagic)-1], handleMagic[len(handleMagic)-1]))
 	}
 	r := reader{b: b[len(handleMagic):]}
-	k := &keyBlob{}
+	k := &keyBlob{raw: slices.Clone(b)}
 	k.origin = r.u8()
 	k.hash = importer.Hash(r.u8())
 	k.parentName = r.vec16()

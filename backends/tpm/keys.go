@@ -139,10 +139,10 @@ func (b *Backend) StoreKey(ctx context.Context, req vault.StoreRequest) ([]byte,
 		}
 		k.public, k.private = cr.OutPublic, cr.OutPrivate
 		k.pubBytes, k.privBytes = tpm2.Marshal(cr.OutPublic), tpm2.Marshal(cr.OutPrivate)
+		handle = k.seal()
 		if err := b.selfTest(k, req.Hash, req.PRK); err != nil {
 			return err
 		}
-		handle = k.marshal()
 		return nil
 	})
 	if err != nil {
@@ -171,15 +171,20 @@ func (b *Backend) selfTest(k *keyBlob, h importer.Hash, prk []byte) error {
 
 // HMAC computes HMAC(PRK, data) in the TPM.
 func (b *Backend) HMAC(ctx context.Context, key vault.KeyRef, data []byte) ([]byte, error) {
-	k, err := parseHandle(key.Handle, key.Hash)
-	if err != nil {
-		return nil, err
-	}
 	var out []byte
-	err = b.run(ctx, "hmac", func() error {
-		var e error
-		out, e = b.hmacLocked(k, data)
-		return e
+	err := b.run(ctx, "hmac", func() error {
+		// Hot path: the handle is the cache key, no need to decode it.
+		if o := b.cache.get(string(key.Handle)); o != nil && o.key.hash == key.Hash {
+			var e error
+			out, e = b.hmacObj(o.key, o, data)
+			return e
+		}
+		k, err := parseHandle(key.Handle, key.Hash)
+		if err != nil {
+			return err
+		}
+		out, err = b.hmacLocked(k, data)
+		return err
 	})
 	return out, err
 }
@@ -191,8 +196,13 @@ func (b *Backend) hmacLocked(k *keyBlob, data []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return b.hmacObj(k, obj, data)
+}
+
+// hmacObj computes the HMAC with a loaded key and explains failures.
+func (b *Backend) hmacObj(k *keyBlob, obj *loaded, data []byte) ([]byte, error) {
 	var out []byte
-	err = retry(func() error {
+	err := retry(func() error {
 		var e error
 		out, e = b.hmacCmd(k, obj, data)
 		return e
@@ -322,7 +332,7 @@ func (b *Backend) load(k *keyBlob) (*loaded, error) {
 			}
 			return nil, b.mapErr("load key", err)
 		}
-		o := &loaded{id: id, handle: rsp.ObjectHandle, name: rsp.Name}
+		o := &loaded{id: id, key: k, handle: rsp.ObjectHandle, name: rsp.Name}
 		b.cache.add(o)
 		return o, nil
 	}

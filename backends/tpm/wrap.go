@@ -203,10 +203,10 @@ func (b *Backend) ImportWrapped(ctx context.Context, blob []byte, h importer.Has
 		}
 		k := &keyBlob{origin: originImported, hash: h, parentName: bytes.Clone(b.parent.name.Buffer),
 			public: w.public, pubBytes: w.pubBytes, private: ir.OutPrivate, privBytes: tpm2.Marshal(ir.OutPrivate)}
+		handle = k.seal()
 		if _, err := b.load(k); err != nil {
 			return err
 		}
-		handle = k.marshal()
 		return nil
 	})
 	if err != nil {

@@ -226,25 +226,26 @@ func (s *Sim) ready(pidFile string) bool {
 	if _, err := os.Stat(pidFile); err != nil {
 		return false
 	}
-	// Probe the control channel: the command channel of swtpm serves one
-	// client at a time, and a probe there would look like a client that
-	// hung up.
-	var c net.Conn
-	var err error
-	if s.Unix {
-		c, err = net.Dial("unix", s.Socket+".ctrl")
-	} else {
-		c, err = net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.CtrlPort))
-	}
-	if err != nil {
-		return false
-	}
-	c.Close()
-	if s.Unix {
-		_, err := os.Stat(s.Socket)
-		return err == nil
+	// Both channels must accept connections. A probe connection that hangs
+	// up at once is harmless: swtpm just waits for the next client.
+	for _, a := range s.addrs() {
+		c, err := net.Dial(a[0], a[1])
+		if err != nil {
+			return false
+		}
+		c.Close()
 	}
 	return true
+}
+
+func (s *Sim) addrs() [][2]string {
+	if s.Unix {
+		return [][2]string{{"unix", s.Socket + ".ctrl"}, {"unix", s.Socket}}
+	}
+	return [][2]string{
+		{"tcp", fmt.Sprintf("127.0.0.1:%d", s.CtrlPort)},
+		{"tcp", fmt.Sprintf("127.0.0.1:%d", s.Port)},
+	}
 }
 
 // Stop stops the simulator by its PID and waits for it to exit.
