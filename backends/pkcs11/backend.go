@@ -503,6 +503,43 @@ func (b *Backend) StoreKey(ctx context.Context, req vault.StoreRequest) ([]byte,
 	return encodeHandle(req.Hash, id), nil
 }
 
+// unwrap unwraps blob into a token object with template tmpl. Some tokens
+// (SoftHSM2 among them) refuse CKA_MODIFIABLE in an unwrap template; then
+// the key is unwrapped into a session object and copied to the token with
+// CKA_MODIFIABLE=false, and the session object destroyed.
+func (b *Backend) unwrap(s p11.SessionHandle, mech []*p11.Mechanism, wk p11.ObjectHandle, blob []byte, tmpl []*p11.Attribute) (p11.ObjectHandle, error) {
+	obj, err := b.p.UnwrapKey(s, mech, wk, blob, tmpl)
+	if !isRV(err, p11.CKR_ATTRIBUTE_READ_ONLY) && !isRV(err, p11.CKR_TEMPLATE_INCONSISTENT) {
+		return obj, err
+	}
+	var sessTmpl []*p11.Attribute
+	for _, a := range tmpl {
+		switch a.Type {
+		case p11.CKA_MODIFIABLE:
+		case p11.CKA_TOKEN:
+			sessTmpl = append(sessTmpl, p11.NewAttribute(p11.CKA_TOKEN, false))
+		default:
+			sessTmpl = append(sessTmpl, a)
+		}
+	}
+	tmp, err := b.p.UnwrapKey(s, mech, wk, blob, sessTmpl)
+	if err != nil {
+		return 0, err
+	}
+	defer b.p.DestroyObject(s, tmp)
+	if err := verifyKey(b.p, s, tmp, 0); err != nil {
+		return 0, err
+	}
+	obj, err = b.p.CopyObject(s, tmp, []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_TOKEN, true),
+		p11.NewAttribute(p11.CKA_MODIFIABLE, false),
+	})
+	if err != nil {
+		return 0, classify("C_CopyObject of the unwrapped key to the token", err)
+	}
+	return obj, nil
+}
+
 // ErrInsecureKey reports a key object the token does not protect as
 // pskvault requires. The object is destroyed.
 var ErrInsecureKey = errors.New("token did not protect the key")
@@ -555,14 +592,15 @@ func verifyKey(p *p11.Ctx, s p11.SessionHandle, obj p11.ObjectHandle, wantLen in
 			return bad("%s is true", a.name)
 		}
 	}
-	if wantLen > 0 {
-		v, ok := attrULong(p, s, obj, p11.CKA_VALUE_LEN)
-		if !ok {
-			return bad("CKA_VALUE_LEN cannot be read back")
+	if m, ok := attrBool(p, s, obj, p11.CKA_MODIFIABLE); ok && m {
+		if t, _ := attrBool(p, s, obj, p11.CKA_TOKEN); t {
+			return bad("CKA_MODIFIABLE is true")
 		}
-		if v != uint(wantLen) {
-			return fmt.Errorf("%w: key is %d bytes, want %d", importer.ErrBadPRK, v, wantLen)
-		}
+	}
+	// SoftHSM2 reports CKA_VALUE_LEN 0 for unwrapped generic secrets:
+	// 0 means unknown, and the RFC 5649 blob length bounds the size.
+	if v, ok := attrULong(p, s, obj, p11.CKA_VALUE_LEN); wantLen > 0 && ok && v != 0 && v != uint(wantLen) {
+		return fmt.Errorf("%w: key is %d bytes, want %d", importer.ErrBadPRK, v, wantLen)
 	}
 	attrs, err := p.GetAttributeValue(s, obj, []*p11.Attribute{p11.NewAttribute(p11.CKA_VALUE, nil)})
 	if err == nil && len(attrs) == 1 && len(attrs[0].Value) > 0 {
@@ -855,11 +893,12 @@ func (b *Backend) ImportWrapped(ctx context.Context, blob []byte, h importer.Has
 		default:
 			return fmt.Errorf("several AES keys with %s on token %q; name the wrapping key by wrapping-key-id", wkName, b.token.Label)
 		}
-		obj, err := b.p.UnwrapKey(s, mech, wks[0], blob, tmpl)
+		obj, err := b.unwrap(s, mech, wks[0], blob, tmpl)
 		switch rvOf(err) {
 		case p11.CKR_OK:
-		case p11.CKR_WRAPPED_KEY_INVALID, p11.CKR_ENCRYPTED_DATA_INVALID, p11.CKR_WRAPPED_KEY_LEN_RANGE:
-			return fmt.Errorf("blob does not unwrap under the wrapping key with %s: wrong wrapping key or corrupted blob (%v)", wkName, err)
+		case p11.CKR_WRAPPED_KEY_INVALID, p11.CKR_ENCRYPTED_DATA_INVALID, p11.CKR_WRAPPED_KEY_LEN_RANGE, p11.CKR_GENERAL_ERROR:
+			// SoftHSM2 answers an integrity-check failure with CKR_GENERAL_ERROR.
+			return fmt.Errorf("blob does not unwrap under the wrapping key with %s: wrong wrapping key or corrupted blob (%v)", wkName, rvName(err))
 		default:
 			return classify(fmt.Sprintf("C_UnwrapKey(CKM_AES_KEY_WRAP_PAD) under wrapping key with %s", wkName), err)
 		}

@@ -13,9 +13,9 @@ import (
 // SOFTHSM2_CONF once per C_Initialize, and login state is per process).
 // Every test closes the backends it opens, so each starts logged out.
 var (
-	token     *pkcs11test.SoftHSM
-	tokenErr  error
-	tokenDir  string
+	token    *pkcs11test.SoftHSM
+	tokenErr error
+	tokenDir string
 )
 
 func TestMain(m *testing.M) {

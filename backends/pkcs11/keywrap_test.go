@@ -1,0 +1,226 @@
+package pkcs11
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"testing"
+
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/pskvault/pskvault/importer"
+	"github.com/pskvault/pskvault/vault"
+)
+
+func unhexT(t *testing.T, s string) []byte {
+	b, err := hex.DecodeString(strings.ReplaceAll(s, " ", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// unwrapPad is RFC 5649 unwrapping, only to check WrapPRK in tests.
+func unwrapPad(kek, c []byte) ([]byte, bool) {
+	block, _ := aes.NewCipher(kek)
+	n := len(c)/8 - 1
+	var a [8]byte
+	r := make([]byte, 8*n)
+	var b [16]byte
+	if n == 1 {
+		block.Decrypt(b[:], c)
+		copy(a[:], b[:8])
+		copy(r, b[8:])
+	} else {
+		copy(a[:], c[:8])
+		copy(r, c[8:])
+		for j := 5; j >= 0; j-- {
+			for i := n; i >= 1; i-- {
+				binary.BigEndian.PutUint64(b[:8], binary.BigEndian.Uint64(a[:])^uint64(n*j+i))
+				copy(b[8:], r[8*(i-1):8*i])
+				block.Decrypt(b[:], b[:])
+				copy(a[:], b[:8])
+				copy(r[8*(i-1):8*i], b[8:])
+			}
+		}
+	}
+	if binary.BigEndian.Uint32(a[:4]) != rfc5649IV {
+		return nil, false
+	}
+	mli := int(binary.BigEndian.Uint32(a[4:]))
+	if mli <= 8*(n-1) || mli > 8*n {
+		return nil, false
+	}
+	for _, x := range r[mli:] {
+		if x != 0 {
+			return nil, false
+		}
+	}
+	return r[:mli], true
+}
+
+// RFC 5649 section 6 test vectors.
+func TestWrapPRKVectors(t *testing.T) {
+	kek := unhexT(t, "5840df6e29b02af1 ab493b705bf16ea1 ae8338f4dcc176a8")
+	for _, c := range []struct{ key, wrapped string }{
+		{"c37b7e6492584340 bed1220780894115 5068f738", "138bdeaa9b8fa7fc 61f97742e72248ee 5ae6ae5360d1ae6a 5f54f373fa543b6a"},
+		{"466f7250617369", "afbeb0f07dfbf541 9200f2ccb50bb24f"},
+	} {
+		got, err := WrapPRK(kek, unhexT(t, c.key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := unhexT(t, c.wrapped); !bytes.Equal(got, want) {
+			t.Fatalf("WrapPRK = %x, want %x", got, want)
+		}
+		back, ok := unwrapPad(kek, got)
+		if !ok || !bytes.Equal(back, unhexT(t, c.key)) {
+			t.Fatal("unwrap of the vector failed")
+		}
+	}
+	if _, err := WrapPRK(make([]byte, 15), make([]byte, 32)); !errors.Is(err, ErrWrap) {
+		t.Fatalf("bad KEK length: %v", err)
+	}
+	if _, err := WrapPRK(make([]byte, 16), nil); !errors.Is(err, ErrWrap) {
+		t.Fatalf("empty key: %v", err)
+	}
+}
+
+func FuzzWrapPRK(f *testing.F) {
+	f.Add(make([]byte, 32), []byte("x"))
+	f.Fuzz(func(t *testing.T, kek, key []byte) {
+		c, err := WrapPRK(kek, key)
+		if err != nil {
+			return
+		}
+		back, ok := unwrapPad(kek, c)
+		if !ok || !bytes.Equal(back, key) {
+			t.Fatal("round trip failed")
+		}
+	})
+}
+
+// The token's own CKM_AES_KEY_WRAP_PAD output must equal WrapPRK's.
+func TestWrapPRKMatchesToken(t *testing.T) {
+	b := openToken(t, "")
+	s := rawSession(t, b)
+	for _, n := range []int{32, 48} {
+		kek := make([]byte, 32)
+		val := make([]byte, n)
+		rand.Read(kek)
+		rand.Read(val)
+		wk, err := b.p.CreateObject(s, []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY), p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_AES),
+			p11.NewAttribute(p11.CKA_TOKEN, false), p11.NewAttribute(p11.CKA_WRAP, true), p11.NewAttribute(p11.CKA_VALUE, kek),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := b.p.CreateObject(s, []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY), p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_GENERIC_SECRET),
+			p11.NewAttribute(p11.CKA_TOKEN, false), p11.NewAttribute(p11.CKA_EXTRACTABLE, true), p11.NewAttribute(p11.CKA_VALUE, val),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := b.p.WrapKey(s, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_WRAP_PAD, nil)}, wk, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mine, _ := WrapPRK(kek, val)
+		if !bytes.Equal(tok, mine) {
+			t.Fatalf("%d-byte key: token wrap %x, WrapPRK %x", n, tok, mine)
+		}
+		b.p.DestroyObject(s, k)
+		b.p.DestroyObject(s, wk)
+	}
+}
+
+func TestImportWrapped(t *testing.T) {
+	b := openToken(t, "")
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	label := "wrapping-key-" + hex.EncodeToString(kek[:4])
+	if err := b.ImportWrappingKey(bg, label, kek); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s := rawSession(t, b)
+		objs, _ := findObjects(b.p, s, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, label)}, 4)
+		for _, o := range objs {
+			b.p.DestroyObject(s, o)
+		}
+	})
+	if err := b.ImportWrappingKey(bg, label, kek); err == nil {
+		t.Fatal("second wrapping key with the same label accepted")
+	}
+	for _, h := range []importer.Hash{importer.SHA256, importer.SHA384} {
+		t.Run(h.String(), func(t *testing.T) {
+			epsk := make([]byte, 32)
+			rand.Read(epsk)
+			blob, err := WrapEPSK(kek, h, epsk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			handle, err := b.ImportWrapped(bg, blob, h, map[string]string{"wrapping-key": label, "label": "wrapped-" + h.String()})
+			if err != nil {
+				t.Fatalf("ImportWrapped: %v", err)
+			}
+			key := vault.KeyRef{Handle: handle, Hash: h}
+			defer b.DeleteKey(bg, key)
+			s := rawSession(t, b)
+			if err := verifyKey(b.p, s, findByHandle(t, b, s, handle), h.Size()); err != nil {
+				t.Fatal(err)
+			}
+			for _, kdf := range []importer.KDF{importer.HKDFSHA256, importer.HKDFSHA384} {
+				id := importer.Identity{External: []byte("wrapped"), Context: []byte("ctx"), Protocol: importer.TLS13, KDF: kdf}
+				plan, _ := importer.NewPlan(h, id)
+				got, err := plan.Expand(func(d []byte) ([]byte, error) { return b.HMAC(bg, key, d) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, want, _ := importer.Import(h, epsk, id)
+				if !bytes.Equal(got, want) {
+					t.Fatalf("derivation from the unwrapped key differs from the importer (%v)", kdf)
+				}
+			}
+		})
+	}
+	blob, _ := WrapEPSK(kek, importer.SHA256, []byte("psk"))
+	other := make([]byte, 32)
+	rand.Read(other)
+	wrongBlob, _ := WrapEPSK(other, importer.SHA256, []byte("psk"))
+	for _, c := range []struct {
+		name   string
+		blob   []byte
+		h      importer.Hash
+		params map[string]string
+		msg    string
+		is     error
+	}{
+		{"wrong wrapping key", wrongBlob, importer.SHA256, map[string]string{"wrapping-key": label}, "does not unwrap", nil},
+		{"no such wrapping key", blob, importer.SHA256, map[string]string{"wrapping-key": "nope"}, "no AES wrapping key", vault.ErrKeyNotFound},
+		{"no wrapping key named", blob, importer.SHA256, nil, "name the wrapping key", vault.ErrUnsupported},
+		{"unknown parameter", blob, importer.SHA256, map[string]string{"wrapping-key": label, "pcrs": "7"}, "unknown", vault.ErrUnsupported},
+		{"wrong length for hash", blob, importer.SHA384, map[string]string{"wrapping-key": label}, "must be 56 bytes", nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := b.ImportWrapped(bg, c.blob, c.h, c.params)
+			if err == nil || !strings.Contains(err.Error(), c.msg) || (c.is != nil && !errors.Is(err, c.is)) {
+				t.Fatalf("got %v, want an error with %q", err, c.msg)
+			}
+		})
+	}
+	// The URI's object= names the default wrapping key.
+	b2 := openToken(t, "")
+	b2.uri.Object = label
+	handle, err := b2.ImportWrapped(bg, blob, importer.SHA256, nil)
+	if err != nil {
+		t.Fatalf("ImportWrapped with the URI's object=: %v", err)
+	}
+	b2.DeleteKey(bg, vault.KeyRef{Handle: handle, Hash: importer.SHA256})
+}
