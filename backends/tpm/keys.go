@@ -95,7 +95,7 @@ func (b *Backend) StoreKey(ctx context.Context, req vault.StoreRequest) ([]byte,
 	if s, ok := req.Params["pcrs"]; ok {
 		var err error
 		if mask, err = parsePCRs(s); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w: %w", err, vault.ErrUnsupported)
 		}
 	}
 	var handle []byte

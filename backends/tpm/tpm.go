@@ -17,9 +17,12 @@
 package tpm
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,10 +39,46 @@ const Scheme = "tpm"
 // SRKHandle is the TCG-reserved persistent handle of the storage root key.
 const SRKHandle = tpm2.TPMHandle(0x81000001)
 
+// ParentPubFile is the file in the vault's state directory where the
+// backend records its storage parent's public area (TPM2B_PUBLIC, not
+// secret) each time it opens, so `pskvault tpm parent-pub` can export it
+// while the daemon holds the TPM.
+const ParentPubFile = "tpm-parent.pub"
+
 func init() {
 	vault.RegisterBackend(Scheme, func(ctx context.Context, cfg vault.BackendConfig) (vault.Backend, error) {
-		return Open(ctx, cfg.URI)
+		b, err := Open(ctx, cfg.URI)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.StateDir != "" {
+			if err := b.recordParent(ctx, filepath.Join(cfg.StateDir, ParentPubFile)); err != nil {
+				b.Close()
+				return nil, err
+			}
+		}
+		return b, nil
 	})
+}
+
+// recordParent writes the parent public area to path (0600, atomically).
+func (b *Backend) recordParent(ctx context.Context, path string) error {
+	pub, err := b.ParentPublic(ctx)
+	if err != nil {
+		return err
+	}
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, pub) {
+		return nil
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, pub, 0o600); err != nil {
+		return fmt.Errorf("tpm: record parent public key: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("tpm: record parent public key: %w", err)
+	}
+	return nil
 }
 
 // Config is a parsed backend URI.

@@ -166,16 +166,16 @@ func (b *Backend) ImportWrapped(ctx context.Context, blob []byte, h importer.Has
 	}
 	w, err := parseWrapped(blob)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", err, vault.ErrUnsupported)
 	}
 	if w.hash != h {
-		return nil, fmt.Errorf("tpm import: the blob holds a %v key, the import asked for %v", w.hash, h)
+		return nil, fmt.Errorf("tpm import: the blob holds a %v key, the import asked for %v: %w", w.hash, h, vault.ErrUnsupported)
 	}
 	var handle []byte
 	err = b.run(ctx, "import wrapped key", func() error {
 		if !bytes.Equal(w.parentName, b.parent.name.Buffer) {
 			return fmt.Errorf("tpm import: the blob was wrapped for parent %x, this TPM's parent is %x: "+
-				"wrap it with this node's `pskvault tpm parent-pub` output", w.parentName, b.parent.name.Buffer)
+				"wrap it with this node's `pskvault tpm parent-pub` output: %w", w.parentName, b.parent.name.Buffer, vault.ErrUnsupported)
 		}
 		ir, err := withSlot(b, "", func() (ir *tpm2.ImportResponse, err error) {
 			err = retry(func() error {
@@ -197,7 +197,7 @@ func (b *Backend) ImportWrapped(ctx context.Context, blob []byte, h importer.Has
 				return err
 			}
 			if errors.Is(err, tpm2.TPMRCIntegrity) || errors.Is(err, tpm2.TPMRCValue) || errors.Is(err, tpm2.TPMRCECCPoint) {
-				return fmt.Errorf("tpm import: the TPM rejected the blob (%v): it is corrupt or was wrapped for another TPM", err)
+				return fmt.Errorf("tpm import: the TPM rejected the blob (%v): it is corrupt or was wrapped for another TPM: %w", err, vault.ErrUnsupported)
 			}
 			return b.mapErr("import", err)
 		}
