@@ -3,6 +3,7 @@ package vault
 import (
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -49,6 +50,7 @@ type PSK struct {
 	Origin     string        `json:"origin"` // "generated" or "imported"
 	Backend    string        `json:"backend"`
 	Handle     []byte        `json:"handle"` // opaque, backend-defined
+	Policy                   // RFC 9257 policy and lifecycle (policy.go); zero value is the safe default
 }
 
 // IdentityHex is the identity in lowercase hex, the record's stable name.
@@ -65,7 +67,9 @@ func (p *PSK) Allows(t Target) bool {
 }
 
 // Party reports whether node is the PSK's client or server node.
-func (p *PSK) Party(node string) bool { return node == p.ClientNode || node == p.ServerNode }
+func (p *PSK) Party(node string) bool {
+	return node == p.ClientNode || node == p.ServerNode || slices.Contains(p.Group, node)
+}
 
 // Expired reports whether the PSK is past its not-after time at now.
 func (p *PSK) Expired(now time.Time) bool { return !p.NotAfter.IsZero() && !now.Before(p.NotAfter) }
@@ -75,6 +79,7 @@ func (p *PSK) clone() *PSK {
 	c.Identity = append([]byte{}, p.Identity...)
 	c.Targets = append([]Target{}, p.Targets...)
 	c.Handle = append([]byte{}, p.Handle...)
+	c.Policy = p.Policy.clone()
 	return &c
 }
 

@@ -83,6 +83,8 @@ type Vault struct {
 
 	mu   sync.RWMutex
 	psks map[string]*PSK // by string(identity)
+
+	aux auxKey // the auxiliary backend key (aux.go)
 }
 
 // Init creates a vault in dir (created 0700 if missing) for nodeID on the
@@ -220,9 +222,13 @@ type ImportRequest struct {
 	Wrapped        bool
 	WrappedKeyBits int
 	origin         string
+	PolicyRequest  // RFC 9257 options (policy.go)
 }
 
 func (v *Vault) checkImport(req *ImportRequest) error {
+	if err := v.prepareIdentity(req); err != nil {
+		return err
+	}
 	if len(req.Identity) == 0 || len(req.Identity) > importer.MaxIdentityLen-8 {
 		return fmt.Errorf("%w: identity must be 1..%d bytes, got %d", ErrInvalid, importer.MaxIdentityLen-8, len(req.Identity))
 	}
@@ -232,16 +238,17 @@ func (v *Vault) checkImport(req *ImportRequest) error {
 	if !v.backend.Info().Supports(req.Hash) {
 		return fmt.Errorf("%w: backend %s cannot hold %s keys", ErrUnsupported, v.backend.Info().Name, req.Hash)
 	}
-	if err := CheckNodeID(req.ClientNode); err != nil {
+	if len(req.Group) > 0 {
+		if err := v.checkGroup(req); err != nil {
+			return err
+		}
+	} else if err := CheckNodeID(req.ClientNode); err != nil {
 		return fmt.Errorf("client: %w", err)
-	}
-	if err := CheckNodeID(req.ServerNode); err != nil {
+	} else if err := CheckNodeID(req.ServerNode); err != nil {
 		return fmt.Errorf("server: %w", err)
-	}
-	if req.ClientNode == req.ServerNode {
+	} else if req.ClientNode == req.ServerNode {
 		return ErrSameNode
-	}
-	if req.ClientNode != v.cfg.NodeID && req.ServerNode != v.cfg.NodeID {
+	} else if req.ClientNode != v.cfg.NodeID && req.ServerNode != v.cfg.NodeID {
 		return fmt.Errorf("%w: PSK is between %s and %s, this vault is node %s", ErrNotParty, req.ClientNode, req.ServerNode, v.cfg.NodeID)
 	}
 	bits := len(req.Key) * 8
@@ -283,8 +290,11 @@ func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
 	if err := v.checkImport(&req); err != nil {
 		return nil, err
 	}
+	pol, err := v.preparePolicy(ctx, &req)
+	if err != nil {
+		return nil, err
+	}
 	var handle []byte
-	var err error
 	if req.Wrapped {
 		wi, ok := v.backend.(WrappedImporter)
 		if !ok {
@@ -327,10 +337,14 @@ func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
 		Origin:     origin,
 		Backend:    v.backend.Info().Name,
 		Handle:     handle,
+		Policy:     pol,
 	}
 	if err := v.put(p, true); err != nil {
 		v.backend.DeleteKey(ctx, KeyRef{Handle: handle, Hash: req.Hash})
 		return nil, err
+	}
+	if req.Finalize {
+		return v.Finalize(ctx, p.Identity, FinalizeRequest{})
 	}
 	return p.clone(), nil
 }
@@ -450,6 +464,9 @@ type DeriveRequest struct {
 	Identity []byte // external identity
 	Context  []byte // RFC 9258 context, sent in clear
 	Target   Target
+	// Peer and Role (this node's role, "client" or "server") are required
+	// for group PSKs and checked when given for pairwise ones (policy.go).
+	Peer, Role string
 }
 
 // Derived is an imported PSK. IPSKX is secret: the caller zeroes it after use.
@@ -458,6 +475,7 @@ type Derived struct {
 	ImportedIdentity []byte // PskIdentity.identity on the wire
 	IPSKX            []byte
 	Role             string // this node's role: "client" or "server"
+	Context          []byte // the RFC 9258 context used (node context filled in)
 }
 
 // Derive computes ipskx for the request after checking policy: the PSK exists
@@ -481,18 +499,21 @@ func (v *Vault) Derive(ctx context.Context, req DeriveRequest) (*Derived, error)
 	if !p.Allows(req.Target) {
 		return nil, fmt.Errorf("%w: %s (allowed: %v)", ErrTargetNotAllowed, req.Target, p.Targets)
 	}
-	plan, err := importer.NewPlan(p.Hash, importer.Identity{External: p.Identity, Context: req.Context, Protocol: req.Target.Protocol, KDF: req.Target.KDF})
+	idCtx, role, err := v.deriveContext(p, req)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := importer.NewPlan(p.Hash, importer.Identity{External: p.Identity, Context: idCtx, Protocol: req.Target.Protocol, KDF: req.Target.KDF})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if p.IsFinalized() {
+		return v.deriveFinalized(ctx, p, req.Target, plan.ImportedIdentity, role)
 	}
 	key := KeyRef{Handle: p.Handle, Hash: p.Hash}
 	ipskx, err := plan.Expand(func(data []byte) ([]byte, error) { return v.backend.HMAC(ctx, key, data) })
 	if err != nil {
 		return nil, fmt.Errorf("derive in %s backend: %w", p.Backend, err)
 	}
-	role := "server"
-	if p.ClientNode == v.cfg.NodeID {
-		role = "client"
-	}
-	return &Derived{PSK: p.clone(), ImportedIdentity: plan.ImportedIdentity, IPSKX: ipskx, Role: role}, nil
+	return &Derived{PSK: p.clone(), ImportedIdentity: plan.ImportedIdentity, IPSKX: ipskx, Role: role, Context: idCtx}, nil
 }

@@ -1,0 +1,273 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pskvault/pskvault/importer"
+)
+
+// FinalizeRequest says which imported keys to keep.
+type FinalizeRequest struct {
+	// Contexts to keep for a PSK without a node-identifier context; nil
+	// keeps the empty context only. Ignored (the canonical node contexts
+	// are used) when the PSK requires a node context.
+	Contexts [][]byte
+}
+
+// finalizeContexts lists the (context, role, peer) combinations to derive.
+func (v *Vault) finalizeContexts(p *PSK, req FinalizeRequest) ([][]byte, error) {
+	me := v.cfg.NodeID
+	switch {
+	case p.IsGroup():
+		var out [][]byte
+		for _, peer := range p.Group {
+			if peer == me {
+				continue
+			}
+			a, err := NodeContext(me, peer)
+			if err != nil {
+				return nil, err
+			}
+			b, err := NodeContext(peer, me)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, a, b)
+		}
+		return out, nil
+	case p.NodeContext:
+		c, err := NodeContext(p.ClientNode, p.ServerNode)
+		if err != nil {
+			return nil, err
+		}
+		return [][]byte{c}, nil
+	case len(req.Contexts) == 0:
+		return [][]byte{nil}, nil
+	}
+	return req.Contexts, nil
+}
+
+// Finalize implements RFC 9257 section 6 rec. 4: derive the imported PSK
+// for every allowed target (and context), keep each sealed under the
+// vault's auxiliary backend key, then destroy the main key (the PRK) in the
+// backend. Afterwards the PSK answers only those targets and contexts;
+// anything else is refused with ErrFinalized.
+//
+// Why sealed and not stored as backend keys: a backend only computes HMAC
+// under its keys and never returns them, but a TLS stack needs the ipskx
+// bytes. Sealing with an AEAD key that only the backend can recompute
+// (HMAC under the auxiliary key) keeps the imported keys exactly as
+// hardware-bound as the main key was, while the main key, which could
+// derive imported keys for any target and context, is gone.
+func (v *Vault) Finalize(ctx context.Context, identity []byte, req FinalizeRequest) (*PSK, error) {
+	v.mu.RLock()
+	p := v.psks[string(identity)]
+	v.mu.RUnlock()
+	if p == nil {
+		return nil, ErrNotFound
+	}
+	if err := v.usable(p); err != nil {
+		return nil, err
+	}
+	if p.IsFinalized() {
+		return nil, fmt.Errorf("%w at %s already", ErrFinalized, p.FinalizedAt.Format(time.RFC3339))
+	}
+	contexts, err := v.finalizeContexts(p, req)
+	if err != nil {
+		return nil, err
+	}
+	key := KeyRef{Handle: p.Handle, Hash: p.Hash}
+	var sealed []Sealed
+	for _, t := range p.Targets {
+		for _, c := range contexts {
+			plan, err := importer.NewPlan(p.Hash, importer.Identity{External: p.Identity, Context: c, Protocol: t.Protocol, KDF: t.KDF})
+			if err != nil {
+				return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+			}
+			ipskx, err := plan.Expand(func(data []byte) ([]byte, error) { return v.backend.HMAC(ctx, key, data) })
+			if err != nil {
+				return nil, fmt.Errorf("derive in %s backend: %w", p.Backend, err)
+			}
+			box, err := v.seal(ctx, plan.ImportedIdentity, ipskx)
+			clear(ipskx)
+			if err != nil {
+				return nil, fmt.Errorf("seal imported PSK: %w", err)
+			}
+			sealed = append(sealed, Sealed{Target: t, Context: bytes.Clone(c), Box: box})
+		}
+	}
+	n := p.clone()
+	n.Finalized, n.FinalizedAt = sealed, v.now().UTC().Truncate(time.Second)
+	n.Handle = nil
+	// Record first: if destroying the key then fails, the record already
+	// refuses new targets and `check` reports the leftover key.
+	if err := v.put(n, false); err != nil {
+		return nil, err
+	}
+	if err := v.backend.DeleteKey(ctx, key); err != nil {
+		return nil, fmt.Errorf("imported keys kept, but destroying the main key in the %s backend failed (retry with psk delete after rotating): %w", p.Backend, err)
+	}
+	return n.clone(), nil
+}
+
+// usable refuses PSKs that are revoked or expired.
+func (v *Vault) usable(p *PSK) error {
+	if p.State != StateActive {
+		return fmt.Errorf("%w at %s: %s", ErrRevoked, p.RevokedAt.Format(time.RFC3339), p.RevokeReason)
+	}
+	if p.Expired(v.now()) {
+		return fmt.Errorf("%w at %s", ErrExpired, p.NotAfter.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// deriveFinalized answers a derivation of a finalized PSK from its sealed
+// imported keys.
+func (v *Vault) deriveFinalized(ctx context.Context, p *PSK, t Target, importedIdentity []byte, role string) (*Derived, error) {
+	var have []string
+	for _, s := range p.Finalized {
+		c := "empty context"
+		if len(s.Context) > 0 {
+			c = fmt.Sprintf("context %x", s.Context)
+		}
+		have = append(have, s.Target.String()+" with "+c)
+		if s.Target != t {
+			continue
+		}
+		plan, err := importer.NewPlan(p.Hash, importer.Identity{External: p.Identity, Context: s.Context, Protocol: t.Protocol, KDF: t.KDF})
+		if err != nil || !bytes.Equal(plan.ImportedIdentity, importedIdentity) {
+			continue
+		}
+		ipskx, err := v.unseal(ctx, importedIdentity, s.Box)
+		if err != nil {
+			return nil, err
+		}
+		return &Derived{PSK: p.clone(), ImportedIdentity: bytes.Clone(importedIdentity), IPSKX: ipskx, Role: role, Context: bytes.Clone(s.Context)}, nil
+	}
+	return nil, fmt.Errorf("%w at %s (RFC 9257 section 6 rec. 4), so only the imported keys kept then can be handed out: %s; for anything else rotate to a new PSK", ErrFinalized, p.FinalizedAt.Format(time.RFC3339), strings.Join(have, ", "))
+}
+
+// Revoke stops a PSK at once: its key (or its sealed imported keys) is
+// destroyed and derivation refused from now on. The record stays, so the
+// identity and the key's fingerprint can never be reused, and `check` and
+// `list` keep showing it; `psk delete` removes it.
+func (v *Vault) Revoke(ctx context.Context, identity []byte, reason string) (*PSK, error) {
+	if len(reason) > maxProvenance {
+		return nil, fmt.Errorf("%w: reason longer than %d characters", ErrInvalid, maxProvenance)
+	}
+	v.mu.RLock()
+	p := v.psks[string(identity)]
+	v.mu.RUnlock()
+	if p == nil {
+		return nil, ErrNotFound
+	}
+	if p.State == StateRevoked {
+		return nil, fmt.Errorf("%w already at %s", ErrRevoked, p.RevokedAt.Format(time.RFC3339))
+	}
+	n := p.clone()
+	n.State, n.RevokedAt, n.RevokeReason = StateRevoked, v.now().UTC().Truncate(time.Second), reason
+	n.Handle, n.Finalized = nil, nil
+	if err := v.put(n, false); err != nil {
+		return nil, err
+	}
+	if len(p.Handle) > 0 {
+		if err := v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}); err != nil {
+			return nil, fmt.Errorf("PSK revoked, but destroying its key in the %s backend failed: %w", p.Backend, err)
+		}
+	}
+	return n.clone(), nil
+}
+
+// RotateRequest makes the next generation of a PSK.
+type RotateRequest struct {
+	// NewIdentity names the new generation; empty with a random old
+	// identity means a new random one.
+	NewIdentity []byte
+	// Key is the new EPSK; nil generates one (returned by Rotate).
+	Key []byte
+	// Overlap is how long the old generation stays derivable; it then
+	// expires (its not-after is brought forward, never pushed back).
+	Overlap time.Duration
+	// NotAfter of the new generation; zero keeps the old one's lifetime.
+	NotAfter time.Time
+	// Provenance of an imported Key.
+	Provenance string
+	// AllowLowEntropy, AllowIdentityWarnings as for import.
+	AllowLowEntropy, AllowIdentityWarnings bool
+}
+
+// Rotate creates the next generation of a PSK with the same nodes, targets
+// and policy, and schedules the old one to expire after the overlap window,
+// so both sides can switch over while either generation works. It returns
+// the new record and, when it generated the key, the key for the peer.
+func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) (*PSK, []byte, error) {
+	old, err := v.Get(identity)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := v.usable(old); err != nil {
+		return nil, nil, err
+	}
+	if len(old.RotatedTo) > 0 {
+		return nil, nil, fmt.Errorf("%w: PSK was already rotated to %x; rotate that one", ErrInvalid, old.RotatedTo)
+	}
+	if req.Overlap < 0 {
+		return nil, nil, fmt.Errorf("%w: overlap must not be negative", ErrInvalid)
+	}
+	ir := ImportRequest{
+		Identity:   req.NewIdentity,
+		Hash:       old.Hash,
+		ClientNode: old.ClientNode,
+		ServerNode: old.ServerNode,
+		Targets:    slices.Clone(old.Targets),
+		NotAfter:   req.NotAfter,
+		PolicyRequest: PolicyRequest{
+			AllowLowEntropy:       req.AllowLowEntropy,
+			AllowPSKKE:            old.PSKKE,
+			AllowEarlyData:        old.EarlyData,
+			Group:                 slices.Clone(old.Group),
+			NodeContext:           old.NodeContext,
+			Provenance:            req.Provenance,
+			AllowIdentityWarnings: req.AllowIdentityWarnings,
+			Finalize:              old.IsFinalized(),
+		},
+	}
+	if len(ir.Identity) == 0 {
+		if !old.RandomIdentity {
+			return nil, nil, fmt.Errorf("%w: give the new generation's identity (or rotate a PSK that has a random identity)", ErrInvalid)
+		}
+		ir.RandomIdentity = true
+	}
+	if ir.NotAfter.IsZero() && !old.NotAfter.IsZero() {
+		ir.NotAfter = v.now().Add(old.NotAfter.Sub(old.Created))
+	}
+	var n *PSK
+	var key []byte
+	if req.Key == nil {
+		n, key, err = v.Create(ctx, ir)
+	} else {
+		ir.Key = req.Key
+		n, err = v.Import(ctx, ir)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("new generation: %w", err)
+	}
+	gen := max(old.Generation, 1) + 1
+	n.Generation, n.RotatedFrom = gen, bytes.Clone(old.Identity)
+	o := old
+	o.RotatedTo = bytes.Clone(n.Identity)
+	if end := v.now().Add(req.Overlap).UTC().Truncate(time.Second); o.NotAfter.IsZero() || end.Before(o.NotAfter) {
+		o.NotAfter = end
+	}
+	if err := errors.Join(v.put(n.clone(), false), v.put(o, false)); err != nil {
+		clear(key)
+		return nil, nil, err
+	}
+	return n, key, nil
+}
