@@ -859,7 +859,7 @@ func (b *Backend) ImportWrapped(ctx context.Context, blob []byte, h importer.Has
 		return nil, fmt.Errorf("%w: PKCS#11 token %q cannot import wrapped keys: %s", vault.ErrUnsupported, b.token.Label, b.caps.problemFor(p11.CKM_AES_KEY_WRAP_PAD))
 	}
 	if want := 8 + (h.Size()+7)/8*8; len(blob) != want {
-		return nil, fmt.Errorf("wrapped %s PRK must be %d bytes (RFC 5649), got %d", h, want, len(blob))
+		return nil, fmt.Errorf("%w: a wrapped %s PRK is %d bytes (RFC 5649), got %d", vault.ErrInvalid, h, want, len(blob))
 	}
 	wkTmpl := []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
@@ -898,7 +898,7 @@ func (b *Backend) ImportWrapped(ctx context.Context, blob []byte, h importer.Has
 		case p11.CKR_OK:
 		case p11.CKR_WRAPPED_KEY_INVALID, p11.CKR_ENCRYPTED_DATA_INVALID, p11.CKR_WRAPPED_KEY_LEN_RANGE, p11.CKR_GENERAL_ERROR:
 			// SoftHSM2 answers an integrity-check failure with CKR_GENERAL_ERROR.
-			return fmt.Errorf("blob does not unwrap under the wrapping key with %s: wrong wrapping key or corrupted blob (%v)", wkName, rvName(err))
+			return fmt.Errorf("%w: blob does not unwrap under the wrapping key with %s: wrong wrapping key or corrupted blob (%v)", vault.ErrInvalid, wkName, rvName(err))
 		default:
 			return classify(fmt.Sprintf("C_UnwrapKey(CKM_AES_KEY_WRAP_PAD) under wrapping key with %s", wkName), err)
 		}

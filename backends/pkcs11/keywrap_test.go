@@ -206,7 +206,7 @@ func TestImportWrapped(t *testing.T) {
 		{"no such wrapping key", blob, importer.SHA256, map[string]string{"wrapping-key": "nope"}, "no AES wrapping key", vault.ErrKeyNotFound},
 		{"no wrapping key named", blob, importer.SHA256, nil, "name the wrapping key", vault.ErrUnsupported},
 		{"unknown parameter", blob, importer.SHA256, map[string]string{"wrapping-key": label, "pcrs": "7"}, "unknown", vault.ErrUnsupported},
-		{"wrong length for hash", blob, importer.SHA384, map[string]string{"wrapping-key": label}, "must be 56 bytes", nil},
+		{"wrong length for hash", blob, importer.SHA384, map[string]string{"wrapping-key": label}, "is 56 bytes", nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := b.ImportWrapped(bg, c.blob, c.h, c.params)

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"bytes"
+	"encoding/hex"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pskvault/pskvault/backends/pkcs11/pkcs11test"
+	"github.com/pskvault/pskvault/importer"
+)
+
+// TestPKCS11EndToEnd drives the real binary on a throwaway SoftHSM2 token:
+// probe, import (both EPSK hashes), create, wrapped import under a
+// wrapping key on the token; derivations match the importer byte for byte
+// before and after a daemon restart; no EPSK or PRK byte reaches the state
+// dir, the token dir, the logs or the socket responses.
+func TestPKCS11EndToEnd(t *testing.T) {
+	tok := pkcs11test.Require(t, "pskvault-e2e") // sets SOFTHSM2_CONF for the binary
+	uri := tok.URI()
+	var responses bytes.Buffer
+
+	n := &node{t: t, dir: t.TempDir(), socket: filepath.Join(t.TempDir(), "s")}
+	out, code := n.run(nil, "pkcs11", "probe", uri)
+	if code != 0 || !strings.Contains(out, "usable for sha256 and sha384") {
+		t.Fatalf("pkcs11 probe: exit %d: %s", code, out)
+	}
+	out, code = n.run(nil, "pkcs11", "probe", "pkcs11:token=pskvault-e2e?module-path="+tok.Module+"&pin-value=1234")
+	if code == 0 || !strings.Contains(out, "pin-value is refused") {
+		t.Fatalf("probe with pin-value: exit %d: %s", code, out)
+	}
+
+	// The wrapping key: made on the provisioning side, placed on the token.
+	kek := testKey(32)
+	for i := range kek {
+		kek[i] ^= 0xa5
+	}
+	kekFile := writeKey(t, kek)
+	out, code = n.run(nil, "pkcs11", "import-wrapping-key", "--backend", uri, "--label", "wk-1", "--key-file", kekFile)
+	if code != 0 {
+		t.Fatalf("import-wrapping-key: exit %d: %s", code, out)
+	}
+
+	a := newNode(t, "node-a", uri)
+	a.start()
+
+	type psk struct {
+		identity string
+		hash     importer.Hash
+		epsk     []byte
+	}
+	var psks []psk
+	for _, c := range []struct {
+		identity string
+		hash     importer.Hash
+		n        int
+	}{
+		{"hsm-edge-256", importer.SHA256, 32},
+		{"hsm-edge-384", importer.SHA384, 48},
+	} {
+		epsk := testKey(c.n)
+		epsk[0] ^= byte(c.n)
+		out, code := a.run(nil, "psk", "import", "--identity", c.identity, "--hash", c.hash.String(), "--client", "node-a", "--server", "node-b", "--key-file", writeKey(t, epsk))
+		if code != 0 {
+			t.Fatalf("import %s: exit %d: %s", c.identity, code, out)
+		}
+		responses.WriteString(out)
+		psks = append(psks, psk{c.identity, c.hash, epsk})
+	}
+
+	created := filepath.Join(t.TempDir(), "created.hex")
+	out, code = a.run(nil, "psk", "create", "--identity", "hsm-made", "--client", "node-b", "--server", "node-a", "--out", created)
+	if code != 0 {
+		t.Fatalf("create: exit %d: %s", code, out)
+	}
+	responses.WriteString(out)
+	hexKey, err := os.ReadFile(created)
+	if err != nil {
+		t.Fatal(err)
+	}
+	madeKey, err := hex.DecodeString(strings.TrimSpace(string(hexKey)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	psks = append(psks, psk{"hsm-made", importer.SHA256, madeKey})
+
+	// Wrapped provisioning for both hashes.
+	for _, h := range []importer.Hash{importer.SHA256, importer.SHA384} {
+		epsk := testKey(32)
+		for i := range epsk {
+			epsk[i] ^= 0x3c + byte(h)
+		}
+		blob := filepath.Join(t.TempDir(), "key.blob")
+		if out, code := a.run(nil, "wrap", "--pkcs11-kek", kekFile, "--hash", h.String(), "--key-file", writeKey(t, epsk), "--out", blob); code != 0 {
+			t.Fatalf("wrap: exit %d: %s", code, out)
+		}
+		id := "hsm-wrapped-" + h.String()
+		out, code := a.run(nil, "psk", "import", "--identity", id, "--hash", h.String(), "--client", "node-a", "--server", "node-b", "--wrapped", blob, "--wrapped-key-bits", "256", "--param", "wrapping-key=wk-1")
+		if code != 0 {
+			t.Fatalf("import --wrapped %s: exit %d: %s", h, code, out)
+		}
+		responses.WriteString(out)
+		psks = append(psks, psk{id, h, epsk})
+	}
+	// A blob under another key is refused with a clear error.
+	other := writeKey(t, testKey(32))
+	blob := filepath.Join(t.TempDir(), "other.blob")
+	if out, code := a.run(nil, "wrap", "--pkcs11-kek", other, "--key-file", writeKey(t, testKey(32)), "--out", blob); code != 0 {
+		t.Fatalf("wrap: exit %d: %s", code, out)
+	}
+	out, code = a.run(nil, "psk", "import", "--identity", "hsm-bad-blob", "--client", "node-a", "--server", "node-b", "--wrapped", blob, "--param", "wrapping-key=wk-1")
+	if code == 0 || !strings.Contains(out, "does not unwrap") {
+		t.Errorf("blob under another wrapping key: exit %d: %s", code, out)
+	}
+
+	derivations := func(t *testing.T, stage string) {
+		t.Helper()
+		for _, p := range psks {
+			for _, c := range []struct{ proto, kdf string }{{"tls1.3", "sha256"}, {"tls1.3", "sha384"}, {"dtls1.3", "sha384"}} {
+				wire, ipskx := deriveJSON(t, a, p.identity, "c0ffee", c.proto, c.kdf, &responses)
+				pr, _ := importer.ParseProtocol(c.proto)
+				k, _ := importer.ParseKDF(c.kdf)
+				w, want, err := importer.Import(p.hash, p.epsk, importer.Identity{External: []byte(p.identity), Context: []byte{0xc0, 0xff, 0xee}, Protocol: pr, KDF: k})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if wire != hex.EncodeToString(w) || ipskx != hex.EncodeToString(want) {
+					t.Errorf("%s: %s %s/%s differs from the importer (values withheld)", stage, p.identity, c.proto, c.kdf)
+				}
+			}
+		}
+	}
+	derivations(t, "first run")
+	a.stop()
+	a.start()
+	derivations(t, "after daemon restart")
+	a.stop()
+
+	secrets := map[string][]byte{}
+	for _, p := range psks {
+		prk, _ := importer.Extract(p.hash, p.epsk)
+		secrets[p.identity+" EPSK"] = p.epsk
+		secrets[p.identity+" PRK"] = prk
+		secrets[p.identity+" EPSK hex"] = []byte(hex.EncodeToString(p.epsk))
+		secrets[p.identity+" PRK hex"] = []byte(hex.EncodeToString(prk))
+	}
+	secrets["wrapping key"] = kek
+	haystacks := map[string][]byte{"daemon log": a.log.Bytes(), "responses": responses.Bytes()}
+	// The token directory too: SoftHSM2 encrypts private objects under a
+	// key derived from the user PIN.
+	for _, dir := range []string{a.dir, filepath.Join(tok.Dir, "tokens")} {
+		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				b, _ := os.ReadFile(p)
+				haystacks[p] = b
+			}
+			return nil
+		})
+	}
+	for hn, h := range haystacks {
+		for sn, s := range secrets {
+			if bytes.Contains(h, s) {
+				t.Errorf("%s contains the %s", hn, sn)
+			}
+		}
+	}
+	if pin := tok.PIN(); strings.Contains(a.log.String(), pin) || strings.Contains(responses.String(), pin) {
+		t.Error("the PIN appears in the daemon log or a response")
+	}
+}
+
+// TestPKCS11WrongPIN: a daemon on a token whose PIN is wrong fails once
+// with a clear error and leaves the token unlocked.
+func TestPKCS11WrongPIN(t *testing.T) {
+	tok := pkcs11test.Require(t, "pskvault-e2e-pin")
+	wrong := filepath.Join(t.TempDir(), "wrong.pin")
+	os.WriteFile(wrong, []byte("0000\n"), 0o600)
+	uri := "pkcs11:token=" + tok.Label + "?module-path=" + tok.Module + "&pin-source=file:" + wrong
+	n := &node{t: t, dir: filepath.Join(t.TempDir(), "state"), socket: filepath.Join(t.TempDir(), "s")}
+	out, code := n.run(nil, "init", "--node-id", "n", "--backend", uri)
+	if code == 0 || !strings.Contains(out, "refused the PIN") || strings.Contains(out, "0000") {
+		t.Fatalf("init with a wrong PIN: exit %d: %s", code, out)
+	}
+	out, code = n.run(nil, "pkcs11", "probe", tok.URI())
+	if code != 0 || strings.Contains(out, "PIN_LOCKED") || strings.Contains(out, "FINAL_TRY") {
+		t.Fatalf("token after a wrong PIN: exit %d: %s", code, out)
+	}
+}
