@@ -37,7 +37,7 @@ func TestMain(m *testing.M) {
 func sharedSim(b *testing.B) *swtpmsim.Sim {
 	b.Helper()
 	swtpmsim.SkipOrFail(b, swtpmsim.Available())
-	benchOnce.Do(func() { benchSim, benchErr = swtpmsim.Launch() })
+	benchOnce.Do(func() { benchSim, benchErr = swtpmsim.Shared() })
 	if benchErr != nil {
 		b.Fatal(benchErr)
 	}

@@ -417,3 +417,37 @@ func TestRegistered(t *testing.T) {
 		t.Fatal("scheme tpm not registered")
 	}
 }
+
+// Close must leave nothing loaded (go-tpm-tools' CheckedClose discipline).
+func TestCloseLeavesNoHandles(t *testing.T) {
+	b, sim := openSim(t)
+	store(t, b, importer.SHA256, nil)
+	store(t, b, importer.SHA384, map[string]string{"pcrs": "7"})
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := b.HMAC(context.Background(), vault.KeyRef{Handle: []byte("x"), Hash: importer.SHA256}, nil); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Fatalf("HMAC after Close = %v", err)
+	}
+	probe := &Backend{cfg: Config{SwtpmTCP: sim.Addr()}}
+	l, err := probe.dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, first := range []uint32{0x80000000, 0x02000000, 0x03000000} {
+		rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: first, PropertyCount: 64}.Execute(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs, _ := rsp.CapabilityData.Data.Handles()
+		for _, h := range hs.Handle {
+			if uint32(h)>>24 == first>>24 {
+				t.Errorf("handle 0x%08x still loaded after Close", uint32(h))
+			}
+		}
+	}
+}

@@ -2,14 +2,19 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"io/fs"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/pskvault/pskvault/client"
 	"github.com/pskvault/pskvault/importer"
 	"github.com/pskvault/pskvault/internal/swtpmsim"
 )
@@ -187,5 +192,70 @@ func TestTPMParentPubErrors(t *testing.T) {
 	}
 	if out, code := n.run(nil, "wrap", "--tpm-parent-pub", "/nonexistent", "--key-file", writeKey(t, testKey(32)), "--out", filepath.Join(t.TempDir(), "b")); code == 0 {
 		t.Errorf("wrap with a missing parent key file: %s", out)
+	}
+}
+
+// BenchmarkTPMDeriveDaemon: one derivation (SHA-256 EPSK, TLS 1.3,
+// HKDF_SHA256) through the whole stack: client package, Unix socket, the
+// real daemon binary, vault policy and record checks, and the backend: a
+// TPM2_HMAC on a hot key for tpm, and the soft backend beside it so the
+// TPM's share is visible. Set PSKVAULT_BENCH_SWTPM=127.0.0.1:PORT to run
+// against the same swtpm as the backend benchmarks.
+func BenchmarkTPMDeriveDaemon(b *testing.B) {
+	swtpmsim.SkipOrFail(b, swtpmsim.Available())
+	sim, err := swtpmsim.Shared()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sim.Close()
+	b.Run("tpm", func(b *testing.B) { benchDaemonDerive(b, sim.URI()) })
+	b.Run("soft", func(b *testing.B) { benchDaemonDerive(b, "soft") })
+}
+
+func benchDaemonDerive(b *testing.B, backend string) {
+	root := b.TempDir()
+	state, sock := filepath.Join(root, "state"), filepath.Join(root, "run", "pskvault.sock")
+	cli := func(args ...string) {
+		out, err := exec.Command(binary, append([]string{"--state-dir", state, "--socket", sock}, args...)...).CombinedOutput()
+		if err != nil {
+			b.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	cli("init", "--node-id", "node-a", "--backend", backend)
+	var dlog bytes.Buffer
+	daemon := exec.Command(binary, "--state-dir", state, "--socket", sock, "serve", "--log-level", "warn")
+	daemon.Stdout, daemon.Stderr = &dlog, &dlog
+	if err := daemon.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		daemon.Process.Signal(os.Interrupt)
+		daemon.Wait()
+	}()
+	for i := 0; ; i++ {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			break
+		}
+		if i > 200 {
+			b.Fatalf("daemon did not start: %s", dlog.String())
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	keyFile := filepath.Join(root, "k.hex")
+	os.WriteFile(keyFile, []byte(hex.EncodeToString(testKey(32))), 0o600)
+	cli("psk", "import", "--identity", "bench", "--client", "node-a", "--server", "node-b", "--key-file", keyFile)
+	c := client.New(sock)
+	defer c.Close()
+	req := client.DeriveRequest{Identity: []byte("bench"), Context: []byte("ctx"), Protocol: "tls1.3", KDF: "sha256"}
+	ctx := context.Background()
+	if _, err := c.Derive(ctx, req); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.Derive(ctx, req); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -27,6 +27,29 @@ import (
 // into a test failure instead of a skip.
 const RequireEnv = "PSKVAULT_REQUIRE_SIMULATORS"
 
+// SharedEnv names a swtpm the caller already runs (host:port of its TCP
+// command channel, e.g. from simulators/swtpm.sh). Benchmarks in several
+// packages use it so that all figures come from the same simulator.
+const SharedEnv = "PSKVAULT_BENCH_SWTPM"
+
+// Shared returns the swtpm named by PSKVAULT_BENCH_SWTPM, or launches a
+// private one. Close stops only a simulator Shared launched.
+func Shared() (*Sim, error) {
+	addr := os.Getenv(SharedEnv)
+	if addr == "" {
+		return Launch()
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host != "127.0.0.1" {
+		return nil, fmt.Errorf("%s=%q: want 127.0.0.1:PORT", SharedEnv, addr)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return nil, fmt.Errorf("%s=%q: bad port", SharedEnv, addr)
+	}
+	return &Sim{Port: p, CtrlPort: p + 1}, nil
+}
+
 // Sim is a running (or stopped) swtpm.
 type Sim struct {
 	Dir      string // private directory: state/, swtpm.pid, swtpm.log
@@ -115,7 +138,9 @@ func Launch(opts ...Option) (*Sim, error) {
 // Close stops the simulator and removes its directory.
 func (s *Sim) Close() error {
 	err := s.Stop()
-	os.RemoveAll(s.Dir)
+	if s.Dir != "" {
+		os.RemoveAll(s.Dir)
+	}
 	return err
 }
 
@@ -140,6 +165,9 @@ func (s *Sim) PID() int { return s.pid }
 // state directory, the way a host reboot or a crashed swtpm would: volatile
 // state (loaded objects, sessions, PCRs) is lost, persistent state is kept.
 func (s *Sim) Restart() error {
+	if s.Dir == "" {
+		return errors.New("swtpmsim: cannot restart a simulator this process did not start")
+	}
 	if err := s.Stop(); err != nil {
 		return err
 	}
