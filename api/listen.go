@@ -7,23 +7,23 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrSocketInUse reports a live daemon already listening on the socket path.
 var ErrSocketInUse = errors.New("socket in use")
 
-// Listen creates a Unix socket at path with mode (0600 or 0660), inside a
-// directory created 0700 (or 0750 for a 0660 socket) when missing. A stale
+// Listen creates a Unix socket at path with mode (0600, 0660 or 0666),
+// inside a directory created 0700 (0750 for a 0660 socket, 0755 for a 0666
+// data socket, whose callers the daemon checks itself) when missing. A stale
 // socket left by a dead daemon is replaced; anything at path that is not a
 // socket is never unlinked, and a socket with a live daemon behind it is
 // refused.
 func Listen(path string, mode os.FileMode) (net.Listener, error) {
-	if mode != 0o600 && mode != 0o660 {
-		return nil, fmt.Errorf("socket mode %04o: want 0600 or 0660", mode)
-	}
-	dirMode := os.FileMode(0o700)
-	if mode == 0o660 {
-		dirMode = 0o750
+	dirMode := map[os.FileMode]os.FileMode{0o600: 0o700, 0o660: 0o750, 0o666: 0o755}[mode]
+	if dirMode == 0 {
+		return nil, fmt.Errorf("socket mode %04o: want 0600, 0660 or 0666", mode)
 	}
 	dir := filepath.Dir(path)
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
@@ -35,7 +35,7 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("socket directory: %w", err)
 	}
-	if st.Mode().Perm()&0o002 != 0 || (mode == 0o600 && st.Mode().Perm()&0o077 != 0) {
+	if st.Mode().Perm()&0o022 != 0 || (mode == 0o600 && st.Mode().Perm()&0o077 != 0) {
 		return nil, fmt.Errorf("socket directory %s has mode %04o: it must not be reachable by others (want %04o)", dir, st.Mode().Perm(), dirMode)
 	}
 	if fi, err := os.Lstat(path); err == nil {
@@ -50,7 +50,11 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 			return nil, fmt.Errorf("remove stale socket: %w", err)
 		}
 	}
+	// Create the socket with no permissions for anyone but the owner, then
+	// open it up: no window in which others can connect.
+	old := umask(0o177)
 	l, err := net.Listen("unix", path)
+	umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
@@ -61,3 +65,5 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 	}
 	return l, nil
 }
+
+func umask(m int) int { return unix.Umask(m) }

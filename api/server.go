@@ -2,14 +2,17 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -18,17 +21,69 @@ import (
 	"github.com/pskvault/pskvault/vault"
 )
 
+// Socket names the two sockets a daemon serves.
+type Socket string
+
+// The data socket is for TLS stacks: derive, lookup, offers and status,
+// each derivation checked against the access lists. The admin socket is for
+// operators (root, the daemon's uid, the admin group) and serves everything.
+const (
+	SocketAdmin Socket = "admin"
+	SocketData  Socket = "data"
+)
+
+// Options configure a Server beyond its vault.
+type Options struct {
+	Log    *slog.Logger
+	Audit  *Audit        // nil: no audit log
+	Access *vault.Access // nil: vault.DefaultAccess(the daemon's uid)
+	// AdminGroup, when set, lets members of this group use the admin socket
+	// besides root and the daemon's uid.
+	AdminGroup *uint32
+	// MaxConns caps open connections per socket (default 128); MaxConnsPerUID
+	// caps them per caller uid other than root and the daemon's (default 16).
+	MaxConns, MaxConnsPerUID int
+}
+
 // Server answers the socket protocol for one vault.
 type Server struct {
-	v   *vault.Vault
-	log *slog.Logger
-	mux *http.ServeMux
+	v      *vault.Vault
+	log    *slog.Logger
+	audit  *Audit
+	access *vault.Access
+	opts   Options
+	mux    *http.ServeMux
+}
+
+// dataRoutes are the endpoints the data socket serves.
+var dataRoutes = map[string]bool{
+	"GET /v1/status":  true,
+	"POST /v1/derive": true,
+	"POST /v1/lookup": true,
+	"POST /v1/offers": true,
 }
 
 // NewServer returns a server for v. log receives one line per request and
 // never any key material.
 func NewServer(v *vault.Vault, log *slog.Logger) *Server {
-	s := &Server{v: v, log: log, mux: http.NewServeMux()}
+	return NewServerWith(v, Options{Log: log})
+}
+
+// NewServerWith returns a server for v configured by o.
+func NewServerWith(v *vault.Vault, o Options) *Server {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Access == nil {
+		o.Access = vault.DefaultAccess(uint32(os.Geteuid()))
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = 128
+	}
+	if o.MaxConnsPerUID <= 0 {
+		o.MaxConnsPerUID = 16
+	}
+	s := &Server{v: v, log: o.Log, audit: o.Audit, access: o.Access, opts: o, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /v1/status", s.status)
 	s.mux.HandleFunc("GET /v1/psks", s.list)
 	s.mux.HandleFunc("GET /v1/psks/{id}", s.show)
@@ -36,12 +91,20 @@ func NewServer(v *vault.Vault, log *slog.Logger) *Server {
 	s.mux.HandleFunc("POST /v1/psks/import", s.importPSK)
 	s.mux.HandleFunc("POST /v1/psks/create", s.createPSK)
 	s.mux.HandleFunc("POST /v1/derive", s.derive)
+	s.policyRoutes()
+	s.mux.HandleFunc("POST /v1/lookup", s.lookup)
+	s.mux.HandleFunc("POST /v1/offers", s.offers)
 	return s
 }
 
-// HTTPServer wraps the handler with the timeouts and limits a local daemon
-// needs against slow or oversized clients.
-func (s *Server) HTTPServer() *http.Server {
+// HTTPServer is HTTPServerFor(SocketAdmin), for callers that serve a single
+// socket.
+func (s *Server) HTTPServer() *http.Server { return s.HTTPServerFor(SocketAdmin) }
+
+// HTTPServerFor wraps the handler for one socket with the timeouts and
+// limits a local daemon needs against slow or oversized clients, and tags
+// every connection with its caller (SO_PEERCRED) and socket.
+func (s *Server) HTTPServerFor(sock Socket) *http.Server {
 	return &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -50,33 +113,135 @@ func (s *Server) HTTPServer() *http.Server {
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			ctx = context.WithValue(ctx, keySocket, sock)
+			switch c := c.(type) {
+			case *peerConn:
+				return context.WithValue(ctx, keyCaller, c.caller)
+			case *net.UnixConn:
+				if caller, err := peerCred(c); err == nil {
+					return context.WithValue(ctx, keyCaller, caller)
+				}
+			}
+			return ctx
+		},
 	}
+}
+
+// Serve serves one socket on l until l is closed, capping connections in
+// total and per uid. It returns the http.Server so the caller can shut it
+// down.
+func (s *Server) Serve(l net.Listener, sock Socket) (*http.Server, <-chan error, error) {
+	ll, err := newLimitListener(l, s.opts.MaxConns, s.opts.MaxConnsPerUID, s.access.IsTrusted, s.log)
+	if err != nil {
+		return nil, nil, err
+	}
+	srv := s.HTTPServerFor(sock)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ll) }()
+	return srv, errc, nil
+}
+
+// isAdmin reports whether the caller may use the admin socket.
+func (s *Server) isAdmin(c *vault.Caller) bool {
+	if c == nil {
+		return false
+	}
+	if s.access.IsTrusted(c) {
+		return true
+	}
+	return s.opts.AdminGroup != nil && c.InGroup(*s.opts.AdminGroup)
 }
 
 type statusRecorder struct {
 	http.ResponseWriter
-	code int
+	code    int
+	errCode string
 }
 
 func (r *statusRecorder) WriteHeader(code int) { r.code = code; r.ResponseWriter.WriteHeader(code) }
 
-// ServeHTTP serves one request, bounded to MaxBody, and logs it.
+// ServeHTTP serves one request, bounded to MaxBody, checks the caller may
+// use this socket and endpoint, logs it and writes its audit line.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 	r.Body = http.MaxBytesReader(rec, r.Body, MaxBody)
+	sock, _ := r.Context().Value(keySocket).(Socket)
+	if sock == "" {
+		sock = SocketAdmin
+	}
+	caller := callerOf(r.Context())
+	_, pattern := s.mux.Handler(r)
+	ae := &AuditEntry{Socket: string(sock), Op: opName(pattern, r)}
+	if caller != nil {
+		ae.UID, ae.GID, ae.PID = &caller.UID, &caller.GID, &caller.PID
+	}
+	r = r.WithContext(context.WithValue(r.Context(), keyAudit, ae))
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error("panic serving request", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(p))
 			writeError(rec, http.StatusInternalServerError, CodeInternal, "internal error")
 		}
-		s.log.Info("request", "method", r.Method, "path", r.URL.Path, "status", rec.code, "duration", time.Since(start))
+		s.log.Info("request", "socket", sock, "method", r.Method, "path", r.URL.Path, "status", rec.code, "duration", time.Since(start))
+		if ae.Op != "" {
+			ae.Time, ae.Status = time.Now().UTC(), rec.code
+			if ae.Result == "" {
+				ae.Result = "ok"
+				if rec.code >= 300 {
+					ae.Result = rec.errCode
+				}
+			}
+			s.audit.Write(ae)
+		}
 	}()
-	if _, pattern := s.mux.Handler(r); pattern == "" {
-		writeError(rec, http.StatusNotFound, CodeNotFound, fmt.Sprintf("no endpoint %s %s (see docs/API.md)", r.Method, r.URL.Path))
+	switch {
+	case pattern == "" || (sock == SocketData && !dataRoutes[pattern]):
+		ae.Op = ""
+		writeError(rec, http.StatusNotFound, CodeNotFound, fmt.Sprintf("no endpoint %s %s on the %s socket (see docs/API.md)", r.Method, r.URL.Path, sock))
+		return
+	case caller == nil:
+		ae.Reason = "no peer credentials"
+		writeError(rec, http.StatusForbidden, CodeForbidden, "caller unknown: connect over the daemon's Unix socket")
+		return
+	case sock == SocketAdmin && !s.isAdmin(caller):
+		ae.Reason = "not root, the daemon's user or in the admin group"
+		writeError(rec, http.StatusForbidden, CodeForbidden, "the admin socket is for root, the daemon's user and the admin group")
 		return
 	}
 	s.mux.ServeHTTP(rec, r)
+}
+
+// opName names an endpoint in the audit log; "" for requests not audited.
+func opName(pattern string, r *http.Request) string {
+	switch pattern {
+	case "":
+		return ""
+	case "GET /v1/status":
+		return "status"
+	case "GET /v1/psks":
+		return "list"
+	case "GET /v1/psks/{id}":
+		return "show"
+	case "DELETE /v1/psks/{id}":
+		return "delete"
+	case "POST /v1/psks/import":
+		return "import"
+	case "POST /v1/psks/create":
+		return "create"
+	}
+	if _, rest, ok := strings.Cut(pattern, "/v1/"); ok {
+		return strings.ReplaceAll(strings.TrimPrefix(rest, "psks/{id}/"), "/", "-")
+	}
+	return pattern
+}
+
+// auditOf is the audit entry of the request being served.
+func auditOf(r *http.Request) *AuditEntry {
+	if ae, ok := r.Context().Value(keyAudit).(*AuditEntry); ok {
+		return ae
+	}
+	return &AuditEntry{}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -93,6 +258,9 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeError(w http.ResponseWriter, code int, errCode, msg string) {
 	b, _ := json.Marshal(Error{Code: errCode, Message: msg})
+	if rec, ok := w.(*statusRecorder); ok {
+		rec.errCode = errCode
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
@@ -137,6 +305,10 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 	var hexErr hex.InvalidByteError
 	if errors.As(err, &hexErr) {
 		writeError(w, http.StatusBadRequest, CodeBadHex, err.Error())
+		return
+	}
+	if status, code, ok := policyError(err); ok {
+		writeError(w, status, code, err.Error())
 		return
 	}
 	for _, e := range table {
@@ -204,8 +376,21 @@ func identityOf(text, hexStr string) ([]byte, error) {
 	return nil, badRequest("missing identity or identity_hex")
 }
 
-func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, Status{Version: Version, NodeID: s.v.NodeID(), Backend: s.v.BackendInfo(), PSKs: len(s.v.List())})
+// status counts every PSK on the admin socket, and on the data socket only
+// those the caller may derive.
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	psks := s.v.List()
+	n := len(psks)
+	if sock, _ := r.Context().Value(keySocket).(Socket); sock == SocketData {
+		caller := callerOf(r.Context())
+		n = 0
+		for _, p := range psks {
+			if s.access.Allows(caller, p, s.v.RoleOf(p)) {
+				n++
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, Status{Version: Version, NodeID: s.v.NodeID(), Backend: s.v.BackendInfo(), PSKs: n})
 }
 
 func (s *Server) list(w http.ResponseWriter, _ *http.Request) {
@@ -221,6 +406,7 @@ func (s *Server) pathIdentity(r *http.Request) ([]byte, error) {
 	if err == nil && len(id) == 0 {
 		err = badRequest("empty identity in path")
 	}
+	auditOf(r).Identity = hexOf(id)
 	return id, err
 }
 
@@ -258,6 +444,9 @@ func importQuery(q url.Values, create bool) (vault.ImportRequest, error) {
 	if !create {
 		allowed["wrapped_key_bits"] = true
 	}
+	for k := range policyParams {
+		allowed[k] = true
+	}
 	for k, vs := range q {
 		if !allowed[k] {
 			return req, badRequest("unknown query parameter %q", k)
@@ -267,7 +456,12 @@ func importQuery(q url.Values, create bool) (vault.ImportRequest, error) {
 		}
 	}
 	var err error
-	if req.Identity, err = identityOf(q.Get("identity"), q.Get("identity_hex")); err != nil {
+	if err = policyQuery(q, &req); err != nil {
+		return req, err
+	}
+	if req.RandomIdentity && q.Get("identity") == "" && q.Get("identity_hex") == "" {
+		// the vault generates the identity
+	} else if req.Identity, err = identityOf(q.Get("identity"), q.Get("identity_hex")); err != nil {
 		return req, err
 	}
 	req.ClientNode, req.ServerNode = q.Get("client"), q.Get("server")
@@ -307,6 +501,7 @@ func importQuery(q url.Values, create bool) (vault.ImportRequest, error) {
 
 func (s *Server) importPSK(w http.ResponseWriter, r *http.Request) {
 	req, err := importQuery(r.URL.Query(), false)
+	auditOf(r).Identity = hexOf(req.Identity)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -334,6 +529,7 @@ func (s *Server) importPSK(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) createPSK(w http.ResponseWriter, r *http.Request) {
 	req, err := importQuery(r.URL.Query(), true)
+	auditOf(r).Identity = hexOf(req.Identity)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -351,49 +547,91 @@ func (s *Server) createPSK(w http.ResponseWriter, r *http.Request) {
 	w.Write(key)
 }
 
-func (s *Server) derive(w http.ResponseWriter, r *http.Request) {
+// parseDerive decodes and checks a derive request body.
+func parseDerive(r *http.Request) (vault.DeriveRequest, error) {
 	var req DeriveRequest
 	if err := decodeJSON(r, &req); err != nil {
-		s.fail(w, err)
-		return
+		return vault.DeriveRequest{}, err
 	}
 	id, err := identityOf(req.Identity, req.IdentityHex)
 	if err != nil {
-		s.fail(w, err)
-		return
+		return vault.DeriveRequest{}, err
 	}
 	ctxBytes, err := decodeHex("context_hex", req.ContextHex)
 	if err != nil {
-		s.fail(w, err)
-		return
+		return vault.DeriveRequest{}, err
 	}
 	proto, err := importer.ParseProtocol(req.Protocol)
 	if err != nil {
-		s.fail(w, err)
-		return
+		return vault.DeriveRequest{}, err
 	}
 	kdf, err := importer.ParseKDF(req.KDF)
 	if err != nil {
+		return vault.DeriveRequest{}, err
+	}
+	return vault.DeriveRequest{Identity: id, Context: ctxBytes, Target: vault.Target{Protocol: proto, KDF: kdf}, Peer: req.Peer, Role: req.Role}, nil
+}
+
+// deriveFor runs a derivation for the request's caller: the access lists are
+// checked before anything about the PSK is revealed, and again for the role
+// the derivation actually took. A refused caller gets vault.Denied, which
+// answers exactly like an unknown PSK.
+func (s *Server) deriveFor(r *http.Request, req vault.DeriveRequest) (*vault.Derived, error) {
+	ae := auditOf(r)
+	caller := callerOf(r.Context())
+	p, err := s.v.Get(req.Identity)
+	if err != nil {
+		return nil, err
+	}
+	if !s.access.Allows(caller, p, s.v.RoleOf(p)) {
+		ae.Result, ae.Reason, ae.Role = "denied", "caller not in the access list", s.v.RoleOf(p)
+		return nil, vault.Denied
+	}
+	d, err := s.v.Derive(r.Context(), req)
+	if err != nil {
+		return nil, err
+	}
+	ae.Role = d.Role
+	if !s.access.Allows(caller, d.PSK, d.Role) {
+		clear(d.IPSKX)
+		ae.Result, ae.Reason = "denied", "caller not in the access list"
+		return nil, vault.Denied
+	}
+	return d, nil
+}
+
+func deriveResponse(d *vault.Derived, req vault.DeriveRequest) DeriveResponse {
+	return DeriveResponse{
+		ImportedIdentity: hexOf(d.ImportedIdentity),
+		IPSKX:            hexOf(d.IPSKX),
+		IdentityHex:      d.PSK.IdentityHex(),
+		ContextHex:       hexOf(d.Context),
+		Protocol:         req.Target.Protocol.String(),
+		KDF:              req.Target.KDF.String(),
+		Hash:             d.PSK.Hash.String(),
+		Role:             d.Role,
+		NotAfter:         d.PSK.NotAfter,
+		PSKPolicy:        PolicyOf(d.PSK),
+	}
+}
+
+func (s *Server) derive(w http.ResponseWriter, r *http.Request) {
+	req, err := parseDerive(r)
+	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	d, err := s.v.Derive(r.Context(), vault.DeriveRequest{Identity: id, Context: ctxBytes, Target: vault.Target{Protocol: proto, KDF: kdf}})
+	ae := auditOf(r)
+	ae.Identity, ae.Target, ae.Context = hexOf(req.Identity), req.Target.String(), hexOf(req.Context)
+	d, err := s.deriveFor(r, req)
 	if err != nil {
+		if ae.Reason == "" {
+			ae.Reason = err.Error()
+		}
 		s.fail(w, err)
 		return
 	}
 	defer clear(d.IPSKX)
-	resp := DeriveResponse{
-		ImportedIdentity: hexOf(d.ImportedIdentity),
-		IPSKX:            hexOf(d.IPSKX),
-		IdentityHex:      d.PSK.IdentityHex(),
-		ContextHex:       hexOf(ctxBytes),
-		Protocol:         proto.String(),
-		KDF:              kdf.String(),
-		Hash:             d.PSK.Hash.String(),
-		Role:             d.Role,
-		NotAfter:         d.PSK.NotAfter,
-	}
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, resp)
+	writeJSON(w, http.StatusOK, deriveResponse(d, req))
 }

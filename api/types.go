@@ -52,6 +52,7 @@ type PSK struct {
 	State       string    `json:"state"`
 	Origin      string    `json:"origin"`
 	Backend     string    `json:"backend"`
+	PSKPolicy             // RFC 9257 policy (policy.go)
 }
 
 // FromRecord converts a vault record for the wire.
@@ -68,6 +69,7 @@ func FromRecord(p *vault.PSK) PSK {
 		Origin:      p.Origin,
 		Backend:     p.Backend,
 	}
+	out.PSKPolicy = PolicyOf(p)
 	if utf8.Valid(p.Identity) {
 		out.Identity = string(p.Identity)
 	}
@@ -90,6 +92,10 @@ type DeriveRequest struct {
 	ContextHex  string `json:"context_hex,omitempty"`
 	Protocol    string `json:"protocol"` // "tls1.3" or "dtls1.3"
 	KDF         string `json:"kdf"`      // "sha256" or "sha384"
+	// Peer and Role (this node's, "client" or "server"): required for group
+	// PSKs, checked when given for pairwise ones (docs/RFC9257.md).
+	Peer string `json:"peer,omitempty"`
+	Role string `json:"role,omitempty"`
 }
 
 // DeriveResponse is the answer to POST /v1/derive. IPSKX is the one JSON
@@ -104,6 +110,7 @@ type DeriveResponse struct {
 	Hash             string    `json:"hash"`
 	Role             string    `json:"role"`
 	NotAfter         time.Time `json:"not_after,omitzero"`
+	PSKPolicy                  // what the TLS stack must enforce (policy.go)
 }
 
 // Error is every non-2xx answer.
@@ -133,6 +140,42 @@ const (
 	CodeKeyPolicy        = "key_policy"
 	CodeUnavailable      = "backend_unavailable"
 	CodeInternal         = "internal"
+	CodeForbidden        = "forbidden" // the admin socket refused the caller
+	CodeNoKey            = "no_key"    // lookup or offers: nothing for this caller and identity
 )
 
 func hexOf(b []byte) string { return hex.EncodeToString(b) }
+
+// LookupRequest is POST /v1/lookup, for a TLS server: IdentityHex is the
+// PskIdentity.identity received in a ClientHello, in hex. It is decoded
+// strictly as an RFC 9258 ImportedIdentity. ContextHex, Protocol and KDF,
+// when given, are what the server expects, and must match byte for byte.
+type LookupRequest struct {
+	IdentityHex string  `json:"identity_hex"`
+	ContextHex  *string `json:"context_hex,omitempty"`
+	Protocol    string  `json:"protocol,omitempty"`
+	KDF         string  `json:"kdf,omitempty"`
+}
+
+// OffersRequest is POST /v1/offers, for a TLS client: the imported PSKs to
+// offer to server node Server, for one context and target.
+type OffersRequest struct {
+	Server     string `json:"server"`
+	ContextHex string `json:"context_hex,omitempty"`
+	Protocol   string `json:"protocol"`
+	KDF        string `json:"kdf"`
+}
+
+// Offer is one (imported identity, ipskx) pair a client offers.
+type Offer struct {
+	IdentityHex      string    `json:"identity_hex"`      // external identity
+	ImportedIdentity string    `json:"imported_identity"` // PskIdentity.identity to send, hex
+	IPSKX            string    `json:"ipskx"`             // the key, hex
+	Hash             string    `json:"hash"`
+	NotAfter         time.Time `json:"not_after,omitzero"`
+}
+
+// OfferList answers POST /v1/offers; empty when nothing matches.
+type OfferList struct {
+	Offers []Offer `json:"offers"`
+}

@@ -137,6 +137,7 @@ type PSKSpec struct {
 	Targets    []string // "tls1.3/sha256", ...; empty: all
 	NotAfter   time.Time
 	Params     map[string]string // backend-specific
+	Policy     PolicySpec        // RFC 9257 options (policy.go)
 }
 
 func (s PSKSpec) query() url.Values {
@@ -156,6 +157,7 @@ func (s PSKSpec) query() url.Values {
 	for k, v := range s.Params {
 		q.Add("param", k+"="+v)
 	}
+	s.Policy.addTo(q)
 	return q
 }
 
@@ -201,6 +203,8 @@ type DeriveRequest struct {
 	Context  []byte
 	Protocol string // "tls1.3" or "dtls1.3"
 	KDF      string // "sha256" or "sha384"
+	Peer     string // the peer node: required for group PSKs
+	Role     string // this node's role, "client" or "server": required for group PSKs
 }
 
 // Derived is an imported PSK. IPSKX is secret: zero it after use.
@@ -217,11 +221,72 @@ func (c *Client) Derive(ctx context.Context, r DeriveRequest) (*Derived, error) 
 		ContextHex:  hex.EncodeToString(r.Context),
 		Protocol:    r.Protocol,
 		KDF:         r.KDF,
+		Peer:        r.Peer,
+		Role:        r.Role,
 	})
 	var resp api.DeriveResponse
 	if err := c.getJSON(ctx, http.MethodPost, "/v1/derive", nil, "application/json", body, &resp); err != nil {
 		return nil, err
 	}
+	return derivedFrom(resp)
+}
+
+// Lookup is a TLS server's question: the key for the PskIdentity.identity
+// bytes a ClientHello carried. expectContext, when non-nil, is the RFC 9258
+// context the server requires; protocol and kdf ("" for any) the target it
+// runs. Every refusal is the same *Error with Code "no_key".
+func (c *Client) Lookup(ctx context.Context, wireIdentity, expectContext []byte, protocol, kdf string) (*Derived, error) {
+	req := api.LookupRequest{IdentityHex: hex.EncodeToString(wireIdentity), Protocol: protocol, KDF: kdf}
+	if expectContext != nil {
+		h := hex.EncodeToString(expectContext)
+		req.ContextHex = &h
+	}
+	body, _ := json.Marshal(req)
+	var resp api.DeriveResponse
+	if err := c.getJSON(ctx, http.MethodPost, "/v1/lookup", nil, "application/json", body, &resp); err != nil {
+		return nil, err
+	}
+	return derivedFrom(resp)
+}
+
+// Offer is one (imported identity, ipskx) pair to offer. IPSKX is secret.
+type Offer struct {
+	Identity         []byte // external identity
+	ImportedIdentity []byte // what goes on the wire
+	IPSKX            []byte
+	Hash             string
+	NotAfter         time.Time
+}
+
+// Offers lists the imported PSKs a TLS client on this node offers to server
+// node server, for one context and target ("tls1.3", "sha256").
+func (c *Client) Offers(ctx context.Context, server string, context []byte, protocol, kdf string) ([]Offer, error) {
+	body, _ := json.Marshal(api.OffersRequest{Server: server, ContextHex: hex.EncodeToString(context), Protocol: protocol, KDF: kdf})
+	var resp api.OfferList
+	if err := c.getJSON(ctx, http.MethodPost, "/v1/offers", nil, "application/json", body, &resp); err != nil {
+		return nil, err
+	}
+	out := make([]Offer, 0, len(resp.Offers))
+	for _, o := range resp.Offers {
+		var x Offer
+		var e1, e2, e3 error
+		x.Identity, e1 = hex.DecodeString(o.IdentityHex)
+		x.ImportedIdentity, e2 = hex.DecodeString(o.ImportedIdentity)
+		x.IPSKX, e3 = hex.DecodeString(o.IPSKX)
+		if e1 != nil || e2 != nil || e3 != nil {
+			for _, y := range out {
+				clear(y.IPSKX)
+			}
+			clear(x.IPSKX)
+			return nil, errors.New("daemon sent a malformed offer")
+		}
+		x.Hash, x.NotAfter = o.Hash, o.NotAfter
+		out = append(out, x)
+	}
+	return out, nil
+}
+
+func derivedFrom(resp api.DeriveResponse) (*Derived, error) {
 	d := &Derived{Response: resp}
 	var err error
 	if d.ImportedIdentity, err = hex.DecodeString(resp.ImportedIdentity); err != nil {

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -17,7 +20,7 @@ import (
 
 func init() {
 	register(&command{name: "init", summary: "create a vault for this node", setup: setupInit})
-	register(&command{name: "serve", summary: "run the daemon: own the vault, listen on the socket", setup: setupServe})
+	register(&command{name: "serve", summary: "run the daemon: own the vault, listen on the admin and data sockets", setup: setupServe})
 	register(&command{name: "version", summary: "print the version", setup: func(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
 		return func(context.Context, []string) error {
 			fmt.Fprintln(g.stdout, "pskvault", api.Version)
@@ -47,49 +50,188 @@ func setupInit(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 	}
 }
 
+// serveFlags are serve's own flags.
+type serveFlags struct {
+	mode, dataMode   string
+	logLevel         string
+	adminGroup       string
+	auditLog         string
+	maxConns, perUID int
+	mlock            string
+	allowClient      listFlag
+	allowServer      listFlag
+}
+
 func setupServe(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
-	mode := fs.String("socket-mode", "0600", "socket file `mode`: 0600 (owner only) or 0660 (owner and group)")
-	logLevel := fs.String("log-level", "info", "`level`: debug, info, warn, error")
+	var f serveFlags
+	fs.StringVar(&f.mode, "socket-mode", "", "admin socket file `mode`: 0600 (owner only; default) or 0660 (owner and --admin-group)")
+	fs.StringVar(&f.dataMode, "data-socket-mode", "0666", "data socket file `mode`: 0666 (anyone connects, the access lists decide), 0660 or 0600")
+	fs.StringVar(&f.logLevel, "log-level", "info", "`level`: debug, info, warn, error")
+	fs.StringVar(&f.adminGroup, "admin-group", "", "`group` (name or gid) whose members may use the admin socket besides root and the daemon's user")
+	fs.StringVar(&f.auditLog, "audit-log", "", "audit log `file` (JSON lines), or - for stderr (default: audit.log in the state dir)")
+	fs.IntVar(&f.maxConns, "max-conns", 128, "open connections allowed per socket")
+	fs.IntVar(&f.perUID, "max-conns-per-uid", 16, "open connections allowed per caller uid (root and the daemon's user exempt)")
+	fs.StringVar(&f.mlock, "mlock", "auto", "lock memory out of swap: auto, require or off")
+	fs.Var(&f.allowClient, "allow-client", "`principal` (user:NAME|UID, group:NAME|GID) allowed to derive client-role keys of every PSK without its own rule; repeatable")
+	fs.Var(&f.allowServer, "allow-server", "`principal` allowed to derive server-role keys of every PSK without its own rule; repeatable")
 	return func(ctx context.Context, args []string) error {
 		if len(args) > 0 {
 			return usagef("unexpected argument %q", args[0])
 		}
-		m, err := strconv.ParseUint(*mode, 8, 32)
+		return serve(ctx, g, &f)
+	}
+}
+
+func parseMode(flagName, s string) (os.FileMode, error) {
+	m, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || (m != 0o600 && m != 0o660 && m != 0o666) {
+		return 0, usagef("%s %q: want 0600, 0660 or 0666", flagName, s)
+	}
+	return os.FileMode(m), nil
+}
+
+func serve(ctx context.Context, g *globals, f *serveFlags) error {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return usagef("--log-level %q: want debug, info, warn or error", f.logLevel)
+	}
+	log := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: lvl}))
+	if err := harden(log, f.mlock); err != nil {
+		return err
+	}
+	opts := api.Options{Log: log, MaxConns: f.maxConns, MaxConnsPerUID: f.perUID}
+	access := vault.DefaultAccess(uint32(os.Geteuid()))
+	for _, p := range f.allowClient {
+		pr, err := vault.ParsePrincipal(p)
 		if err != nil {
-			return usagef("--socket-mode %q: want 0600 or 0660", *mode)
+			return usagef("--allow-client: %v", err)
 		}
-		var lvl slog.Level
-		if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-			return usagef("--log-level %q: want debug, info, warn or error", *logLevel)
-		}
-		log := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: lvl}))
-		v, err := vault.Open(ctx, g.stateDir)
+		access.Default.Client = append(access.Default.Client, pr)
+	}
+	for _, p := range f.allowServer {
+		pr, err := vault.ParsePrincipal(p)
 		if err != nil {
-			if errors.Is(err, vault.ErrNotInitialized) {
-				return withHint(err, "run 'pskvault --state-dir %s init --node-id NAME' first", g.stateDir)
-			}
+			return usagef("--allow-server: %v", err)
+		}
+		access.Default.Server = append(access.Default.Server, pr)
+	}
+	opts.Access = access
+	adminMode := os.FileMode(0o600)
+	if f.adminGroup != "" {
+		pr, err := vault.ParsePrincipal("group:" + f.adminGroup)
+		if err != nil {
+			return usagef("--admin-group: %v", err)
+		}
+		opts.AdminGroup = &pr.ID
+		adminMode = 0o660
+	}
+	if f.mode != "" {
+		m, err := parseMode("--socket-mode", f.mode)
+		if err != nil {
 			return err
 		}
-		defer v.Close()
-		l, err := api.Listen(g.socket, os.FileMode(m))
+		adminMode = m
+	}
+	if adminMode == 0o666 {
+		return usagef("--socket-mode 0666: the admin socket is never open to everyone")
+	}
+	dataMode, err := parseMode("--data-socket-mode", f.dataMode)
+	if err != nil {
+		return err
+	}
+
+	v, err := vault.Open(ctx, g.stateDir)
+	if err != nil {
+		if errors.Is(err, vault.ErrNotInitialized) {
+			return withHint(err, "run 'pskvault --state-dir %s init --node-id NAME' first", g.stateDir)
+		}
+		return err
+	}
+	defer v.Close()
+
+	auditPath := f.auditLog
+	if auditPath == "" {
+		auditPath = filepath.Join(g.stateDir, "audit.log")
+	}
+	var auditW io.Writer = g.stderr
+	if auditPath != "-" {
+		af, err := os.OpenFile(auditPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return fmt.Errorf("open audit log: %w", err)
+		}
+		defer af.Close()
+		auditW = af
+	}
+	opts.Audit = api.NewAudit(auditW)
+
+	adminL, err := api.Listen(g.socket, adminMode)
+	if err != nil {
+		return err
+	}
+	defer adminL.Close()
+	if opts.AdminGroup != nil {
+		if err := chgrpSocket(g.socket, *opts.AdminGroup); err != nil {
+			return err
+		}
+	}
+	var dataL net.Listener
+	if g.dataSocket != "" {
+		if filepath.Dir(g.dataSocket) == filepath.Dir(g.socket) {
+			return usagef("--data-socket must be in another directory than --socket: the directories' modes keep the admin socket private")
+		}
+		if dataL, err = api.Listen(g.dataSocket, dataMode); err != nil {
+			return err
+		}
+		defer dataL.Close()
+	}
+
+	s := api.NewServerWith(v, opts)
+	type served struct {
+		srv  *http.Server
+		errc <-chan error
+	}
+	var all []served
+	for _, x := range []struct {
+		l    net.Listener
+		sock api.Socket
+	}{{adminL, api.SocketAdmin}, {dataL, api.SocketData}} {
+		if x.l == nil {
+			continue
+		}
+		srv, errc, err := s.Serve(x.l, x.sock)
 		if err != nil {
 			return err
 		}
-		srv := api.NewServer(v, log).HTTPServer()
-		log.Info("serving", "node", v.NodeID(), "backend", v.BackendInfo().Name, "socket", g.socket, "state_dir", g.stateDir, "version", api.Version)
-		errc := make(chan error, 1)
-		go func() { errc <- srv.Serve(l) }()
-		select {
-		case err := <-errc:
-			return fmt.Errorf("serve: %w", err)
-		case <-ctx.Done():
-		}
-		log.Info("shutting down")
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		all = append(all, served{srv, errc})
+	}
+	log.Info("serving", "node", v.NodeID(), "backend", v.BackendInfo().Name, "socket", g.socket, "data_socket", g.dataSocket, "state_dir", g.stateDir, "audit_log", auditPath, "version", api.Version)
+	errc := make(chan error, len(all))
+	for _, x := range all {
+		go func() { errc <- <-x.errc }()
+	}
+	var serveErr error
+	select {
+	case err := <-errc:
+		serveErr = fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, x := range all {
+		if err := x.srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Warn("shutdown", "err", err)
 		}
-		return nil
 	}
+	return serveErr
+}
+
+// chgrpSocket gives the admin group the admin socket and its directory.
+func chgrpSocket(path string, gid uint32) error {
+	for _, p := range []string{filepath.Dir(path), path} {
+		if err := os.Lchown(p, -1, int(gid)); err != nil {
+			return fmt.Errorf("give %s to the admin group: %w", p, err)
+		}
+	}
+	return nil
 }

@@ -33,7 +33,7 @@ func setupDerive(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 		if err != nil {
 			return usagef("--context-hex: not a hex string")
 		}
-		d, err := g.client().Derive(ctx, client.DeriveRequest{Identity: b, Context: c, Protocol: *proto, KDF: *kdf})
+		d, err := g.dataClient().Derive(ctx, client.DeriveRequest{Identity: b, Context: c, Protocol: *proto, KDF: *kdf})
 		if err != nil {
 			return err
 		}

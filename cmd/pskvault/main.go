@@ -45,18 +45,29 @@ func register(c *command) {
 
 // globals are the flags every verb accepts.
 type globals struct {
-	stateDir string
-	socket   string
-	stdout   io.Writer
-	stderr   io.Writer
-	stdin    io.Reader
+	stateDir   string
+	socket     string
+	dataSocket string // "" : use socket
+	stdout     io.Writer
+	stderr     io.Writer
+	stdin      io.Reader
 }
 
 func (g *globals) client() *client.Client { return client.New(g.socket) }
 
+// dataClient talks to the data socket when one is named, else to the
+// admin socket (which serves the data endpoints too).
+func (g *globals) dataClient() *client.Client {
+	if g.dataSocket != "" {
+		return client.New(g.dataSocket)
+	}
+	return client.New(g.socket)
+}
+
 func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.stateDir, "state-dir", g.stateDir, "vault state `directory` (env PSKVAULT_STATE_DIR)")
-	fs.StringVar(&g.socket, "socket", g.socket, "daemon socket `path` (env PSKVAULT_SOCKET)")
+	fs.StringVar(&g.socket, "socket", g.socket, "daemon (admin) socket `path` (env PSKVAULT_SOCKET)")
+	fs.StringVar(&g.dataSocket, "data-socket", g.dataSocket, "daemon data socket `path` for derive and lookup (env PSKVAULT_DATA_SOCKET; default: the --socket)")
 }
 
 func defaultGlobals() *globals {
@@ -65,6 +76,7 @@ func defaultGlobals() *globals {
 	if g.stateDir == "" {
 		g.stateDir = defaultStateDir()
 	}
+	g.dataSocket = os.Getenv("PSKVAULT_DATA_SOCKET")
 	g.socket = os.Getenv("PSKVAULT_SOCKET")
 	if g.socket == "" {
 		g.socket = defaultSocket()

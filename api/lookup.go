@@ -1,0 +1,184 @@
+package api
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/pskvault/pskvault/importer"
+	"github.com/pskvault/pskvault/vault"
+)
+
+// errNoKey is the one answer lookup and offers give for every reason a key
+// is not handed out; the reason goes to the audit log only.
+var errNoKey = errors.New("no key for this identity")
+
+// parseLookup decodes a lookup body. A malformed wire identity is not a
+// request error: it is answered like any identity without a key.
+func parseLookup(r *http.Request) (LookupRequest, vault.Target, error) {
+	var req LookupRequest
+	var t vault.Target
+	if err := decodeJSON(r, &req); err != nil {
+		return req, t, err
+	}
+	if req.IdentityHex == "" {
+		return req, t, badRequest("missing identity_hex")
+	}
+	var err error
+	if req.Protocol != "" {
+		if t.Protocol, err = importer.ParseProtocol(req.Protocol); err != nil {
+			return req, t, err
+		}
+	}
+	if req.KDF != "" {
+		if t.KDF, err = importer.ParseKDF(req.KDF); err != nil {
+			return req, t, err
+		}
+	}
+	if req.ContextHex != nil {
+		if _, err := decodeHex("context_hex", *req.ContextHex); err != nil {
+			return req, t, err
+		}
+	}
+	return req, t, nil
+}
+
+// lookup is the TLS server's question: which key goes with the identity this
+// ClientHello carries?
+func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
+	req, want, err := parseLookup(r)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	ae := auditOf(r)
+	d, dreq, reason := s.lookupKey(r, req, want)
+	if reason != "" {
+		if ae.Result == "" {
+			ae.Result = CodeNoKey
+		}
+		ae.Reason = reason
+		writeError(w, http.StatusNotFound, CodeNoKey, errNoKey.Error())
+		return
+	}
+	defer clear(d.IPSKX)
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, deriveResponse(d, dreq))
+}
+
+// lookupKey returns the key for a wire identity, or why there is none.
+func (s *Server) lookupKey(r *http.Request, req LookupRequest, want vault.Target) (*vault.Derived, vault.DeriveRequest, string) {
+	ae := auditOf(r)
+	wire, err := decodeHex("identity_hex", req.IdentityHex)
+	if err != nil {
+		return nil, vault.DeriveRequest{}, "identity_hex is not hex"
+	}
+	id, err := importer.ParseIdentity(wire)
+	if err != nil {
+		return nil, vault.DeriveRequest{}, "not an RFC 9258 ImportedIdentity: " + err.Error()
+	}
+	dreq := vault.DeriveRequest{Identity: id.External, Context: id.Context, Target: vault.Target{Protocol: id.Protocol, KDF: id.KDF}}
+	ae.Identity, ae.Target, ae.Context, ae.Role = hexOf(id.External), dreq.Target.String(), hexOf(id.Context), "server"
+	if req.ContextHex != nil {
+		wantCtx, _ := decodeHex("context_hex", *req.ContextHex)
+		if !bytes.Equal(wantCtx, id.Context) {
+			return nil, dreq, fmt.Sprintf("context %x is not the expected %x", id.Context, wantCtx)
+		}
+	}
+	if want.Protocol != 0 && want.Protocol != id.Protocol {
+		return nil, dreq, fmt.Sprintf("target protocol %s, the server runs %s", id.Protocol, want.Protocol)
+	}
+	if want.KDF != 0 && want.KDF != id.KDF {
+		return nil, dreq, fmt.Sprintf("target KDF %s, the server expects %s", id.KDF, want.KDF)
+	}
+	p, err := s.v.Get(id.External)
+	if err != nil {
+		return nil, dreq, err.Error()
+	}
+	if !s.access.Allows(callerOf(r.Context()), p, "server") {
+		ae.Result = "denied"
+		return nil, dreq, "caller not in the access list"
+	}
+	if p.ServerNode != s.v.NodeID() && s.v.RoleOf(p) != "server" {
+		return nil, dreq, "this node is not the PSK's server"
+	}
+	d, err := s.deriveFor(r, dreq)
+	if err != nil {
+		if errors.Is(err, vault.ErrDenied) {
+			return nil, dreq, "caller not in the access list"
+		}
+		return nil, dreq, err.Error()
+	}
+	if d.Role != "server" || !bytes.Equal(d.ImportedIdentity, wire) {
+		clear(d.IPSKX)
+		return nil, dreq, "derivation does not match the wire identity or role"
+	}
+	return d, dreq, ""
+}
+
+// offers is the TLS client's question: which (identity, key) pairs do I
+// offer to this server node?
+func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
+	var req OffersRequest
+	if err := decodeJSON(r, &req); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if err := vault.CheckNodeID(req.Server); err != nil {
+		s.fail(w, fmt.Errorf("server: %w", err))
+		return
+	}
+	ctxBytes, err := decodeHex("context_hex", req.ContextHex)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	proto, err := importer.ParseProtocol(req.Protocol)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	kdf, err := importer.ParseKDF(req.KDF)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	ae := auditOf(r)
+	t := vault.Target{Protocol: proto, KDF: kdf}
+	ae.Target, ae.Context, ae.Role = t.String(), hexOf(ctxBytes), "client"
+	caller := callerOf(r.Context())
+	out := OfferList{Offers: []Offer{}}
+	var keys [][]byte
+	defer func() {
+		for _, k := range keys {
+			clear(k)
+		}
+	}()
+	for _, p := range s.v.List() {
+		if p.ClientNode != s.v.NodeID() || p.ServerNode != req.Server || !p.Allows(t) {
+			continue
+		}
+		if !s.access.Allows(caller, p, "client") {
+			continue
+		}
+		d, err := s.v.Derive(r.Context(), vault.DeriveRequest{Identity: p.Identity, Context: ctxBytes, Target: t})
+		if err != nil {
+			continue // revoked, expired, ...: nothing to offer
+		}
+		keys = append(keys, d.IPSKX)
+		if d.Role != "client" {
+			continue
+		}
+		out.Offers = append(out.Offers, Offer{
+			IdentityHex:      p.IdentityHex(),
+			ImportedIdentity: hexOf(d.ImportedIdentity),
+			IPSKX:            hexOf(d.IPSKX),
+			Hash:             p.Hash.String(),
+			NotAfter:         p.NotAfter,
+		})
+	}
+	ae.Count = len(out.Offers)
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, out)
+}
