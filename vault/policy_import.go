@@ -55,7 +55,14 @@ func (v *Vault) preparePolicy(ctx context.Context, req *ImportRequest) (Policy, 
 		pol.IdentityFindings = f
 	}
 	if req.Stack != "" {
-		if err := CheckStack(req.Stack, req.Identity, req.Hash, keyBits(req)); err != nil {
+		ctxLen := 0
+		if pol.NodeContext {
+			ctxLen = 3 + len(nodeContextLabel) + 2*64 // the longest node ids
+			if len(req.Group) == 0 {
+				ctxLen = 3 + len(nodeContextLabel) + len(req.ClientNode) + len(req.ServerNode)
+			}
+		}
+		if err := CheckStack(req.Stack, req.Identity, ctxLen, req.Targets); err != nil {
 			return pol, err
 		}
 	}
@@ -107,13 +114,6 @@ func (v *Vault) preparePolicy(ctx context.Context, req *ImportRequest) (Policy, 
 	}
 	pol.Fingerprint = fp
 	return pol, nil
-}
-
-func keyBits(req *ImportRequest) int {
-	if req.Wrapped {
-		return req.WrappedKeyBits
-	}
-	return len(req.Key) * 8
 }
 
 // describeNodes names the PSK's nodes for messages.

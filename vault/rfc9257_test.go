@@ -520,3 +520,32 @@ func TestRFC9257_Check(t *testing.T) {
 		t.Fatalf("tampered vault: %d MUST violations, want >= 3: %+v", rep.Must, rep)
 	}
 }
+
+// RFC 9257 section 6.1: stack interfaces limit identities and keys.
+func TestRFC9257_Sec6_1_StackProfiles(t *testing.T) {
+	v := newVault(t, "node-a")
+	r := pairReq("stack-ok", randKey(t, 32))
+	r.Stack, r.Targets = "mbedtls", []vault.Target{tls256}
+	if _, err := v.Import(bg, r); err != nil {
+		t.Fatal(err)
+	}
+	r = pairReq("stack-384", randKey(t, 32))
+	r.Stack = "mbedtls" // all targets, SHA-384 ones give 48-byte keys
+	if _, err := v.Import(bg, r); !errors.Is(err, vault.ErrStackLimit) || !strings.Contains(err.Error(), "48-byte key, mbedtls takes at most 32") {
+		t.Fatalf("mbedtls sha384: %v", err)
+	}
+	r = pairReq(strings.Repeat("i", 121), randKey(t, 32))
+	r.Stack, r.Targets = "boringssl", []vault.Target{tls256}
+	if _, err := v.Import(bg, r); !errors.Is(err, vault.ErrStackLimit) || !strings.Contains(err.Error(), "imported identity is 129 bytes, boringssl takes at most 128") {
+		t.Fatalf("boringssl long identity: %v", err)
+	}
+	r = pairReq("stack-openssl", randKey(t, 32))
+	r.Stack, r.Targets = "openssl", []vault.Target{{Protocol: importer.TLS13, KDF: importer.HKDFSHA384}}
+	if _, err := v.Import(bg, r); !errors.Is(err, vault.ErrStackLimit) {
+		t.Fatalf("openssl sha384: %v", err)
+	}
+	r.Stack = "nss"
+	if _, err := v.Import(bg, r); !errors.Is(err, vault.ErrInvalid) {
+		t.Fatalf("unknown stack: %v", err)
+	}
+}

@@ -62,6 +62,7 @@ type specFlags struct {
 	notAfter       string
 	validFor       time.Duration
 	params         listFlag
+	pol            policyFlags // RFC 9257 flags (policy.go)
 }
 
 func (s *specFlags) register(fs *flag.FlagSet) {
@@ -73,17 +74,25 @@ func (s *specFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.notAfter, "not-after", "", "expiry `time` (RFC 3339)")
 	fs.DurationVar(&s.validFor, "valid-for", 0, "expire after this `duration` (e.g. 2160h)")
 	fs.Var(&s.params, "param", "backend-specific `NAME=VALUE`, repeatable (e.g. pcrs=7,11 on tpm)")
+	s.pol.register(fs)
 }
 
 func (s *specFlags) spec() (client.PSKSpec, error) {
 	id, err := s.id.bytes()
+	if s.pol.randomIdentity && s.id.text == "" && s.id.hex == "" {
+		id, err = nil, nil
+	}
 	if err != nil {
 		return client.PSKSpec{}, err
 	}
-	if s.client == "" || s.server == "" {
-		return client.PSKSpec{}, usagef("--client and --server are required: every PSK has exactly one client node and one server node (RFC 9257 section 4.1)")
+	pol, err := s.pol.spec()
+	if err != nil {
+		return client.PSKSpec{}, err
 	}
-	spec := client.PSKSpec{Identity: id, Hash: s.hash, ClientNode: s.client, ServerNode: s.server, Targets: s.targets}
+	if (s.client == "" || s.server == "") && len(pol.Group) == 0 {
+		return client.PSKSpec{}, usagef("--client and --server are required: every PSK has exactly one client node and one server node (RFC 9257 section 4.1), unless --group lists the members of a group PSK")
+	}
+	spec := client.PSKSpec{Identity: id, Hash: s.hash, ClientNode: s.client, ServerNode: s.server, Targets: s.targets, Policy: pol}
 	switch {
 	case s.notAfter != "" && s.validFor != 0:
 		return spec, usagef("give --not-after or --valid-for, not both")
@@ -286,5 +295,7 @@ func printRecord(g *globals, p *api.PSK, asJSON bool) error {
 	if !p.NotAfter.IsZero() {
 		row("not_after", p.NotAfter.Format(time.RFC3339))
 	}
+	policyRows(row, p)
+	warnPolicy(g, p)
 	return tw.Flush()
 }

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/pskvault/pskvault/vault"
+)
+
+func init() {
+	register(&command{name: "check", summary: "audit the vault against RFC 9257; exit status 1 when a MUST is violated", setup: setupCheck})
+}
+
+// errCheckFailed makes check exit non-zero after printing its report.
+var errCheckFailed = errors.New("RFC 9257 check failed")
+
+func setupCheck(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	strict := fs.Bool("strict", false, "also fail when a SHOULD is not met")
+	return func(ctx context.Context, args []string) error {
+		if len(args) > 0 {
+			return usagef("unexpected argument %q", args[0])
+		}
+		rep, err := g.client().Check(ctx)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			if err := json.NewEncoder(g.stdout).Encode(rep); err != nil {
+				return err
+			}
+		} else {
+			printCheck(g, rep)
+		}
+		switch {
+		case rep.Must > 0:
+			return fmt.Errorf("%w: %d MUST violation(s)", errCheckFailed, rep.Must)
+		case *strict && rep.Should > 0:
+			return fmt.Errorf("%w: %d SHOULD finding(s) and --strict", errCheckFailed, rep.Should)
+		}
+		return nil
+	}
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func printCheck(g *globals, rep *vault.Report) {
+	tw := tabwriter.NewWriter(g.stdout, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "IDENTITY\tKIND\tNODES\tBITS\tENTROPY\tDHE REQUIRED\tEARLY DATA\tIMPORTER ONLY\tFINALIZED\tNOT AFTER\tSTATE\tFINDINGS")
+	for _, a := range rep.PSKs {
+		id := "hex:" + a.IdentityHex
+		if a.Identity != "" && strings.IndexFunc(a.Identity, func(r rune) bool { return r < 0x21 || r == 0x7f }) < 0 {
+			id = a.Identity
+		}
+		na := "never"
+		if !a.NotAfter.IsZero() {
+			na = a.NotAfter.Format(time.RFC3339)
+		}
+		entropy, _, _ := strings.Cut(a.Entropy, ";")
+		var must, should, warn int
+		for _, f := range a.Findings {
+			switch f.Level {
+			case vault.LevelMust:
+				must++
+			case vault.LevelShould:
+				should++
+			case vault.LevelWarn:
+				warn++
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d MUST, %d SHOULD, %d warn\n", id, a.Kind, a.Nodes, a.KeyBits, entropy,
+			yesNo(a.DHERequired), yesNo(a.EarlyData), yesNo(a.ImporterOnly), yesNo(a.Finalized), na, a.State, must, should, warn)
+	}
+	tw.Flush()
+	for _, a := range rep.PSKs {
+		for _, f := range a.Findings {
+			if f.Level == vault.LevelInfo {
+				continue
+			}
+			fmt.Fprintf(g.stdout, "%-6s %s: %s (RFC 9257 section %s, rule %s)\n", f.Level, a.IdentityHex, f.Message, f.Section, f.Rule)
+		}
+	}
+	fmt.Fprintf(g.stdout, "node %s: %d PSK(s), %d MUST violation(s), %d SHOULD finding(s), %d warning(s)\n", rep.Node, len(rep.PSKs), rep.Must, rep.Should, rep.Warn)
+}

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/pskvault/pskvault/client"
+)
+
+func init() {
+	register(&command{name: "psk revoke", summary: "stop a PSK now: destroy its key, keep the record (RFC 9257 lifecycle)", setup: setupRevoke})
+	register(&command{name: "psk rotate", summary: "make the next generation of a PSK; the old one expires after --overlap", setup: setupRotate})
+	register(&command{name: "psk finalize", summary: "keep the imported keys for the allowed targets and destroy the main key (RFC 9257 section 6)", setup: setupFinalize})
+}
+
+func setupRevoke(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
+	var id identityFlags
+	id.register(fs)
+	reason := fs.String("reason", "", "why, recorded on the PSK (e.g. \"node-b decommissioned\")")
+	asJSON := fs.Bool("json", false, "print the record as JSON")
+	return func(ctx context.Context, args []string) error {
+		if len(args) > 0 {
+			return usagef("unexpected argument %q", args[0])
+		}
+		b, err := id.bytes()
+		if err != nil {
+			return err
+		}
+		p, err := g.client().Revoke(ctx, b, *reason)
+		if err != nil {
+			return err
+		}
+		return printRecord(g, p, *asJSON)
+	}
+}
+
+func setupFinalize(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
+	var id identityFlags
+	id.register(fs)
+	var contexts listFlag
+	fs.Var(&contexts, "context-hex", "RFC 9258 `context` to keep, in hex, repeatable (default: the empty context; PSKs with --node-context keep their node contexts)")
+	asJSON := fs.Bool("json", false, "print the record as JSON")
+	return func(ctx context.Context, args []string) error {
+		if len(args) > 0 {
+			return usagef("unexpected argument %q", args[0])
+		}
+		b, err := id.bytes()
+		if err != nil {
+			return err
+		}
+		var cs [][]byte
+		for _, h := range contexts {
+			c, err := hex.DecodeString(h)
+			if err != nil {
+				return usagef("--context-hex %q: not a hex string", h)
+			}
+			cs = append(cs, c)
+		}
+		p, err := g.client().Finalize(ctx, b, cs)
+		if err != nil {
+			return err
+		}
+		return printRecord(g, p, *asJSON)
+	}
+}
+
+func setupRotate(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
+	var id, newID identityFlags
+	id.register(fs)
+	fs.StringVar(&newID.text, "new-identity", "", "identity of the new generation as UTF-8 `text` (default for a random identity: a new random one)")
+	fs.StringVar(&newID.hex, "new-identity-hex", "", "identity of the new generation as `hex`")
+	overlap := fs.Duration("overlap", 7*24*time.Hour, "how long the old generation stays derivable")
+	keyFile := fs.String("key-file", "", "new hex EPSK `file` (or -) instead of generating one")
+	out := fs.String("out", "", "`file` for the generated EPSK, for the peer (0600, never overwritten)")
+	validFor := fs.Duration("valid-for", 0, "lifetime of the new generation (default: the old one's)")
+	source := fs.String("source", "", "provenance of --key-file")
+	allowLow := fs.Bool("allow-low-entropy", false, "accept a --key-file that looks low-entropy (flagged for good)")
+	return func(ctx context.Context, args []string) error {
+		if len(args) > 0 {
+			return usagef("unexpected argument %q", args[0])
+		}
+		b, err := id.bytes()
+		if err != nil {
+			return err
+		}
+		spec := client.RotateSpec{Overlap: *overlap, Provenance: *source, AllowLowEntropy: *allowLow}
+		if newID.text != "" || newID.hex != "" {
+			if spec.NewIdentity, err = newID.bytes(); err != nil {
+				return err
+			}
+		}
+		if *validFor > 0 {
+			spec.NotAfter = time.Now().Add(*validFor)
+		}
+		c := g.client()
+		if (*keyFile == "") == (*out == "") {
+			return usagef("give --out (the vault generates the key) or --key-file (you bring it), exactly one")
+		}
+		if *keyFile != "" {
+			key, err := readHexKey(g, *keyFile)
+			if err != nil {
+				return err
+			}
+			nid, _, err := c.Rotate(ctx, b, spec, key)
+			clear(key)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "rotated %x -> %x; the old generation expires in %s\n", b, nid, *overlap)
+			return nil
+		}
+		f, err := createSecretFile(*out)
+		if err != nil {
+			return err
+		}
+		nid, key, err := c.Rotate(ctx, b, spec, nil)
+		if err != nil {
+			f.Close()
+			os.Remove(*out)
+			return err
+		}
+		err = writeHexKey(f, key)
+		clear(key)
+		if err != nil {
+			os.Remove(*out)
+			return fmt.Errorf("write %s: %w (revoke the new generation %x and rotate again)", *out, err, nid)
+		}
+		fmt.Fprintf(g.stdout, "rotated %x -> %x; the old generation expires in %s\nEPSK for the peer written to %s (0600): deliver it securely and on the peer run 'pskvault psk rotate --identity-hex %x --new-identity-hex %x --key-file FILE'\n", b, nid, *overlap, *out, b, nid)
+		return nil
+	}
+}

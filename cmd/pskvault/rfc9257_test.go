@@ -1,0 +1,112 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/pskvault/pskvault/vault"
+)
+
+// TestRFC9257CheckCLI: `pskvault check` passes on a clean vault, and fails
+// (exit status 1, the violation named) on one that breaks a MUST.
+func TestRFC9257CheckCLI(t *testing.T) {
+	a := newNode(t, "node-a", "soft")
+	a.start()
+	out, code := a.run(nil, "psk", "create", "--random-identity", "--client", "node-a", "--server", "node-b",
+		"--node-context", "--finalize", "--valid-for", "720h", "--out", filepath.Join(t.TempDir(), "peer.hex"))
+	if code != 0 {
+		t.Fatalf("create: exit %d: %s", code, out)
+	}
+	if !strings.Contains(out, "finalized            true") && !strings.Contains(out, "finalized") {
+		t.Fatalf("create output lacks policy rows: %s", out)
+	}
+	out, code = a.run(nil, "check")
+	if code != 0 || !strings.Contains(out, "0 MUST violation(s), 0 SHOULD finding(s), 0 warning(s)") {
+		t.Fatalf("check on a clean vault: exit %d: %s", code, out)
+	}
+	out, code = a.run(nil, "check", "--json")
+	var rep vault.Report
+	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil || !rep.OK() || len(rep.PSKs) != 1 || !rep.PSKs[0].DHERequired || !rep.PSKs[0].Finalized {
+		t.Fatalf("check --json: exit %d: %s", code, out)
+	}
+
+	// A SHOULD only: the low-entropy key allowed. check passes, --strict fails.
+	weak := writeKey(t, []byte("correct horse battery staple!!"))
+	out, code = a.run(nil, "psk", "import", "--identity", "weak", "--client", "node-b", "--server", "node-a", "--key-file", weak)
+	if code != 1 || !strings.Contains(out, "looks low-entropy") || !strings.Contains(out, "--allow-low-entropy") {
+		t.Fatalf("low-entropy import: exit %d: %s", code, out)
+	}
+	if out, code = a.run(nil, "psk", "import", "--identity", "weak", "--client", "node-b", "--server", "node-a", "--key-file", weak, "--allow-low-entropy", "--source", "legacy config"); code != 0 {
+		t.Fatalf("low-entropy import allowed: exit %d: %s", code, out)
+	}
+	if out, code = a.run(nil, "check"); code != 0 || !strings.Contains(out, "LOW ENTROPY") {
+		t.Fatalf("check with a SHOULD: exit %d: %s", code, out)
+	}
+	if out, code = a.run(nil, "check", "--strict"); code != 1 {
+		t.Fatalf("check --strict with a SHOULD: exit %d: %s", code, out)
+	}
+
+	// Break a MUST behind the daemon's back: a second record with the same
+	// key (fingerprint) for another pair, and a 64-bit key length.
+	a.stop()
+	db, err := bolt.Open(filepath.Join(a.dir, "vault.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("psks"))
+		var p vault.PSK
+		if err := json.Unmarshal(b.Get([]byte("weak")), &p); err != nil {
+			return err
+		}
+		p.Identity, p.ClientNode, p.KeyBits = []byte("copy"), "node-c", 64
+		raw, _ := json.Marshal(p)
+		return b.Put(p.Identity, raw)
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.start()
+	out, code = a.run(nil, "check")
+	if code != 1 || !strings.Contains(out, "key is 64 bits") || !strings.Contains(out, "same key as PSK") || !strings.Contains(out, "RFC 9257 check failed") {
+		t.Fatalf("check on a vault breaking a MUST: exit %d: %s", code, out)
+	}
+	if strings.Contains(out, "636f7272656374") { // hex of the key text
+		t.Fatal("check output contains key material")
+	}
+	os.Remove(weak)
+}
+
+// TestRFC9257DeriveCarriesPolicy: derive answers carry psk_dhe_ke_required
+// and early_data_allowed; --random-identity gives the recognisable shape.
+func TestRFC9257DeriveCarriesPolicy(t *testing.T) {
+	a := newNode(t, "node-a", "soft")
+	a.start()
+	out, code := a.run(nil, "psk", "import", "--identity", "lax", "--client", "node-a", "--server", "node-b",
+		"--key-file", writeKey(t, testKey(32)), "--allow-early-data")
+	if code != 0 || !strings.Contains(out, "early data allowed") {
+		t.Fatalf("import with early data: exit %d: %s", code, out)
+	}
+	out, code = a.run(nil, "derive", "--identity", "lax", "--json")
+	var d map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &d) != nil {
+		t.Fatalf("derive: exit %d: %s", code, out)
+	}
+	if d["psk_dhe_ke_required"] != true || d["early_data_allowed"] != true || d["kind"] != "pairwise" {
+		t.Fatalf("derive response policy fields: %s", out)
+	}
+	out, code = a.run(nil, "psk", "create", "--random-identity", "--client", "node-a", "--server", "node-b", "--out", filepath.Join(t.TempDir(), "k"), "--json")
+	var p map[string]any
+	if code != 0 || json.Unmarshal([]byte(strings.SplitN(out, "\n", 2)[0]), &p) != nil {
+		t.Fatalf("create --random-identity: exit %d: %s", code, out)
+	}
+	if id, _ := p["identity"].(string); !vault.IsRandomIdentity([]byte(id)) {
+		t.Fatalf("random identity %q", p["identity"])
+	}
+}
