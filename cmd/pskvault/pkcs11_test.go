@@ -189,3 +189,12 @@ func TestPKCS11WrongPIN(t *testing.T) {
 		t.Fatalf("token after a wrong PIN: exit %d: %s", code, out)
 	}
 }
+
+// BenchmarkPKCS11DeriveDaemon is one derive through the real daemon (its own
+// process) on a SoftHSM2 token, single client, beside the soft backend in
+// the same run.
+func BenchmarkPKCS11DeriveDaemon(b *testing.B) {
+	tok := pkcs11test.Require(b, "pskvault-bench") // sets SOFTHSM2_CONF for the daemon
+	b.Run("pkcs11", func(b *testing.B) { benchDaemonDerive(b, tok.URI()) })
+	b.Run("soft", func(b *testing.B) { benchDaemonDerive(b, "soft") })
+}
