@@ -175,11 +175,13 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
+	auditOf(r).Identity = hexOf(id)
 	var req RevokeRequest
 	if err := decodeJSON(r, &req); err != nil {
 		s.fail(w, err)
 		return
 	}
+	auditOf(r).Reason = req.Reason
 	p, err := s.v.Revoke(r.Context(), id, req.Reason)
 	if err != nil {
 		s.fail(w, err)
@@ -194,6 +196,7 @@ func (s *Server) finalize(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
+	auditOf(r).Identity = hexOf(id)
 	var req FinalizeRequest
 	if err := decodeJSON(r, &req); err != nil {
 		s.fail(w, err)
@@ -228,6 +231,7 @@ func (s *Server) rotate(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
+	auditOf(r).Identity = hexOf(id)
 	q := r.URL.Query()
 	allowed := map[string]bool{"identity": true, "identity_hex": true, "overlap": true, "not_after": true, "provenance": true, "allow_low_entropy": true, "allow_identity_warnings": true}
 	for k, vs := range q {

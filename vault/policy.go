@@ -212,6 +212,18 @@ func (v *Vault) deriveContext(p *PSK, req DeriveRequest) ([]byte, string, error)
 	role := req.Role
 	var client, server string
 	if p.IsGroup() {
+		if req.Peer == "" && role == "" && len(req.Context) > 0 {
+			// A TLS server looking up a received identity: the node
+			// context on the wire names both ends.
+			if c, s, err := ParseNodeContext(req.Context); err == nil {
+				switch me {
+				case c:
+					role, req.Peer = "client", s
+				case s:
+					role, req.Peer = "server", c
+				}
+			}
+		}
 		if req.Peer == "" || (role != "client" && role != "server") {
 			return nil, "", fmt.Errorf("%w: deriving a group PSK needs the peer node and this node's role (client or server)", ErrGroup)
 		}

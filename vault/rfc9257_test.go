@@ -549,3 +549,22 @@ func TestRFC9257_Sec6_1_StackProfiles(t *testing.T) {
 		t.Fatalf("unknown stack: %v", err)
 	}
 }
+
+// A TLS server that only has the received ImportedIdentity (lookup) can
+// derive a group PSK: the node context names both ends.
+func TestRFC9257_Sec4_1_GroupLookupFromNodeContext(t *testing.T) {
+	v := newVault(t, "node-b")
+	r := vault.ImportRequest{Identity: []byte("grp"), Key: randKey(t, 32), Hash: importer.SHA256, PolicyRequest: vault.PolicyRequest{Group: []string{"node-a", "node-b", "node-c"}}}
+	if _, err := v.Import(bg, r); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := vault.NodeContext("node-a", "node-b")
+	d := derive(t, v, vault.DeriveRequest{Identity: []byte("grp"), Context: c, Target: tls256})
+	if d.Role != "server" {
+		t.Fatalf("role %s", d.Role)
+	}
+	x, _ := vault.NodeContext("node-a", "node-c")
+	if _, err := v.Derive(bg, vault.DeriveRequest{Identity: []byte("grp"), Context: x, Target: tls256}); !errors.Is(err, vault.ErrGroup) {
+		t.Fatalf("context between two other members: %v", err)
+	}
+}

@@ -21,6 +21,8 @@ func setupDerive(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 	proto := fs.String("protocol", "tls1.3", "target `protocol`: tls1.3 or dtls1.3")
 	kdf := fs.String("kdf", "sha256", "target `KDF`: sha256 (HKDF_SHA256) or sha384 (HKDF_SHA384)")
 	asJSON := fs.Bool("json", false, "print JSON with imported_identity and ipskx in hex")
+	var df deriveFlags // --peer, --role, --format (format.go)
+	df.register(fs)
 	return func(ctx context.Context, args []string) error {
 		if len(args) > 0 {
 			return usagef("unexpected argument %q", args[0])
@@ -33,7 +35,7 @@ func setupDerive(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 		if err != nil {
 			return usagef("--context-hex: not a hex string")
 		}
-		d, err := g.dataClient().Derive(ctx, client.DeriveRequest{Identity: b, Context: c, Protocol: *proto, KDF: *kdf})
+		d, err := g.dataClient().Derive(ctx, client.DeriveRequest{Identity: b, Context: c, Protocol: *proto, KDF: *kdf, Peer: df.peer, Role: df.role})
 		if err != nil {
 			return err
 		}
@@ -42,6 +44,9 @@ func setupDerive(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 		r.IPSKX = hex.EncodeToString(d.IPSKX)
 		if *asJSON {
 			return json.NewEncoder(g.stdout).Encode(r)
+		}
+		if df.format != "" {
+			return writeFormat(g, df.format, r)
 		}
 		fmt.Fprintf(g.stdout, "imported_identity %s\nipskx             %s\nprotocol          %s\nkdf               %s\nrole              %s\n", r.ImportedIdentity, r.IPSKX, r.Protocol, r.KDF, r.Role)
 		return nil

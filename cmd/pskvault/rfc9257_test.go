@@ -110,3 +110,37 @@ func TestRFC9257DeriveCarriesPolicy(t *testing.T) {
 		t.Fatalf("random identity %q", p["identity"])
 	}
 }
+
+// TestRFC9257StackFormatsAndGroups: derive --format per stack, with the
+// stack's limits; a group PSK derived with --peer and --role.
+func TestRFC9257StackFormatsAndGroups(t *testing.T) {
+	a := newNode(t, "node-a", "soft")
+	a.start()
+	if out, code := a.run(nil, "psk", "import", "--identity", "fmt", "--client", "node-a", "--server", "node-b", "--key-file", writeKey(t, testKey(32))); code != 0 {
+		t.Fatalf("import: exit %d: %s", code, out)
+	}
+	out, code := a.run(nil, "derive", "--identity", "fmt", "--json")
+	var d map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &d) != nil {
+		t.Fatalf("derive: exit %d: %s", code, out)
+	}
+	out, code = a.run(nil, "derive", "--identity", "fmt", "--format", "openssl")
+	if code != 0 || !strings.Contains(out, "-psk_identity "+d["imported_identity"].(string)+" -psk "+d["ipskx"].(string)) {
+		t.Fatalf("--format openssl: exit %d", code)
+	}
+	if out, code = a.run(nil, "derive", "--identity", "fmt", "--kdf", "sha384", "--format", "mbedtls"); code != 1 || !strings.Contains(out, "mbedtls takes at most 32") {
+		t.Fatalf("--format mbedtls with a 48-byte key: exit %d: %s", code, out)
+	}
+	if out, code = a.run(nil, "derive", "--identity", "fmt", "--format", "nss"); code != 2 {
+		t.Fatalf("--format nss: exit %d: %s", code, out)
+	}
+	if out, code = a.run(nil, "psk", "create", "--identity", "grp", "--group", "node-a,node-b,node-c", "--out", filepath.Join(t.TempDir(), "g")); code != 0 || !strings.Contains(out, "group") {
+		t.Fatalf("create --group: exit %d: %s", code, out)
+	}
+	if out, code = a.run(nil, "derive", "--identity", "grp"); code != 1 || !strings.Contains(out, "needs the peer node") {
+		t.Fatalf("group derive without --peer: exit %d: %s", code, out)
+	}
+	if out, code = a.run(nil, "derive", "--identity", "grp", "--peer", "node-b", "--role", "client", "--json"); code != 0 || !strings.Contains(out, `"kind":"group"`) {
+		t.Fatalf("group derive: exit %d: %s", code, out)
+	}
+}
