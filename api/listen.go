@@ -30,6 +30,10 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 		if err := os.MkdirAll(dir, dirMode); err != nil {
 			return nil, fmt.Errorf("create socket directory: %w", err)
 		}
+		// The daemon's umask (077) must not narrow a data socket's directory.
+		if err := os.Chmod(dir, dirMode); err != nil {
+			return nil, fmt.Errorf("create socket directory: %w", err)
+		}
 	}
 	st, err := os.Stat(dir)
 	if err != nil {

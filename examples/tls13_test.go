@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -315,4 +314,22 @@ func removePSK(t *testing.T, n *node, identity []byte) {
 	n.cli(t, "psk", "delete", "--identity", string(identity))
 }
 
-var _ = fmt.Sprint
+// TestExampleScript runs examples/tls13-handshake.sh as a user would.
+func TestExampleScript(t *testing.T) {
+	requireStacks(t, stacks...)
+	p := spawn(t, 2*time.Minute, "bash", mustAbs(t, "tls13-handshake.sh"), pskvaultBin)
+	if err := p.wait(2 * time.Minute); err != nil {
+		t.Fatalf("tls13-handshake.sh: %v\n%s", err, p.out.String())
+	}
+	if !strings.Contains(p.out.String(), "handshake refused, as it must be") {
+		t.Fatalf("script did not finish:\n%s", p.out.String())
+	}
+}
+
+func mustAbs(t *testing.T, name string) string {
+	p, err := filepath.Abs(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
