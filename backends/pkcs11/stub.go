@@ -23,3 +23,22 @@ func init() {
 
 // Probe needs cgo.
 func Probe(uri string) (*Report, error) { return nil, errNoCgo }
+
+// Backend is unavailable without cgo.
+type Backend struct{}
+
+// Open needs cgo.
+func Open(ctx context.Context, uri string) (*Backend, error) {
+	if _, err := ParseURI(uri); err != nil {
+		return nil, err
+	}
+	return nil, errNoCgo
+}
+
+// ImportWrappingKey needs cgo.
+func (b *Backend) ImportWrappingKey(ctx context.Context, label string, kek []byte) error {
+	return errNoCgo
+}
+
+// Close does nothing.
+func (b *Backend) Close() error { return nil }
