@@ -223,7 +223,7 @@ func (b *Backend) hmacObj(k *keyBlob, obj *loaded, data []byte) ([]byte, error) 
 		if changed == "" {
 			changed = pcrString(k.pcrMask)
 		}
-		return nil, fmt.Errorf("tpm hmac: %w: the key is bound to PCRs %s and PCR %s no longer hold the values they had when the key was created "+
+		return nil, fmt.Errorf("tpm hmac: %w: the key is bound to PCRs %s and PCR %s changed since the key was created "+
 			"(firmware, boot loader or Secure Boot state changed; re-import the PSK)", vault.ErrKeyPolicy, pcrString(k.pcrMask), changed)
 	}
 	if errors.Is(err, tpm2.TPMRCHandle) || errors.Is(err, tpm2.TPMRCReferenceH0) {

@@ -197,7 +197,7 @@ func TestPCRBoundKeyRefusedAfterExtend(t *testing.T) {
 	if !errors.Is(err, vault.ErrKeyPolicy) {
 		t.Fatalf("HMAC after extending PCR 11 = %v, want ErrKeyPolicy", err)
 	}
-	if !strings.Contains(err.Error(), "PCRs 7,11") || !strings.Contains(err.Error(), "PCR 11 no longer") {
+	if !strings.Contains(err.Error(), "PCRs 7,11") || !strings.Contains(err.Error(), "PCR 11 changed") {
 		t.Errorf("error does not name the PCRs: %v", err)
 	}
 	if strings.Contains(err.Error(), "TPM_RC") {
