@@ -49,7 +49,9 @@ type Policy struct {
 	// node-identifier context (NodeContext func). Always true for groups.
 	NodeContext bool `json:"node_context,omitempty"`
 	// LowEntropy records that the key was imported with AllowLowEntropy
-	// despite EntropyFindings; `check` reports it forever after.
+	// although AssessEntropy flagged it; `check` reports it forever after.
+	// Which detector fired is deliberately not kept (it would help guess
+	// the key); EntropyFindings only notes keys that were never checked.
 	LowEntropy      bool     `json:"low_entropy,omitempty"`
 	EntropyFindings []string `json:"entropy_findings,omitempty"`
 	// Provenance says where the key came from: generated where, by what,

@@ -93,7 +93,10 @@ func (v *Vault) preparePolicy(ctx context.Context, req *ImportRequest) (Policy, 
 			if !req.AllowLowEntropy {
 				return pol, fmt.Errorf("%w: %s (if the key really is what you must use, import it with --allow-low-entropy; the PSK is then flagged for good)", ErrLowEntropy, strings.Join(f, "; "))
 			}
-			pol.LowEntropy, pol.EntropyFindings = true, f
+			// Only the flag is kept: which detector fired ("a 4-byte
+			// pattern repeated", "a published example key") would tell
+			// anyone who can read the record how to guess the key.
+			pol.LowEntropy = true
 		}
 	}
 	// Reuse (section 4.1, section 6 rec. 2).

@@ -108,12 +108,17 @@ func TestRFC9257_Sec4_2_LowEntropyRefused(t *testing.T) {
 			if err != nil {
 				t.Fatalf("with AllowLowEntropy: %v", err)
 			}
-			if !p.LowEntropy || len(p.EntropyFindings) == 0 {
-				t.Fatal("PSK not flagged LowEntropy")
+			if !p.LowEntropy || len(p.EntropyFindings) != 0 {
+				t.Fatal("PSK not flagged LowEntropy, or the detector's finding kept")
 			}
 			rep := v.Check()
 			if !hasRule(rep.PSKs[0].Findings, "entropy", vault.LevelShould) {
 				t.Fatalf("check does not report low entropy: %+v", rep.PSKs[0].Findings)
+			}
+			for _, f := range rep.PSKs[0].Findings {
+				if strings.Contains(f.Message, c.want) {
+					t.Fatalf("check reveals which detector fired: %s", f.Message)
+				}
 			}
 		})
 	}
