@@ -178,8 +178,9 @@ type Backend struct {
 	link   *link   // nil while disconnected
 	parent *parent // nil until (re)established on the current link
 	cache  *objectCache
-	hashes []importer.Hash
-	desc   string
+	hashes []importer.Hash // set by Open, then read-only
+	desc   string          // device in use; written under sem
+	info   vault.BackendInfo
 
 	closeOnce sync.Once
 }
@@ -208,11 +209,19 @@ func Open(ctx context.Context, uri string) (*Backend, error) {
 		b.Close()
 		return nil, err
 	}
+	b.info = b.makeInfo()
 	return b, nil
 }
 
 // Info describes the backend.
 func (b *Backend) Info() vault.BackendInfo {
+	i := b.info
+	i.Hashes = append([]importer.Hash(nil), i.Hashes...)
+	i.HashNames = append([]string(nil), i.HashNames...)
+	return i
+}
+
+func (b *Backend) makeInfo() vault.BackendInfo {
 	names := make([]string, len(b.hashes))
 	for i, h := range b.hashes {
 		names[i] = h.String()
