@@ -161,6 +161,27 @@ func (s *Server) policyRoutes() {
 	s.mux.HandleFunc("POST /v1/psks/{id}/revoke", s.revoke)
 	s.mux.HandleFunc("POST /v1/psks/{id}/finalize", s.finalize)
 	s.mux.HandleFunc("POST /v1/psks/{id}/rotate", s.rotate)
+	s.mux.HandleFunc("POST /v1/sweep", s.sweep)
+}
+
+// SweepResponse answers POST /v1/sweep: the PSKs whose expired keys were
+// destroyed.
+type SweepResponse struct {
+	SweptHex []string `json:"swept_hex"`
+}
+
+func (s *Server) sweep(w http.ResponseWriter, r *http.Request) {
+	ids, err := s.v.Sweep(r.Context())
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	out := SweepResponse{SweptHex: []string{}}
+	for _, id := range ids {
+		out.SweptHex = append(out.SweptHex, hexOf(id))
+	}
+	auditOf(r).Count = len(ids)
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) check(w http.ResponseWriter, _ *http.Request) {

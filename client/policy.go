@@ -61,6 +61,12 @@ func (c *Client) Check(ctx context.Context) (*vault.Report, error) {
 	return &r, c.getJSON(ctx, http.MethodGet, "/v1/check", nil, "", nil, &r)
 }
 
+// Sweep destroys the keys of expired PSKs and returns their identities.
+func (c *Client) Sweep(ctx context.Context) ([]string, error) {
+	var r api.SweepResponse
+	return r.SweptHex, c.getJSON(ctx, http.MethodPost, "/v1/sweep", nil, "", nil, &r)
+}
+
 // Revoke stops a PSK now and destroys its key; the record stays.
 func (c *Client) Revoke(ctx context.Context, identity []byte, reason string) (*api.PSK, error) {
 	body, _ := json.Marshal(api.RevokeRequest{Reason: reason})

@@ -271,3 +271,24 @@ func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) 
 	}
 	return n, key, nil
 }
+
+// Sweep destroys the keys of PSKs past their not-after time (derivation is
+// refused from that instant anyway): each is revoked with the reason
+// "expired", so its record, identity and fingerprint stay. It returns the
+// identities swept.
+func (v *Vault) Sweep(ctx context.Context) ([][]byte, error) {
+	now := v.now()
+	var swept [][]byte
+	var errs []error
+	for _, p := range v.List() {
+		if p.State != StateActive || !p.Expired(now) {
+			continue
+		}
+		if _, err := v.Revoke(ctx, p.Identity, "expired at "+p.NotAfter.Format(time.RFC3339)); err != nil {
+			errs = append(errs, fmt.Errorf("PSK %x: %w", p.Identity, err))
+			continue
+		}
+		swept = append(swept, p.Identity)
+	}
+	return swept, errors.Join(errs...)
+}

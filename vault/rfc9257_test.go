@@ -481,6 +481,14 @@ func TestRFC9257_Sec4_2_Lifecycle(t *testing.T) {
 	if _, _, err := v.Rotate(bg, old.Identity, vault.RotateRequest{}); !errors.Is(err, vault.ErrExpired) {
 		t.Fatalf("rotate expired: %v", err)
 	}
+	// Sweep destroys the expired generation's key, keeps the record.
+	swept, err := v.Sweep(bg)
+	if err != nil || len(swept) != 1 || !bytes.Equal(swept[0], old.Identity) {
+		t.Fatalf("sweep: %x %v", swept, err)
+	}
+	if got, _ := v.Get(old.Identity); got.State != vault.StateRevoked || len(got.Handle) != 0 || !strings.HasPrefix(got.RevokeReason, "expired at ") {
+		t.Fatalf("swept record: %s %q", got.State, got.RevokeReason)
+	}
 	// Revocation is immediate and permanent.
 	p, err := v.Revoke(bg, n.Identity, "node-b compromised")
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 func init() {
 	register(&command{name: "psk revoke", summary: "stop a PSK now: destroy its key, keep the record (RFC 9257 lifecycle)", setup: setupRevoke})
 	register(&command{name: "psk rotate", summary: "make the next generation of a PSK; the old one expires after --overlap", setup: setupRotate})
+	register(&command{name: "psk sweep", summary: "destroy the keys of expired PSKs (records stay, marked revoked)", setup: setupSweep})
 	register(&command{name: "psk finalize", summary: "keep the imported keys for the allowed targets and destroy the main key (RFC 9257 section 6)", setup: setupFinalize})
 }
 
@@ -130,6 +131,23 @@ func setupRotate(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 			return fmt.Errorf("write %s: %w (revoke the new generation %x and rotate again)", *out, err, nid)
 		}
 		fmt.Fprintf(g.stdout, "rotated %x -> %x; the old generation expires in %s\nEPSK for the peer written to %s (0600): deliver it securely and on the peer run 'pskvault psk rotate --identity-hex %x --new-identity-hex %x --key-file FILE'\n", b, nid, *overlap, *out, b, nid)
+		return nil
+	}
+}
+
+func setupSweep(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
+	return func(ctx context.Context, args []string) error {
+		if len(args) > 0 {
+			return usagef("unexpected argument %q", args[0])
+		}
+		ids, err := g.client().Sweep(ctx)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			fmt.Fprintf(g.stdout, "destroyed the key of expired PSK %s\n", id)
+		}
+		fmt.Fprintf(g.stdout, "%d expired PSK(s) swept\n", len(ids))
 		return nil
 	}
 }

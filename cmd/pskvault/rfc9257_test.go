@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -142,5 +143,40 @@ func TestRFC9257StackFormatsAndGroups(t *testing.T) {
 	}
 	if out, code = a.run(nil, "derive", "--identity", "grp", "--peer", "node-b", "--role", "client", "--json"); code != 0 || !strings.Contains(out, `"kind":"group"`) {
 		t.Fatalf("group derive: exit %d: %s", code, out)
+	}
+}
+
+// TestRFC9257LifecycleCLI: rotate with overlap, revoke, sweep through the
+// binary.
+func TestRFC9257LifecycleCLI(t *testing.T) {
+	a := newNode(t, "node-a", "soft")
+	a.start()
+	tmp := t.TempDir()
+	if out, code := a.run(nil, "psk", "create", "--identity", "gen1", "--client", "node-a", "--server", "node-b", "--valid-for", "720h", "--out", filepath.Join(tmp, "k1")); code != 0 {
+		t.Fatalf("create: exit %d: %s", code, out)
+	}
+	out, code := a.run(nil, "psk", "rotate", "--identity", "gen1", "--new-identity", "gen2", "--overlap", "48h", "--out", filepath.Join(tmp, "k2"))
+	if code != 0 || !strings.Contains(out, "rotated 67656e31 -> 67656e32") || !strings.Contains(out, "--new-identity-hex 67656e32 --key-file FILE") {
+		t.Fatalf("rotate: exit %d: %s", code, out)
+	}
+	out, _ = a.run(nil, "psk", "show", "--identity", "gen2", "--json")
+	if !strings.Contains(out, `"generation":2`) || !strings.Contains(out, `"rotated_from_hex":"67656e31"`) {
+		t.Fatalf("new generation record: %s", out)
+	}
+	if out, code = a.run(nil, "derive", "--identity", "gen1"); code != 0 {
+		t.Fatalf("old generation inside the overlap: exit %d: %s", code, out)
+	}
+	if out, code = a.run(nil, "psk", "revoke", "--identity", "gen2", "--reason", "node-b lost"); code != 0 || !strings.Contains(out, "node-b lost") {
+		t.Fatalf("revoke: exit %d: %s", code, out)
+	}
+	if out, code = a.run(nil, "derive", "--identity", "gen2"); code != 1 || !strings.Contains(out, "revoked") {
+		t.Fatalf("derive revoked: exit %d: %s", code, out)
+	}
+	if out, code = a.run(nil, "psk", "import", "--identity", "short-lived", "--client", "node-a", "--server", "node-b", "--key-file", writeKey(t, testKey(48)), "--valid-for", "1s"); code != 0 {
+		t.Fatalf("import: exit %d: %s", code, out)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if out, code = a.run(nil, "psk", "sweep"); code != 0 || !strings.Contains(out, "1 expired PSK(s) swept") {
+		t.Fatalf("sweep: exit %d: %s", code, out)
 	}
 }
