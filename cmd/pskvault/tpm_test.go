@@ -149,6 +149,26 @@ func TestTPMEndToEnd(t *testing.T) {
 	}
 	b.stop()
 
+	// PCR-bound key refused once PCR 7 is extended (tpm2-tools, while the
+	// daemon is stopped: swtpm serves one client at a time); the unbound
+	// key keeps working.
+	a.stop()
+	if _, err := exec.LookPath("tpm2_pcrextend"); err != nil {
+		swtpmsim.SkipOrFail(t, err)
+	}
+	ext := exec.Command("tpm2_pcrextend", "7:sha256="+strings.Repeat("42", 32))
+	ext.Env = append(os.Environ(), "TPM2TOOLS_TCTI="+sim.TCTI())
+	if out, err := ext.CombinedOutput(); err != nil {
+		t.Fatalf("tpm2_pcrextend: %v: %s", err, out)
+	}
+	a.start()
+	out, code = a.run(nil, "derive", "--identity", "tpm-edge-384")
+	if code == 0 || !strings.Contains(out, "PCRs 7") || !strings.Contains(out, "policy") {
+		t.Errorf("PCR-bound derive after extending PCR 7: exit %d: %s", code, out)
+	}
+	responses.WriteString(out)
+	deriveJSON(t, a, "tpm-edge-1", "", "tls1.3", "sha256", &responses)
+
 	a.stop()
 	secrets := map[string][]byte{}
 	for _, p := range psks {
