@@ -119,33 +119,35 @@ func (s *Server) lookupKey(r *http.Request, req LookupRequest, want vault.Target
 
 // offers is the TLS client's question: which (identity, key) pairs do I
 // offer to this server node?
-func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
+// parseOffers decodes and checks an offers request body.
+func parseOffers(r *http.Request) (server string, ctxBytes []byte, t vault.Target, err error) {
 	var req OffersRequest
-	if err := decodeJSON(r, &req); err != nil {
-		s.fail(w, err)
+	if err = decodeJSON(r, &req); err != nil {
 		return
 	}
-	if err := vault.CheckNodeID(req.Server); err != nil {
-		s.fail(w, fmt.Errorf("server: %w", err))
+	if err = vault.CheckNodeID(req.Server); err != nil {
+		err = fmt.Errorf("server: %w", err)
 		return
 	}
-	ctxBytes, err := decodeHex("context_hex", req.ContextHex)
-	if err != nil {
-		s.fail(w, err)
+	if ctxBytes, err = decodeHex("context_hex", req.ContextHex); err != nil {
 		return
 	}
-	proto, err := importer.ParseProtocol(req.Protocol)
-	if err != nil {
-		s.fail(w, err)
+	if t.Protocol, err = importer.ParseProtocol(req.Protocol); err != nil {
 		return
 	}
-	kdf, err := importer.ParseKDF(req.KDF)
+	t.KDF, err = importer.ParseKDF(req.KDF)
+	return req.Server, ctxBytes, t, err
+}
+
+// offers is the TLS client's question: which (identity, key) pairs do I
+// offer to this server node?
+func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
+	server, ctxBytes, t, err := parseOffers(r)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
 	ae := auditOf(r)
-	t := vault.Target{Protocol: proto, KDF: kdf}
 	ae.Target, ae.Context, ae.Role = t.String(), hexOf(ctxBytes), "client"
 	caller := callerOf(r.Context())
 	out := OfferList{Offers: []Offer{}}
@@ -156,7 +158,7 @@ func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	for _, p := range s.v.List() {
-		if p.ClientNode != s.v.NodeID() || p.ServerNode != req.Server || !p.Allows(t) {
+		if p.ClientNode != s.v.NodeID() || p.ServerNode != server || !p.Allows(t) {
 			continue
 		}
 		if !s.access.Allows(caller, p, "client") {

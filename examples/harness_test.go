@@ -70,6 +70,7 @@ type node struct {
 	data     string // data socket
 	client   *client.Client
 	stderr   *syncBuffer
+	pid      int
 }
 
 // newNode initialises a soft-backend vault for id under a fresh directory
@@ -111,6 +112,7 @@ func (n *node) start(serveArgs ...string) {
 		cancel()
 		t.Fatalf("start daemon for %s: %v", n.id, err)
 	}
+	n.pid = cmd.Process.Pid
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	t.Cleanup(func() {
