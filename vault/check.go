@@ -45,8 +45,19 @@ func (v *Vault) Check() *Report {
 	now := v.now()
 	psks := v.List()
 	r := &Report{Node: v.cfg.NodeID, PSKs: []Audit{}}
+	ids := make([][]byte, len(psks))
+	for i, p := range psks {
+		ids[i] = p.Identity
+	}
+	known := newSkeletons(ids)
+	fps := map[string][][]byte{} // fingerprint -> live identities
 	for _, p := range psks {
-		a := v.audit(p, psks, now)
+		if len(p.Fingerprint) > 0 && p.State != StateRevoked {
+			fps[string(p.Fingerprint)] = append(fps[string(p.Fingerprint)], p.Identity)
+		}
+	}
+	for _, p := range psks {
+		a := v.audit(p, fps, known, now)
 		for _, f := range a.Findings {
 			switch f.Level {
 			case LevelMust:
@@ -62,7 +73,7 @@ func (v *Vault) Check() *Report {
 	return r
 }
 
-func (v *Vault) audit(p *PSK, all []*PSK, now time.Time) Audit {
+func (v *Vault) audit(p *PSK, fps map[string][][]byte, known skeletons, now time.Time) Audit {
 	a := Audit{
 		IdentityHex:  p.IdentityHex(),
 		Kind:         "pairwise",
@@ -132,9 +143,9 @@ func (v *Vault) audit(p *PSK, all []*PSK, now time.Time) Audit {
 		add("not-party", "4.1", LevelMust, "this node (%s) is not party to the PSK but holds it", v.cfg.NodeID)
 	}
 	if len(p.Fingerprint) > 0 {
-		for _, o := range all {
-			if o != p && o.State != StateRevoked && !bytes.Equal(o.Identity, p.Identity) && bytes.Equal(o.Fingerprint, p.Fingerprint) {
-				add("key-reuse", "6", LevelMust, "same key as PSK %x: one key is used by more than two nodes", o.Identity)
+		for _, o := range fps[string(p.Fingerprint)] {
+			if !bytes.Equal(o, p.Identity) {
+				add("key-reuse", "6", LevelMust, "same key as PSK %x: one key is used by more than two nodes", o)
 			}
 		}
 	} else if !strings.HasPrefix(p.Origin, "imported-wrapped") {
@@ -155,13 +166,7 @@ func (v *Vault) audit(p *PSK, all []*PSK, now time.Time) Audit {
 		add("expired", "4.2", LevelInfo, "expired at %s; derivation refused (delete or revoke to destroy the key)", p.NotAfter.Format(time.RFC3339))
 	}
 	// Identities, re-checked now against the whole vault.
-	var others [][]byte
-	for _, o := range all {
-		if !bytes.Equal(o.Identity, p.Identity) {
-			others = append(others, o.Identity)
-		}
-	}
-	f, err := CheckIdentity(p.Identity, others, true)
+	f, err := checkIdentity(p.Identity, known, true)
 	if err != nil {
 		add("identity", "6.1.2", LevelShould, "%v", err)
 	}

@@ -85,6 +85,24 @@ func IsRandomIdentity(id []byte) bool { return randomIdentityRe.Match(id) }
 //
 // It returns the findings to record and, separately, those that refuse.
 func CheckIdentity(id []byte, existing [][]byte, allowWarnings bool) (record []Finding, err error) {
+	return checkIdentity(id, newSkeletons(existing), allowWarnings)
+}
+
+// skeletons indexes text identities by their UTS #39 skeleton.
+type skeletons map[string][][]byte
+
+func newSkeletons(ids [][]byte) skeletons {
+	s := skeletons{}
+	for _, e := range ids {
+		if utf8.Valid(e) {
+			k := confusables.Skeleton(string(e))
+			s[k] = append(s[k], e)
+		}
+	}
+	return s
+}
+
+func checkIdentity(id []byte, known skeletons, allowWarnings bool) (record []Finding, err error) {
 	if !utf8.Valid(id) {
 		return []Finding{{"identity-binary", "6.1.1", LevelInfo, "binary identity: compared as opaque bytes"}}, nil
 	}
@@ -93,12 +111,8 @@ func CheckIdentity(id []byte, existing [][]byte, allowWarnings bool) (record []F
 	if strings.IndexFunc(s, func(r rune) bool { return unicode.IsControl(r) }) >= 0 {
 		hard = append(hard, Finding{"identity-control", "6.1.1", LevelShould, "identity contains control characters"})
 	}
-	sk := confusables.Skeleton(s)
-	for _, e := range existing {
-		if bytes.Equal(e, id) || !utf8.Valid(e) {
-			continue
-		}
-		if confusables.Skeleton(string(e)) == sk {
+	for _, e := range known[confusables.Skeleton(s)] {
+		if !bytes.Equal(e, id) {
 			hard = append(hard, Finding{"identity-confusable", "6.1.2", LevelShould,
 				fmt.Sprintf("identity is visually confusable with identity %x already in the vault", e)})
 		}
