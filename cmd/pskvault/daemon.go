@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pskvault/pskvault/api"
+	"github.com/pskvault/pskvault/internal/config"
 	"github.com/pskvault/pskvault/vault"
 )
 
@@ -60,6 +61,9 @@ type serveFlags struct {
 	mlock            string
 	allowClient      listFlag
 	allowServer      listFlag
+	config           string
+	cfg              *config.Config
+	set              map[string]bool // flags given on the command line
 }
 
 func setupServe(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
@@ -74,12 +78,60 @@ func setupServe(fs *flag.FlagSet, g *globals) func(context.Context, []string) er
 	fs.StringVar(&f.mlock, "mlock", "auto", "lock memory out of swap: auto, require or off")
 	fs.Var(&f.allowClient, "allow-client", "`principal` (user:NAME|UID, group:NAME|GID) allowed to derive client-role keys of every PSK without its own rule; repeatable")
 	fs.Var(&f.allowServer, "allow-server", "`principal` allowed to derive server-role keys of every PSK without its own rule; repeatable")
+	fs.StringVar(&f.config, "config", "", "configuration `file` (default "+defaultConfig+" when it exists); flags given here win over it")
 	return func(ctx context.Context, args []string) error {
 		if len(args) > 0 {
 			return usagef("unexpected argument %q", args[0])
 		}
+		f.set = map[string]bool{}
+		fs.Visit(func(fl *flag.Flag) { f.set[fl.Name] = true })
+		if err := applyConfig(g, &f); err != nil {
+			return err
+		}
 		return serve(ctx, g, &f)
 	}
+}
+
+// applyConfig fills in what the command line left unset from the
+// configuration file.
+func applyConfig(g *globals, f *serveFlags) error {
+	path, explicit := f.config, f.config != ""
+	if !explicit {
+		path = defaultConfig
+	}
+	c, err := loadConfig(path, explicit)
+	if err != nil {
+		return err
+	}
+	f.cfg = c
+	str := func(flagName string, dst *string, v string) {
+		if v != "" && !f.set[flagName] {
+			*dst = v
+		}
+	}
+	num := func(flagName string, dst *int, v int) {
+		if v != 0 && !f.set[flagName] {
+			*dst = v
+		}
+	}
+	// Globals come from flags before the verb or the environment: the file
+	// fills them only when both left them at their defaults.
+	if c.StateDir != "" && !f.set["state-dir"] && os.Getenv("PSKVAULT_STATE_DIR") == "" && g.stateDir == defaultStateDir() {
+		g.stateDir = c.StateDir
+	}
+	if c.AdminSocket != "" && !f.set["socket"] && os.Getenv("PSKVAULT_SOCKET") == "" && g.socket == defaultSocket() {
+		g.socket = c.AdminSocket
+	}
+	if c.DataSocket != "" && g.dataSocket == "" {
+		g.dataSocket = c.DataSocket
+	}
+	str("admin-group", &f.adminGroup, c.AdminGroup)
+	str("audit-log", &f.auditLog, c.AuditLog)
+	str("log-level", &f.logLevel, c.LogLevel)
+	str("mlock", &f.mlock, c.Mlock)
+	num("max-conns", &f.maxConns, c.MaxConns)
+	num("max-conns-per-uid", &f.perUID, c.MaxConnsPerUID)
+	return nil
 }
 
 func parseMode(flagName, s string) (os.FileMode, error) {
@@ -115,6 +167,16 @@ func serve(ctx context.Context, g *globals, f *serveFlags) error {
 		}
 		access.Default.Server = append(access.Default.Server, pr)
 	}
+	if f.cfg != nil {
+		access.Default.Client = append(access.Default.Client, f.cfg.Access.Client...)
+		access.Default.Server = append(access.Default.Server, f.cfg.Access.Server...)
+		for _, r := range f.cfg.PSKs {
+			if access.PSKs == nil {
+				access.PSKs = map[string]vault.AccessRule{}
+			}
+			access.PSKs[string(r.Identity)] = r.Rule
+		}
+	}
 	opts.Access = access
 	adminMode := os.FileMode(0o600)
 	if f.adminGroup != "" {
@@ -148,6 +210,12 @@ func serve(ctx context.Context, g *globals, f *serveFlags) error {
 		return err
 	}
 	defer v.Close()
+	if f.cfg != nil && f.cfg.NodeID != "" && f.cfg.NodeID != v.NodeID() {
+		return fmt.Errorf("configuration says node_id %q, the vault in %s is node %q", f.cfg.NodeID, g.stateDir, v.NodeID())
+	}
+	if f.cfg != nil && f.cfg.Backend != "" && f.cfg.Backend != v.Config().Backend {
+		return fmt.Errorf("configuration says backend %q, the vault in %s uses %q", f.cfg.Backend, g.stateDir, v.Config().Backend)
+	}
 
 	auditPath := f.auditLog
 	if auditPath == "" {
@@ -164,24 +232,40 @@ func serve(ctx context.Context, g *globals, f *serveFlags) error {
 	}
 	opts.Audit = api.NewAudit(auditW)
 
-	adminL, err := api.Listen(g.socket, adminMode)
+	var adminL, dataL net.Listener
+	activated, err := api.ActivationListeners()
 	if err != nil {
 		return err
 	}
-	defer adminL.Close()
-	if opts.AdminGroup != nil {
-		if err := chgrpSocket(g.socket, *opts.AdminGroup); err != nil {
+	if activated != nil {
+		adminL, dataL = activated["admin"], activated["data"]
+		if adminL == nil || len(activated) > 2 || (len(activated) == 2 && dataL == nil) {
+			return fmt.Errorf("socket activation: want sockets named admin and data (FileDescriptorName=), got %d", len(activated))
+		}
+		log.Info("using sockets from systemd", "count", len(activated))
+	} else {
+		if adminL, err = api.Listen(g.socket, adminMode); err != nil {
 			return err
+		}
+		if opts.AdminGroup != nil {
+			if err := chgrpSocket(g.socket, *opts.AdminGroup); err != nil {
+				adminL.Close()
+				return err
+			}
+		}
+		if g.dataSocket != "" {
+			if filepath.Dir(g.dataSocket) == filepath.Dir(g.socket) {
+				adminL.Close()
+				return usagef("--data-socket must be in another directory than --socket: the directories' modes keep the admin socket private")
+			}
+			if dataL, err = api.Listen(g.dataSocket, dataMode); err != nil {
+				adminL.Close()
+				return err
+			}
 		}
 	}
-	var dataL net.Listener
-	if g.dataSocket != "" {
-		if filepath.Dir(g.dataSocket) == filepath.Dir(g.socket) {
-			return usagef("--data-socket must be in another directory than --socket: the directories' modes keep the admin socket private")
-		}
-		if dataL, err = api.Listen(g.dataSocket, dataMode); err != nil {
-			return err
-		}
+	defer adminL.Close()
+	if dataL != nil {
 		defer dataL.Close()
 	}
 
