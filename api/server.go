@@ -583,8 +583,12 @@ func (s *Server) deriveFor(r *http.Request, req vault.DeriveRequest) (*vault.Der
 	if err != nil {
 		return nil, err
 	}
-	if !s.access.Allows(caller, p, s.v.RoleOf(p)) {
-		ae.Result, ae.Reason, ae.Role = "denied", "caller not in the access list", s.v.RoleOf(p)
+	role := s.v.RoleOf(p)
+	if req.Role != "" { // group PSKs: the role asked for
+		role = req.Role
+	}
+	if !s.access.Allows(caller, p, role) {
+		ae.Result, ae.Reason, ae.Role = "denied", "caller not in the access list", role
 		return nil, vault.Denied
 	}
 	d, err := s.v.Derive(r.Context(), req)
