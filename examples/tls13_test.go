@@ -74,7 +74,7 @@ var stacks = []tlsStack{
 		client: func(t *testing.T, port int, identity string, key []byte) *proc {
 			return spawn(t, 20*time.Second, "openssl", "s_client", "-connect", "127.0.0.1:"+strconv.Itoa(port),
 				"-tls1_3", "-ciphersuites", opensslSuite, "-psk", hex.EncodeToString(key), "-psk_identity", identity,
-				"-brief", "-ign_eof")
+				"-brief")
 		},
 	},
 	{
@@ -256,7 +256,7 @@ func TestTLS13HandshakeFails(t *testing.T) {
 
 	// The server's vault has lost the PSK: its daemon gives it nothing, so
 	// the server runs without the PSK, while the client still offers it.
-	t.Run("server-psk-gone", func(t *testing.T) {
+	t.Run("server-psk-revoked", func(t *testing.T) {
 		id, key := clientSide(t, p.a, p.identity, nodeContext("node-a", "node-b"))
 		removePSK(t, p.b, p.identity)
 		_, err := p.serverSide(t)
@@ -285,6 +285,28 @@ func TestTLS13HandshakeFails(t *testing.T) {
 	})
 }
 
+// The client's own vault revoked the PSK: its daemon gives it nothing to
+// offer.
+func TestTLS13ClientRevoked(t *testing.T) {
+	p := newPair(t)
+	if _, err := p.a.derive(p.identity, nodeContext("node-a", "node-b")); err != nil {
+		t.Fatal(err)
+	}
+	removePSK(t, p.a, p.identity)
+	_, err := p.a.derive(p.identity, nodeContext("node-a", "node-b"))
+	var ce *client.Error
+	if !errors.As(err, &ce) || (ce.Code != "revoked" && ce.Code != "not_found") {
+		t.Fatalf("node-a derive after revocation: got %v, want revoked", err)
+	}
+	ca := client.New(p.a.data)
+	defer ca.Close()
+	c, cancel := context2()
+	defer cancel()
+	if offers, err := ca.Offers(c, "node-b", nodeContext("node-a", "node-b"), "tls1.3", "sha256"); err != nil || len(offers) != 0 {
+		t.Fatalf("offers after revocation: %d, %v", len(offers), err)
+	}
+}
+
 // expectFail runs every client stack against every server stack and wants
 // each handshake to fail with the server reporting reason[server stack].
 func expectFail(t *testing.T, sk serverKey, id string, key []byte, reason map[string]string) {
@@ -297,8 +319,11 @@ func expectFail(t *testing.T, sk serverKey, id string, key []byte, reason map[st
 				t.Errorf("%s client -> %s server: application data crossed, want a failed handshake", cs.name, ss.name)
 				continue
 			}
-			srv.p.wait(3 * time.Second)
-			if want := reason[ss.name]; !strings.Contains(strings.ToLower(srv.p.out.String()), want) {
+			want := reason[ss.name]
+			for end := time.Now().Add(3 * time.Second); time.Now().Before(end) && !strings.Contains(strings.ToLower(srv.p.out.String()), want); {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if !strings.Contains(strings.ToLower(srv.p.out.String()), want) {
 				t.Errorf("%s client -> %s server: server did not fail with %q\nserver:\n%s\nclient:\n%s", cs.name, ss.name, want, srv.p.out.String(), out)
 			}
 		}
