@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"context"
+	"crypto/rand"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -29,7 +30,7 @@ func benchDaemon(b *testing.B) (*vault.Vault, string) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { v.Close() })
-	if _, err := v.Import(ctx, vault.ImportRequest{Identity: []byte("bench"), Key: make([]byte, 32), Hash: importer.SHA256, ClientNode: "node-a", ServerNode: "node-b"}); err != nil {
+	if _, err := v.Import(ctx, vault.ImportRequest{Identity: []byte("bench"), Key: randomKey(b), Hash: importer.SHA256, ClientNode: "node-a", ServerNode: "node-b"}); err != nil {
 		b.Fatal(err)
 	}
 	sock := filepath.Join(b.TempDir(), "run", "s.sock")
@@ -105,4 +106,12 @@ func BenchmarkDeriveSocket(b *testing.B) {
 			b.ReportMetric(float64(len(lat))/b.Elapsed().Seconds(), "derives/s")
 		})
 	}
+}
+
+func randomKey(b *testing.B) []byte {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		b.Fatal(err)
+	}
+	return k
 }
