@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 
 	"github.com/pskvault/pskvault/importer"
 	"github.com/pskvault/pskvault/vault"
@@ -78,7 +79,7 @@ func (s *Server) lookupKey(r *http.Request, req LookupRequest, want vault.Target
 	if err != nil {
 		return nil, vault.DeriveRequest{}, "not an RFC 9258 ImportedIdentity: " + err.Error()
 	}
-	dreq := vault.DeriveRequest{Identity: id.External, Context: id.Context, Target: vault.Target{Protocol: id.Protocol, KDF: id.KDF}}
+	dreq := vault.DeriveRequest{Identity: id.External, Context: id.Context, Target: vault.Target{Protocol: id.Protocol, KDF: id.KDF}, Role: "server"}
 	ae.Identity, ae.Target, ae.Context, ae.Role = hexOf(id.External), dreq.Target.String(), hexOf(id.Context), "server"
 	if req.ContextHex != nil {
 		wantCtx, _ := decodeHex("context_hex", *req.ContextHex)
@@ -91,17 +92,6 @@ func (s *Server) lookupKey(r *http.Request, req LookupRequest, want vault.Target
 	}
 	if want.KDF != 0 && want.KDF != id.KDF {
 		return nil, dreq, fmt.Sprintf("target KDF %s, the server expects %s", id.KDF, want.KDF)
-	}
-	p, err := s.v.Get(id.External)
-	if err != nil {
-		return nil, dreq, err.Error()
-	}
-	if !s.access.Allows(callerOf(r.Context()), p, "server") {
-		ae.Result = "denied"
-		return nil, dreq, "caller not in the access list"
-	}
-	if p.ServerNode != s.v.NodeID() && s.v.RoleOf(p) != "server" {
-		return nil, dreq, "this node is not the PSK's server"
 	}
 	d, err := s.deriveFor(r, dreq)
 	if err != nil {
@@ -157,21 +147,20 @@ func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
 			clear(k)
 		}
 	}()
+	me := s.v.NodeID()
 	for _, p := range s.v.List() {
-		if p.ClientNode != s.v.NodeID() || p.ServerNode != server || !p.Allows(t) {
+		pairwise := p.ClientNode == me && p.ServerNode == server
+		group := p.IsGroup() && slices.Contains(p.Group, me) && slices.Contains(p.Group, server) && server != me
+		if !(pairwise || group) || !p.Allows(t) {
 			continue
 		}
-		if !s.access.Allows(caller, p, "client") {
-			continue
-		}
-		d, err := s.v.Derive(r.Context(), vault.DeriveRequest{Identity: p.Identity, Context: ctxBytes, Target: t})
+		// The vault checks the caller; a PSK it may not use, or one that is
+		// revoked or expired, is simply not offered.
+		d, err := s.v.Derive(r.Context(), vault.DeriveRequest{Identity: p.Identity, Context: ctxBytes, Target: t, Peer: server, Role: "client", Caller: caller})
 		if err != nil {
-			continue // revoked, expired, ...: nothing to offer
+			continue
 		}
 		keys = append(keys, d.IPSKX)
-		if d.Role != "client" {
-			continue
-		}
 		out.Offers = append(out.Offers, Offer{
 			IdentityHex:      p.IdentityHex(),
 			ImportedIdentity: hexOf(d.ImportedIdentity),

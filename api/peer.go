@@ -143,9 +143,16 @@ const (
 	keySocket
 )
 
-// callerOf is the caller of a request; nil for a request that did not come
-// through a limitListener (in-process tests).
+// unknownCaller stands for a connection whose peer credentials could not be
+// read: it matches no uid, group or access entry, so it is refused
+// everything (fail closed). The vault trusts only a nil caller, which means
+// in-process; a request that came through a socket never has one.
+var unknownCaller = &vault.Caller{UID: ^uint32(0), GID: ^uint32(0), PID: -1}
+
+// callerOf is the kernel-reported caller of a request, or unknownCaller.
 func callerOf(ctx context.Context) *vault.Caller {
-	c, _ := ctx.Value(keyCaller).(*vault.Caller)
-	return c
+	if c, _ := ctx.Value(keyCaller).(*vault.Caller); c != nil {
+		return c
+	}
+	return unknownCaller
 }

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -47,12 +46,11 @@ type Options struct {
 
 // Server answers the socket protocol for one vault.
 type Server struct {
-	v      *vault.Vault
-	log    *slog.Logger
-	audit  *Audit
-	access *vault.Access
-	opts   Options
-	mux    *http.ServeMux
+	v     *vault.Vault
+	log   *slog.Logger
+	audit *Audit
+	opts  Options
+	mux   *http.ServeMux
 }
 
 // dataRoutes are the endpoints the data socket serves.
@@ -74,8 +72,8 @@ func NewServerWith(v *vault.Vault, o Options) *Server {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	if o.Access == nil {
-		o.Access = vault.DefaultAccess(uint32(os.Geteuid()))
+	if o.Access != nil {
+		v.SetAccess(o.Access) // the vault enforces it on every derivation
 	}
 	if o.MaxConns <= 0 {
 		o.MaxConns = 128
@@ -83,7 +81,7 @@ func NewServerWith(v *vault.Vault, o Options) *Server {
 	if o.MaxConnsPerUID <= 0 {
 		o.MaxConnsPerUID = 16
 	}
-	s := &Server{v: v, log: o.Log, audit: o.Audit, access: o.Access, opts: o, mux: http.NewServeMux()}
+	s := &Server{v: v, log: o.Log, audit: o.Audit, opts: o, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /v1/status", s.status)
 	s.mux.HandleFunc("GET /v1/psks", s.list)
 	s.mux.HandleFunc("GET /v1/psks/{id}", s.show)
@@ -132,7 +130,7 @@ func (s *Server) HTTPServerFor(sock Socket) *http.Server {
 // total and per uid. It returns the http.Server so the caller can shut it
 // down.
 func (s *Server) Serve(l net.Listener, sock Socket) (*http.Server, <-chan error, error) {
-	ll, err := newLimitListener(l, s.opts.MaxConns, s.opts.MaxConnsPerUID, s.access.IsTrusted, s.log)
+	ll, err := newLimitListener(l, s.opts.MaxConns, s.opts.MaxConnsPerUID, s.v.Access().IsTrusted, s.log)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -147,7 +145,7 @@ func (s *Server) isAdmin(c *vault.Caller) bool {
 	if c == nil {
 		return false
 	}
-	if s.access.IsTrusted(c) {
+	if s.v.Access().IsTrusted(c) {
 		return true
 	}
 	return s.opts.AdminGroup != nil && c.InGroup(*s.opts.AdminGroup)
@@ -385,7 +383,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		caller := callerOf(r.Context())
 		n = 0
 		for _, p := range psks {
-			if s.access.Allows(caller, p, s.v.RoleOf(p)) {
+			if s.v.MayDerive(caller, p) {
 				n++
 			}
 		}
@@ -572,35 +570,21 @@ func parseDerive(r *http.Request) (vault.DeriveRequest, error) {
 	return vault.DeriveRequest{Identity: id, Context: ctxBytes, Target: vault.Target{Protocol: proto, KDF: kdf}, Peer: req.Peer, Role: req.Role}, nil
 }
 
-// deriveFor runs a derivation for the request's caller: the access lists are
-// checked before anything about the PSK is revealed, and again for the role
-// the derivation actually took. A refused caller gets vault.Denied, which
-// answers exactly like an unknown PSK.
+// deriveFor runs a derivation for the request's caller. The vault checks the
+// caller against the access lists before anything about the PSK is revealed;
+// a refused caller gets vault.Denied, which answers exactly like an unknown
+// PSK, and only the audit line tells the two apart.
 func (s *Server) deriveFor(r *http.Request, req vault.DeriveRequest) (*vault.Derived, error) {
 	ae := auditOf(r)
-	caller := callerOf(r.Context())
-	p, err := s.v.Get(req.Identity)
-	if err != nil {
-		return nil, err
-	}
-	role := s.v.RoleOf(p)
-	if req.Role != "" { // group PSKs: the role asked for
-		role = req.Role
-	}
-	if !s.access.Allows(caller, p, role) {
-		ae.Result, ae.Reason, ae.Role = "denied", "caller not in the access list", role
-		return nil, vault.Denied
-	}
+	req.Caller = callerOf(r.Context())
 	d, err := s.v.Derive(r.Context(), req)
+	if errors.Is(err, vault.ErrDenied) {
+		ae.Result, ae.Reason, ae.Role = "denied", "caller not in the access list", req.Role
+	}
 	if err != nil {
 		return nil, err
 	}
 	ae.Role = d.Role
-	if !s.access.Allows(caller, d.PSK, d.Role) {
-		clear(d.IPSKX)
-		ae.Result, ae.Reason = "denied", "caller not in the access list"
-		return nil, vault.Denied
-	}
 	return d, nil
 }
 

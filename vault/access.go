@@ -149,11 +149,31 @@ func (a *Access) Allows(c *Caller, p *PSK, role string) bool {
 	return rule.Allows(c, role)
 }
 
-// RoleOf is this vault's role for p: "client" when this node is the PSK's
-// client node, else "server" (group PSKs: "client" or "server" as asked).
-func (v *Vault) RoleOf(p *PSK) string {
-	if p.ClientNode == v.cfg.NodeID {
-		return "client"
+// SetAccess replaces the vault's access lists; the default trusts root and
+// the process's own uid only.
+func (v *Vault) SetAccess(a *Access) { v.access.Store(a) }
+
+// Access returns the vault's access lists.
+func (v *Vault) Access() *Access { return v.access.Load() }
+
+// MayDerive reports whether c may derive p's keys in some role this node
+// can hold.
+func (v *Vault) MayDerive(c *Caller, p *PSK) bool { return v.mayDerive(c, p, "") }
+
+// mayDerive is the access check made before anything about p is revealed.
+// A pairwise PSK has one role on this node; for a group PSK the role asked
+// for is checked, or either role when none is named yet (Derive checks the
+// role it settles on again).
+func (v *Vault) mayDerive(c *Caller, p *PSK, role string) bool {
+	a := v.Access()
+	switch {
+	case !p.IsGroup():
+		role = "server"
+		if p.ClientNode == v.cfg.NodeID {
+			role = "client"
+		}
+	case role == "":
+		return a.Allows(c, p, "client") || a.Allows(c, p, "server")
 	}
-	return "server"
+	return a.Allows(c, p, role)
 }

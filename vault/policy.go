@@ -214,14 +214,14 @@ func (v *Vault) deriveContext(p *PSK, req DeriveRequest) ([]byte, string, error)
 	role := req.Role
 	var client, server string
 	if p.IsGroup() {
-		if req.Peer == "" && role == "" && len(req.Context) > 0 {
+		if req.Peer == "" && len(req.Context) > 0 {
 			// A TLS server looking up a received identity: the node
 			// context on the wire names both ends.
 			if c, s, err := ParseNodeContext(req.Context); err == nil {
-				switch me {
-				case c:
+				switch {
+				case me == c && role != "server":
 					role, req.Peer = "client", s
-				case s:
+				case me == s && role != "client":
 					role, req.Peer = "server", c
 				}
 			}

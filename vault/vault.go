@@ -19,6 +19,7 @@ import (
 	"regexp"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -85,6 +86,8 @@ type Vault struct {
 	psks map[string]*PSK // by string(identity)
 
 	aux auxKey // the auxiliary backend key (aux.go)
+
+	access atomic.Pointer[Access] // who may derive what (access.go)
 }
 
 // Init creates a vault in dir (created 0700 if missing) for nodeID on the
@@ -163,6 +166,7 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	v := &Vault{dir: dir, db: db, now: time.Now, psks: map[string]*PSK{}}
+	v.access.Store(DefaultAccess(uint32(os.Geteuid())))
 	err = db.View(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
 		if m == nil {
@@ -467,6 +471,9 @@ type DeriveRequest struct {
 	// Peer and Role (this node's role, "client" or "server") are required
 	// for group PSKs and checked when given for pairwise ones (policy.go).
 	Peer, Role string
+	// Caller is the local process asking, checked against the access
+	// lists; nil means an in-process caller, which is trusted.
+	Caller *Caller
 }
 
 // Derived is an imported PSK. IPSKX is secret: the caller zeroes it after use.
@@ -487,6 +494,11 @@ func (v *Vault) Derive(ctx context.Context, req DeriveRequest) (*Derived, error)
 	if p == nil {
 		return nil, ErrNotFound
 	}
+	// Who asks comes first, so a caller without rights learns nothing about
+	// the PSK, not even that it exists.
+	if !v.mayDerive(req.Caller, p, req.Role) {
+		return nil, Denied
+	}
 	if !p.Party(v.cfg.NodeID) {
 		return nil, fmt.Errorf("%w: PSK is between %s and %s, this vault is node %s", ErrNotParty, p.ClientNode, p.ServerNode, v.cfg.NodeID)
 	}
@@ -502,6 +514,9 @@ func (v *Vault) Derive(ctx context.Context, req DeriveRequest) (*Derived, error)
 	idCtx, role, err := v.deriveContext(p, req)
 	if err != nil {
 		return nil, err
+	}
+	if !v.Access().Allows(req.Caller, p, role) {
+		return nil, Denied
 	}
 	plan, err := importer.NewPlan(p.Hash, importer.Identity{External: p.Identity, Context: idCtx, Protocol: req.Target.Protocol, KDF: req.Target.KDF})
 	if err != nil {
