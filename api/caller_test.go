@@ -52,4 +52,3 @@ func TestUnknownCallerFailsClosed(t *testing.T) {
 		t.Fatal("a request without peer credentials deleted a PSK")
 	}
 }
-
