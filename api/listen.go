@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -38,6 +39,9 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 	st, err := os.Stat(dir)
 	if err != nil {
 		return nil, fmt.Errorf("socket directory: %w", err)
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid != uint32(os.Geteuid()) && sys.Uid != 0 {
+		return nil, fmt.Errorf("socket directory %s belongs to uid %d, not to this daemon (uid %d) or root: refusing a directory someone else controls", dir, sys.Uid, os.Geteuid())
 	}
 	if st.Mode().Perm()&0o022 != 0 || (mode == 0o600 && st.Mode().Perm()&0o077 != 0) {
 		return nil, fmt.Errorf("socket directory %s has mode %04o: it must not be reachable by others (want %04o)", dir, st.Mode().Perm(), dirMode)

@@ -253,6 +253,12 @@ func serve(ctx context.Context, g *globals, f *serveFlags) error {
 				return err
 			}
 		}
+		switch g.dataSocket {
+		case "":
+			g.dataSocket = defaultDataSocket(g.socket)
+		case "none":
+			g.dataSocket = ""
+		}
 		if g.dataSocket != "" {
 			if filepath.Dir(g.dataSocket) == filepath.Dir(g.socket) {
 				adminL.Close()
@@ -308,6 +314,15 @@ func serve(ctx context.Context, g *globals, f *serveFlags) error {
 		}
 	}
 	return serveErr
+}
+
+// defaultDataSocket is the data socket beside an admin socket, in a sibling
+// directory of its own: /run/pskvault/pskvault.sock gets
+// /run/pskvault-data/pskvault.sock. The admin directory stays 0700 (0750)
+// while the data directory is 0755, so TLS stacks reach only the data socket.
+func defaultDataSocket(admin string) string {
+	dir := filepath.Dir(admin)
+	return filepath.Join(filepath.Dir(dir), filepath.Base(dir)+"-data", filepath.Base(admin))
 }
 
 // chgrpSocket gives the admin group the admin socket and its directory.

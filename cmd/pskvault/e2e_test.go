@@ -376,3 +376,70 @@ func TestDemo(t *testing.T) {
 		t.Errorf("openssl is installed but the demo did no handshake:\n%s", out)
 	}
 }
+
+// TestDataSocketDefault: serve opens a data socket for TLS stacks in a
+// sibling directory of the admin socket's; it serves derive but not admin
+// endpoints.
+func TestDataSocketDefault(t *testing.T) {
+	a := newNode(t, "node-a", "soft")
+	a.start()
+	data := defaultDataSocket(a.socket)
+	st, err := os.Stat(data)
+	if err != nil || st.Mode().Type() != os.ModeSocket {
+		t.Fatalf("no data socket at %s: %v", data, err)
+	}
+	dst, _ := os.Stat(filepath.Dir(data))
+	ast, _ := os.Stat(filepath.Dir(a.socket))
+	if filepath.Dir(data) == filepath.Dir(a.socket) || dst.Mode().Perm() != 0o755 || ast.Mode().Perm() != 0o700 {
+		t.Fatalf("data dir %04o, admin dir %04o: want separate 0755 and 0700", dst.Mode().Perm(), ast.Mode().Perm())
+	}
+	if out, code := a.run(nil, "psk", "create", "--identity", "d", "--client", "node-a", "--server", "node-b", "--out", filepath.Join(t.TempDir(), "k")); code != 0 {
+		t.Fatal(out)
+	}
+	if out, code := a.run(nil, "--data-socket", data, "derive", "--identity", "d"); code != 0 {
+		t.Fatalf("derive on the data socket: %s", out)
+	}
+	dataNode := &node{t: t, dir: a.dir, socket: data}
+	if out, code := dataNode.run(nil, "psk", "list"); code == 0 || !strings.Contains(out, "no endpoint") {
+		t.Fatalf("the data socket served an admin endpoint: exit %d: %s", code, out)
+	}
+
+	b := newNode(t, "node-b", "soft")
+	b.cmd = exec.Command(binary, "--state-dir", b.dir, "--socket", b.socket, "--data-socket", "none", "serve")
+	b.log = &bytes.Buffer{}
+	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
+	if err := b.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.stop)
+	for i := 0; i < 200; i++ {
+		if _, err := os.Stat(b.socket); err == nil {
+			break
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	if _, err := os.Stat(defaultDataSocket(b.socket)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("--data-socket none still made a data socket: %v", err)
+	}
+}
+
+// TestSocketDirOwnedByOther: serve refuses a socket directory that another
+// user controls (for example one planted in /tmp).
+func TestSocketDirOwnedByOther(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chown a directory to another user")
+	}
+	a := newNode(t, "node-a", "soft")
+	planted := filepath.Join(t.TempDir(), "planted")
+	if err := os.Mkdir(planted, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(planted, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	a.socket = filepath.Join(planted, "pskvault.sock")
+	out, code := a.run(nil, "--data-socket", "none", "serve")
+	if code == 0 || !strings.Contains(out, "belongs to uid 65534") {
+		t.Fatalf("serve in a directory owned by another user: exit %d: %s", code, out)
+	}
+}

@@ -67,7 +67,7 @@ func (g *globals) dataClient() *client.Client {
 func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.stateDir, "state-dir", g.stateDir, "vault state `directory` (env PSKVAULT_STATE_DIR)")
 	fs.StringVar(&g.socket, "socket", g.socket, "daemon (admin) socket `path` (env PSKVAULT_SOCKET)")
-	fs.StringVar(&g.dataSocket, "data-socket", g.dataSocket, "daemon data socket `path` for derive and lookup (env PSKVAULT_DATA_SOCKET; default: the --socket)")
+	fs.StringVar(&g.dataSocket, "data-socket", g.dataSocket, "data socket `path` for TLS stacks (derive, lookup, offers; env PSKVAULT_DATA_SOCKET). serve creates it in a sibling directory of --socket's, DIR-data/, unless given, or none to serve only the admin socket; the other verbs use it only when given")
 }
 
 func defaultGlobals() *globals {
