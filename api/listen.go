@@ -28,13 +28,25 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 	}
 	dir := filepath.Dir(path)
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(dir, dirMode); err != nil {
+		// Missing ancestors (/run/pskvault above admin/ and data/) are
+		// created 0755 whatever the umask: the socket's own directory is
+		// what guards it, and a data socket must be reachable through them.
+		old := umask(0o022)
+		err := os.MkdirAll(filepath.Dir(dir), 0o755)
+		umask(old)
+		if err != nil {
+			return nil, fmt.Errorf("create socket directory: %w", err)
+		}
+		if err := os.Mkdir(dir, dirMode); err != nil {
 			return nil, fmt.Errorf("create socket directory: %w", err)
 		}
 		// The daemon's umask (077) must not narrow a data socket's directory.
 		if err := os.Chmod(dir, dirMode); err != nil {
 			return nil, fmt.Errorf("create socket directory: %w", err)
 		}
+	}
+	if err := checkControlled(filepath.Dir(dir)); err != nil {
+		return nil, err
 	}
 	st, err := os.Stat(dir)
 	if err != nil {
@@ -75,3 +87,24 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 }
 
 func umask(m int) int { return unix.Umask(m) }
+
+// checkControlled refuses a socket directory's parent that someone other
+// than this user or root could use to swap the directory: it must belong to
+// one of them and be writable by nobody else, unless it is sticky (/tmp).
+func checkControlled(parent string) error {
+	st, err := os.Stat(parent)
+	if err != nil {
+		return fmt.Errorf("socket directory parent: %w", err)
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	if sys.Uid != uint32(os.Geteuid()) && sys.Uid != 0 {
+		return fmt.Errorf("%s belongs to uid %d, not to this daemon (uid %d) or root: refusing a socket directory inside a directory someone else controls", parent, sys.Uid, os.Geteuid())
+	}
+	if st.Mode().Perm()&0o022 != 0 && st.Mode()&os.ModeSticky == 0 {
+		return fmt.Errorf("%s is writable by group or others (mode %04o): refusing a socket directory inside it", parent, st.Mode().Perm())
+	}
+	return nil
+}

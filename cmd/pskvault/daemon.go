@@ -317,12 +317,18 @@ func serve(ctx context.Context, g *globals, f *serveFlags) error {
 }
 
 // defaultDataSocket is the data socket beside an admin socket, in a sibling
-// directory of its own: /run/pskvault/pskvault.sock gets
-// /run/pskvault-data/pskvault.sock. The admin directory stays 0700 (0750)
-// while the data directory is 0755, so TLS stacks reach only the data socket.
+// directory of its own: an admin socket in a directory named "admin" gets
+// one in "data" next to it (/run/pskvault/admin/pskvault.sock gets
+// /run/pskvault/data/pskvault.sock, as in contrib/systemd); one in any other
+// directory DIR gets DIR-data. The admin directory stays 0700 (0750) while
+// the data directory is 0755, so TLS stacks reach only the data socket.
 func defaultDataSocket(admin string) string {
 	dir := filepath.Dir(admin)
-	return filepath.Join(filepath.Dir(dir), filepath.Base(dir)+"-data", filepath.Base(admin))
+	data := filepath.Base(dir) + "-data"
+	if filepath.Base(dir) == "admin" {
+		data = "data"
+	}
+	return filepath.Join(filepath.Dir(dir), data, filepath.Base(admin))
 }
 
 // chgrpSocket gives the admin group the admin socket and its directory.

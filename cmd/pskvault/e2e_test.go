@@ -443,3 +443,14 @@ func TestSocketDirOwnedByOther(t *testing.T) {
 		t.Fatalf("serve in a directory owned by another user: exit %d: %s", code, out)
 	}
 }
+
+func TestDefaultDataSocket(t *testing.T) {
+	for admin, want := range map[string]string{
+		"/run/pskvault/admin/pskvault.sock": "/run/pskvault/data/pskvault.sock",
+		"/tmp/x/run/s.sock":                 "/tmp/x/run-data/s.sock",
+	} {
+		if got := defaultDataSocket(admin); got != want {
+			t.Errorf("defaultDataSocket(%s) = %s, want %s", admin, got, want)
+		}
+	}
+}

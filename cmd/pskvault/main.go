@@ -95,14 +95,16 @@ func defaultStateDir() string {
 	return filepath.Join(home, ".local", "state", "pskvault")
 }
 
+// defaultSocket is the admin socket: /run/pskvault/admin/pskvault.sock for
+// root (the path contrib/systemd uses), else under $XDG_RUNTIME_DIR.
 func defaultSocket() string {
 	if os.Geteuid() == 0 {
-		return "/run/pskvault/pskvault.sock"
+		return "/run/pskvault/admin/pskvault.sock"
 	}
 	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "pskvault", "pskvault.sock")
+		return filepath.Join(d, "pskvault", "admin", "pskvault.sock")
 	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("pskvault-%d", os.Geteuid()), "pskvault.sock")
+	return filepath.Join(os.TempDir(), fmt.Sprintf("pskvault-%d", os.Geteuid()), "admin", "pskvault.sock")
 }
 
 // hintError is an error with advice for the user.
