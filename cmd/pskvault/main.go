@@ -67,7 +67,7 @@ func (g *globals) dataClient() *client.Client {
 func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.stateDir, "state-dir", g.stateDir, "vault state `directory` (env PSKVAULT_STATE_DIR)")
 	fs.StringVar(&g.socket, "socket", g.socket, "daemon (admin) socket `path` (env PSKVAULT_SOCKET)")
-	fs.StringVar(&g.dataSocket, "data-socket", g.dataSocket, "data socket `path` for TLS stacks (derive, lookup, offers; env PSKVAULT_DATA_SOCKET). serve creates it in a sibling directory of --socket's, DIR-data/, unless given, or none to serve only the admin socket; the other verbs use it only when given")
+	fs.StringVar(&g.dataSocket, "data-socket", g.dataSocket, "data socket `path` for TLS stacks (derive, lookup, offers; env PSKVAULT_DATA_SOCKET). serve creates it beside --socket (DIR/../data/ for an admin/ DIR, else DIR-data/) unless given, or none to serve only the admin socket; the other verbs use it only when given")
 }
 
 func defaultGlobals() *globals {
@@ -218,7 +218,7 @@ func printOverview(w io.Writer) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-18s %s\n", n, commands[n].summary)
+		fmt.Fprintf(w, "  %-27s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintln(w, "\nRun 'pskvault COMMAND --help' for a command's flags. Key material is never taken on the command line.")
 }
