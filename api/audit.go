@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"sync"
@@ -41,11 +42,22 @@ func (a *Audit) Write(e *AuditEntry) {
 	if a == nil || a.w == nil {
 		return
 	}
-	b, err := json.Marshal(e)
-	if err != nil {
+	buf := auditBufs.Get().(*bytes.Buffer)
+	defer func() {
+		buf.Reset()
+		if buf.Cap() <= 64<<10 {
+			auditBufs.Put(buf)
+		}
+	}()
+	if err := json.NewEncoder(buf).Encode(e); err != nil { // Encode adds the newline
 		return
 	}
+	// One write(2) per line, unbuffered, before the response leaves: a line
+	// is in the kernel's hands before the caller sees its answer, and a
+	// crash of the daemon loses none.
 	a.mu.Lock()
-	a.w.Write(append(b, '\n'))
+	a.w.Write(buf.Bytes())
 	a.mu.Unlock()
 }
+
+var auditBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pskvault/pskvault/importer"
@@ -181,7 +182,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.log.Error("panic serving request", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(p))
 			writeError(rec, http.StatusInternalServerError, CodeInternal, "internal error")
 		}
-		s.log.Info("request", "socket", sock, "method", r.Method, "path", r.URL.Path, "status", rec.code, "duration", time.Since(start))
+		// Successful data-path requests (derive, lookup, offers, status)
+		// log at debug: at thousands per second the info line cost more
+		// than the derivation. The audit line below records every request
+		// whatever the log level.
+		lvl := slog.LevelInfo
+		if rec.code < 400 && dataRoutes[pattern] {
+			lvl = slog.LevelDebug
+		}
+		if s.log.Enabled(r.Context(), lvl) {
+			s.log.Log(r.Context(), lvl, "request", "socket", sock, "method", r.Method, "path", r.URL.Path, "status", rec.code, "duration", time.Since(start))
+		}
 		if ae.Op != "" {
 			ae.Time, ae.Status = time.Now().UTC(), rec.code
 			if ae.Result == "" {
@@ -242,16 +253,26 @@ func auditOf(r *http.Request) *AuditEntry {
 	return &AuditEntry{}
 }
 
+// jsonBufs recycles response buffers; writeJSON wipes each before putting
+// it back, since a derive response holds a derived key.
+var jsonBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
 func writeJSON(w http.ResponseWriter, code int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
+	buf := jsonBufs.Get().(*bytes.Buffer)
+	defer func() {
+		clear(buf.Bytes()[:buf.Cap()])
+		buf.Reset()
+		if buf.Cap() <= 64<<10 {
+			jsonBufs.Put(buf)
+		}
+	}()
+	if err := json.NewEncoder(buf).Encode(v); err != nil { // Encode adds the newline
 		writeError(w, http.StatusInternalServerError, CodeInternal, "internal error")
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	w.Write(append(b, '\n'))
-	clear(b)
+	w.Write(buf.Bytes())
 }
 
 func writeError(w http.ResponseWriter, code int, errCode, msg string) {
