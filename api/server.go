@@ -62,8 +62,9 @@ var dataRoutes = map[string]bool{
 	"POST /v1/offers": true,
 }
 
-// NewServer returns a server for v. log receives one line per request and
-// never any key material.
+// NewServer returns a server for v. log receives one line per request (at
+// debug for successful data-socket requests, info otherwise) and never any
+// key material.
 func NewServer(v *vault.Vault, log *slog.Logger) *Server {
 	return NewServerWith(v, Options{Log: log})
 }
