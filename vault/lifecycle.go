@@ -110,8 +110,16 @@ func (v *Vault) Finalize(ctx context.Context, identity []byte, req FinalizeReque
 	if err := v.put(n, false); err != nil {
 		return nil, err
 	}
-	if err := v.backend.DeleteKey(ctx, key); err != nil {
-		return nil, fmt.Errorf("imported keys kept, but destroying the main key in the %s backend failed (retry with psk delete after rotating): %w", p.Backend, err)
+	derr := v.backend.DeleteKey(ctx, key)
+	if derr != nil {
+		derr = fmt.Errorf("imported keys kept, but destroying the main key in the %s backend failed (retry with psk delete after rotating): %w", p.Backend, derr)
+	}
+	// Purge the old record, which holds the handle, from vault.db (compact.go).
+	if err := v.db.compact(); err != nil {
+		return nil, errors.Join(derr, fmt.Errorf("PSK finalized, but %w: %w", ErrCompact, err))
+	}
+	if derr != nil {
+		return nil, derr
 	}
 	return n.clone(), nil
 }
@@ -156,8 +164,26 @@ func (v *Vault) deriveFinalized(ctx context.Context, p *PSK, t Target, importedI
 // Revoke stops a PSK at once: its key (or its sealed imported keys) is
 // destroyed and derivation refused from now on. The record stays, so the
 // identity and the key's fingerprint can never be reused, and `check` and
-// `list` keep showing it; `psk delete` removes it.
+// `list` keep showing it; `psk delete` removes it. vault.db is then
+// rewritten so no freed page keeps the old record (compact.go).
 func (v *Vault) Revoke(ctx context.Context, identity []byte, reason string) (*PSK, error) {
+	n, err := v.revoke(ctx, identity, reason)
+	if n == nil {
+		return nil, err
+	}
+	if cerr := v.db.compact(); cerr != nil {
+		return nil, errors.Join(err, fmt.Errorf("PSK revoked, but %w: %w", ErrCompact, cerr))
+	}
+	if err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// revoke revokes without compacting. When the record was changed it
+// returns it, with the error of destroying the key in the backend if that
+// failed.
+func (v *Vault) revoke(ctx context.Context, identity []byte, reason string) (*PSK, error) {
 	if len(reason) > maxProvenance {
 		return nil, fmt.Errorf("%w: reason longer than %d characters", ErrInvalid, maxProvenance)
 	}
@@ -178,7 +204,7 @@ func (v *Vault) Revoke(ctx context.Context, identity []byte, reason string) (*PS
 	}
 	if len(p.Handle) > 0 {
 		if err := v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}); err != nil {
-			return nil, fmt.Errorf("PSK revoked, but destroying its key in the %s backend failed: %w", p.Backend, err)
+			return n.clone(), fmt.Errorf("PSK revoked, but destroying its key in the %s backend failed: %w", p.Backend, err)
 		}
 	}
 	return n.clone(), nil
@@ -274,21 +300,29 @@ func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) 
 
 // Sweep destroys the keys of PSKs past their not-after time (derivation is
 // refused from that instant anyway): each is revoked with the reason
-// "expired", so its record, identity and fingerprint stay. It returns the
-// identities swept.
+// "expired", so its record, identity and fingerprint stay. vault.db is
+// rewritten once at the end (compact.go). It returns the identities swept.
 func (v *Vault) Sweep(ctx context.Context) ([][]byte, error) {
 	now := v.now()
 	var swept [][]byte
 	var errs []error
+	changed := false
 	for _, p := range v.List() {
 		if p.State != StateActive || !p.Expired(now) {
 			continue
 		}
-		if _, err := v.Revoke(ctx, p.Identity, "expired at "+p.NotAfter.Format(time.RFC3339)); err != nil {
+		n, err := v.revoke(ctx, p.Identity, "expired at "+p.NotAfter.Format(time.RFC3339))
+		changed = changed || n != nil
+		if err != nil {
 			errs = append(errs, fmt.Errorf("PSK %x: %w", p.Identity, err))
 			continue
 		}
 		swept = append(swept, p.Identity)
+	}
+	if changed {
+		if err := v.db.compact(); err != nil {
+			errs = append(errs, fmt.Errorf("PSKs revoked, but %w: %w", ErrCompact, err))
+		}
 	}
 	return swept, errors.Join(errs...)
 }

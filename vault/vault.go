@@ -77,7 +77,7 @@ type Config struct {
 // Vault is an open vault. It is safe for concurrent use.
 type Vault struct {
 	dir     string
-	db      *bolt.DB
+	db      boltStore // the bbolt file, swapped by compactions (compact.go)
 	cfg     Config
 	backend Backend
 	now     func() time.Time
@@ -165,7 +165,7 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	v := &Vault{dir: dir, db: db, now: time.Now, psks: map[string]*PSK{}}
+	v := &Vault{dir: dir, db: boltStore{db: db, path: path}, now: time.Now, psks: map[string]*PSK{}}
 	v.access.Store(DefaultAccess(uint32(os.Geteuid())))
 	err = db.View(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
@@ -188,9 +188,15 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 		db.Close()
 		return nil, err
 	}
+	// Purge what earlier runs left in freed pages (an older version, or a
+	// crash before a compaction finished), and any stale vault.db.tmp.
+	if err := v.db.compact(); err != nil {
+		v.db.Close()
+		return nil, fmt.Errorf("open %s: %w: %w", path, ErrCompact, err)
+	}
 	v.backend, err = OpenBackend(ctx, BackendConfig{URI: v.cfg.Backend, StateDir: dir})
 	if err != nil {
-		db.Close()
+		v.db.Close()
 		return nil, fmt.Errorf("open backend: %w", err)
 	}
 	return v, nil
@@ -445,8 +451,19 @@ func (v *Vault) List() []*PSK {
 	return out
 }
 
-// Delete destroys the PSK's key in the backend and removes its record.
+// Delete destroys the PSK's key in the backend and removes its record,
+// then rewrites vault.db so no freed page keeps the record (compact.go).
 func (v *Vault) Delete(ctx context.Context, identity []byte) error {
+	if err := v.deleteRecord(ctx, identity); err != nil {
+		return err
+	}
+	if err := v.db.compact(); err != nil {
+		return fmt.Errorf("PSK deleted, but %w: %w", ErrCompact, err)
+	}
+	return nil
+}
+
+func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	p := v.psks[string(identity)]

@@ -1,0 +1,171 @@
+package vault
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Purging destroyed records from vault.db.
+//
+// For the soft and TPM backends the record's handle *is* the key (sealed
+// under the KEK file, or wrapped by the TPM's storage parent), and a
+// finalized PSK's record holds its sealed imported keys. Dropping them from
+// the record is not enough: bbolt is copy-on-write and never zeroes a page
+// it frees, so every earlier version of the record stays in vault.db until
+// bbolt happens to reuse that page. Overwriting the value with zeros first
+// does not help either: the overwrite is written to a new page and the old
+// one is freed as is (TestZeroOverwriteLeavesOldBytes).
+//
+// So after every change that destroys key material (Delete, Revoke, Sweep,
+// Finalize, and Rotate or Import when they finalize) and once at Open, the
+// vault rewrites the database: bolt.Compact copies the live records into a
+// fresh vault.db.tmp (0600, same directory, fsynced), which is renamed over
+// vault.db, and the directory is fsynced. The new file only ever held live
+// records; the old one is unlinked. A crash at any point leaves either the
+// old or the new file under the name vault.db, both complete; a leftover
+// vault.db.tmp is removed by the next compaction (Open runs one).
+//
+// Locking: boltStore.mu guards the *bolt.DB. Every transaction holds it
+// shared (bbolt serializes writers itself); a compaction holds it
+// exclusively, so no write can slip in between the copy and the swap. The
+// in-memory index (Vault.mu) is not held, so derivations keep being
+// answered from memory while the file is rewritten. Lock order: Vault.mu
+// (or auxKey.mu) before boltStore.mu, never the reverse.
+//
+// The new database is opened on vault.db.tmp and stays open across the
+// rename, so bbolt's file lock never lapses and no other process can open
+// the vault in between. The handle's Path() therefore still reports the
+// temporary name; nothing in pskvault uses it.
+
+// tmpSuffix names the compaction's temporary file, next to vault.db.
+const tmpSuffix = ".tmp"
+
+// ErrCompact wraps a failure to rewrite vault.db. After a destructive
+// change the change itself was made (the error says so), but earlier
+// versions of the destroyed record may remain in freed pages of the live
+// file until the next successful compaction (the next destructive change,
+// Compact, or the next Open; Open fails rather than run without one).
+var ErrCompact = errors.New("rewriting vault.db to purge destroyed records failed (old copies of destroyed records may remain in its freed pages until the next successful compaction)")
+
+// boltStore is the vault's database handle, swappable by a compaction.
+type boltStore struct {
+	mu   sync.RWMutex
+	db   *bolt.DB
+	path string // vault.db
+
+	// fault, when set (tests only), is called at each compaction step and
+	// aborts the compaction when it returns an error.
+	fault func(step string) error
+}
+
+var errDBClosed = errors.New("vault database is closed")
+
+// View runs a read-only transaction.
+func (s *boltStore) View(fn func(*bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return errDBClosed
+	}
+	return s.db.View(fn)
+}
+
+// Update runs a read-write transaction.
+func (s *boltStore) Update(fn func(*bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return errDBClosed
+	}
+	return s.db.Update(fn)
+}
+
+// Close closes the database; later transactions fail.
+func (s *boltStore) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.db == nil {
+		return nil
+	}
+	err := s.db.Close()
+	s.db = nil
+	return err
+}
+
+func (s *boltStore) step(name string) error {
+	if s.fault == nil {
+		return nil
+	}
+	return s.fault(name)
+}
+
+// compact rewrites the database so that the file holds the live records
+// and nothing else. See the comment at the top of this file.
+func (s *boltStore) compact() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.db == nil {
+		return errDBClosed
+	}
+	tmp := s.path + tmpSuffix
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale %s: %w", tmp, err)
+	}
+	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		return fmt.Errorf("create %s: %w", tmp, err)
+	}
+	abort := func(err error) error {
+		dst.Close()
+		os.Remove(tmp)
+		return err
+	}
+	// One transaction (txMaxSize 0): the new file then has no freed pages
+	// holding intermediate copies, and a vault is small.
+	if err := bolt.Compact(dst, s.db, 0); err != nil {
+		return abort(fmt.Errorf("copy live records to %s: %w", tmp, err))
+	}
+	if err := dst.Sync(); err != nil {
+		return abort(fmt.Errorf("sync %s: %w", tmp, err))
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return abort(err)
+	}
+	if err := s.step("rename"); err != nil {
+		return abort(err)
+	}
+	if err := os.Rename(tmp, s.path); err != nil {
+		return abort(fmt.Errorf("replace %s: %w", s.path, err))
+	}
+	// From here vault.db is the new file (held open and locked by dst).
+	old := s.db
+	s.db = dst
+	return errors.Join(syncDir(filepath.Dir(s.path)), old.Close())
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.Sync(), d.Close())
+}
+
+// Compact rewrites vault.db so that it holds the live records only: no
+// freed page keeps an earlier version of a record. The vault does this by
+// itself after every destructive change and at Open; Compact is for
+// callers that want to make sure (after a reported ErrCompact, say).
+// Derivations keep working while it runs; other changes wait.
+func (v *Vault) Compact() error {
+	if err := v.db.compact(); err != nil {
+		return fmt.Errorf("%w: %w", ErrCompact, err)
+	}
+	return nil
+}
