@@ -139,6 +139,7 @@ const (
 	CodeUnsupported      = "unsupported"
 	CodeKeyPolicy        = "key_policy"
 	CodeUnavailable      = "backend_unavailable"
+	CodeCompact          = "compaction_failed" // the change is done; destroyed records may linger in freed pages until the next compaction
 	CodeInternal         = "internal"
 	CodeForbidden        = "forbidden" // the admin socket refused the caller
 	CodeNoKey            = "no_key"    // lookup or offers: nothing for this caller and identity
