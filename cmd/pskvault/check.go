@@ -24,9 +24,6 @@ func setupCheck(fs *flag.FlagSet, g *globals) func(context.Context, []string) er
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	strict := fs.Bool("strict", false, "also fail when a SHOULD is not met")
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		rep, err := g.client().Check(ctx)
 		if err != nil {
 			return err

@@ -20,9 +20,6 @@ const defaultConfig = "/etc/pskvault/pskvault.toml"
 func setupConfigCheck(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
 	path := fs.String("config", defaultConfig, "configuration `file`")
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		raw, err := os.ReadFile(*path)
 		if err != nil {
 			return err

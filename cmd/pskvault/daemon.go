@@ -34,9 +34,6 @@ func setupInit(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 	node := fs.String("node-id", "", "this node's `identifier` (1-64 of A-Z a-z 0-9 . _ : -)")
 	backend := fs.String("backend", "soft", "key backend `URI`: soft, tpm[:...], pkcs11:...")
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		if *node == "" {
 			return usagef("--node-id is required")
 		}
@@ -80,9 +77,6 @@ func setupServe(fs *flag.FlagSet, g *globals) func(context.Context, []string) er
 	fs.Var(&f.allowServer, "allow-server", "`principal` allowed to derive server-role keys of every PSK without its own rule; repeatable")
 	fs.StringVar(&f.config, "config", "", "configuration `file` (default "+defaultConfig+" when it exists); flags given here win over it")
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		f.set = map[string]bool{}
 		fs.Visit(func(fl *flag.Flag) { f.set[fl.Name] = true })
 		if err := applyConfig(g, &f); err != nil {

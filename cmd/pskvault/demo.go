@@ -40,9 +40,6 @@ func setupDemo(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 	keep := fs.Bool("keep", false, "keep the temporary directory for inspection")
 	noTLS := fs.Bool("no-tls", false, "skip the OpenSSL handshake")
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		w := g.stdout
 		step := func(format string, a ...any) { fmt.Fprintf(w, "\n== "+format+"\n", a...) }
 		tmp, err := os.MkdirTemp("", "pskvault-demo-")

@@ -24,9 +24,6 @@ func setupDerive(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 	var df deriveFlags // --peer, --role, --format (format.go)
 	df.register(fs)
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		b, err := id.bytes()
 		if err != nil {
 			return err

@@ -221,6 +221,9 @@ func TestEndToEnd(t *testing.T) {
 		if code != 2 || !strings.Contains(out, "never taken on the command line") {
 			t.Fatalf("key on argv: exit %d: %s", code, out)
 		}
+		if strings.Contains(out, hex.EncodeToString(testKey(32))) {
+			t.Fatal("the error echoed the key given on the command line")
+		}
 	})
 
 	t.Run("bad requests get a 4xx and the daemon keeps serving", func(t *testing.T) {

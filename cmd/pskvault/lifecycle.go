@@ -24,9 +24,6 @@ func setupRevoke(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 	reason := fs.String("reason", "", "why, recorded on the PSK (e.g. \"node-b decommissioned\")")
 	asJSON := fs.Bool("json", false, "print the record as JSON")
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		b, err := id.bytes()
 		if err != nil {
 			return err
@@ -46,9 +43,6 @@ func setupFinalize(fs *flag.FlagSet, g *globals) func(context.Context, []string)
 	fs.Var(&contexts, "context-hex", "RFC 9258 `context` to keep, in hex, repeatable (default: the empty context; PSKs with --node-context keep their node contexts)")
 	asJSON := fs.Bool("json", false, "print the record as JSON")
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		b, err := id.bytes()
 		if err != nil {
 			return err
@@ -81,9 +75,6 @@ func setupRotate(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 	source := fs.String("source", "", "provenance of --key-file")
 	allowLow := fs.Bool("allow-low-entropy", false, "accept a --key-file that looks low-entropy (flagged for good)")
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		b, err := id.bytes()
 		if err != nil {
 			return err
@@ -137,9 +128,6 @@ func setupRotate(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 
 func setupSweep(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		ids, err := g.client().Sweep(ctx)
 		if err != nil {
 			return err

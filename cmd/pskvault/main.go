@@ -28,7 +28,7 @@ import (
 // command is one verb ("init") or verb pair ("psk import").
 type command struct {
 	name    string
-	args    string // synopsis after the flags
+	args    string // synopsis of positional arguments; "" means the verb takes none
 	summary string
 	// setup registers the verb's flags and returns the function to run.
 	setup func(fs *flag.FlagSet, g *globals) func(ctx context.Context, args []string) error
@@ -172,6 +172,12 @@ func run(ctx context.Context, argv []string, g *globals) int {
 		fmt.Fprintf(g.stderr, "pskvault %s: error: %v\n", c.name, err)
 		fmt.Fprintf(g.stderr, "pskvault %s: hint: run 'pskvault %s --help'\n", c.name, c.name)
 		return 2
+	}
+	if c.args == "" && fs.NArg() > 0 {
+		// Verbs take flags only; a stray word is most often a key pasted
+		// where a file name belongs.
+		// The word is not echoed: it may be a key.
+		return report(g, c, usagef("unexpected argument after the flags (this verb takes flags only; key material is never taken on the command line: give a file with --key-file)"))
 	}
 	if err := do(ctx, fs.Args()); err != nil {
 		return report(g, c, err)

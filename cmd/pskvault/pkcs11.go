@@ -60,9 +60,6 @@ func setupPKCS11WrappingKey(fs *flag.FlagSet, g *globals) func(context.Context, 
 	label := fs.String("label", "", "CKA_LABEL for the wrapping key (what --param wrapping-key= names)")
 	keyFile := fs.String("key-file", "", "hex AES key `file` (16, 24 or 32 bytes), or - for standard input; the provisioning side keeps a copy")
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		if *backend == "" || *label == "" || *keyFile == "" {
 			return usagef("--backend, --label and --key-file are required")
 		}

@@ -126,9 +126,6 @@ func setupImport(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 	wrappedBits := fs.Int("wrapped-key-bits", 256, "EPSK size in `bits` that the wrapped blob was made from")
 	asJSON := fs.Bool("json", false, "print the record as JSON")
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q (key material is never taken on the command line: use --key-file)", args[0])
-		}
 		spec, err := s.spec()
 		if err != nil {
 			return err
@@ -166,9 +163,6 @@ func setupCreate(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 	out := fs.String("out", "", "`file` to write the new EPSK to, in hex, for the peer (created 0600, never overwritten)")
 	asJSON := fs.Bool("json", false, "print the record as JSON")
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		spec, err := s.spec()
 		if err != nil {
 			return err
@@ -211,9 +205,6 @@ func setupCreate(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 func setupList(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
 	asJSON := fs.Bool("json", false, "print JSON")
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		psks, err := g.client().List(ctx)
 		if err != nil {
 			return err

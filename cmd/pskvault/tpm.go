@@ -33,9 +33,6 @@ func setupTPMParentPub(fs *flag.FlagSet, g *globals) func(context.Context, []str
 	out := fs.String("out", "", "`file` to write the parent public key to (TPM2B_PUBLIC; never overwritten)")
 	backend := fs.String("backend", "", "read it from this TPM `URI` (tpm, tpm:device=..., tpm:swtpm=...) instead of the vault's record")
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		if *out == "" {
 			return usagef("--out is required")
 		}

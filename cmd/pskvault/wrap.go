@@ -43,9 +43,6 @@ func setupWrap(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 		ws = append(ws, active{w.name, given, wrap})
 	}
 	return func(ctx context.Context, args []string) error {
-		if len(args) > 0 {
-			return usagef("unexpected argument %q", args[0])
-		}
 		var chosen []active
 		var names []string
 		for _, w := range ws {
