@@ -43,6 +43,10 @@ type Backend struct {
 	hwSlot   bool
 	closed   bool
 	loginErr error // a refused PIN: never tried again
+	// prompted is a PIN typed at the terminal (pin-source=prompt), kept for
+	// re-login after a session loss since it cannot be read again; wiped
+	// on Close and when the token refuses it. Guarded like loginErr.
+	prompted []byte
 
 	// Session pool: idle holds ready sessions; open is every session this
 	// backend opened and has not closed.
@@ -242,7 +246,7 @@ func (b *Backend) login(s p11.SessionHandle, info p11.TokenInfo) error {
 	case loginNone:
 		return nil
 	case loginWithPIN:
-		if pin, err = readPIN(b.uri.PINSource); err != nil {
+		if pin, err = b.pin(info.Label); err != nil {
 			return fmt.Errorf("%w: %w", vault.ErrBackendUnavailable, err)
 		}
 		defer clear(pin[:cap(pin)])
@@ -252,6 +256,8 @@ func (b *Backend) login(s p11.SessionHandle, info p11.TokenInfo) error {
 	case p11.CKR_OK, p11.CKR_USER_ALREADY_LOGGED_IN:
 		return nil
 	case p11.CKR_PIN_INCORRECT, p11.CKR_PIN_LEN_RANGE:
+		clear(b.prompted)
+		b.prompted = nil
 		b.loginErr = fmt.Errorf("%w: %w: token %q refused the PIN from %s (%v); pskvault does not retry a refused PIN, so the token is not locked out — fix the PIN source and restart", vault.ErrBackendUnavailable, ErrPIN, info.Label, b.uri.PINSource, err)
 		return b.loginErr
 	case p11.CKR_PIN_LOCKED:
@@ -259,6 +265,23 @@ func (b *Backend) login(s p11.SessionHandle, info p11.TokenInfo) error {
 		return b.loginErr
 	}
 	return classify(fmt.Sprintf("C_Login to token %q", info.Label), err)
+}
+
+// pin returns a copy of the PIN for one login, which the caller wipes:
+// read from its file or credential each time, or typed at the terminal
+// once (pin-source=prompt).
+func (b *Backend) pin(label string) ([]byte, error) {
+	if b.uri.PINSource != "prompt" {
+		return readPIN(b.uri.PINSource)
+	}
+	if b.prompted == nil {
+		p, err := promptPIN(label)
+		if err != nil {
+			return nil, err
+		}
+		b.prompted = p
+	}
+	return append(make([]byte, 0, len(b.prompted)), b.prompted...), nil
 }
 
 // loginPIN calls C_Login without copying pin into an immutable Go string, so
@@ -392,6 +415,8 @@ func (b *Backend) Close() error {
 		return nil
 	}
 	b.closed = true
+	clear(b.prompted)
+	b.prompted = nil
 	b.closeSessions()
 	b.mod.release()
 	return nil

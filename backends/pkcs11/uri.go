@@ -36,7 +36,7 @@ type URI struct {
 	Type   string // only "secret-key" is accepted
 
 	ModulePath string
-	PINSource  string // "" (no PIN), "file:/abs", "credential:NAME"
+	PINSource  string // "" (no PIN), "file:/abs", "credential:NAME", "prompt"
 	Sessions   int    // 0 = default
 }
 
@@ -256,7 +256,7 @@ func (u *URI) setQuery(name, val string) error {
 	return nil
 }
 
-// normalizePINSource returns "file:/abs/path" or "credential:NAME".
+// normalizePINSource returns "file:/abs/path", "credential:NAME" or "prompt".
 func normalizePINSource(v string) (string, error) {
 	switch {
 	case strings.HasPrefix(v, "file://"):
@@ -275,10 +275,12 @@ func normalizePINSource(v string) (string, error) {
 			return "", fmt.Errorf("%w: pin-source credential name must be a plain file name", ErrBadURI)
 		}
 		return "credential:" + name, nil
+	case v == "prompt":
+		return "prompt", nil
 	case strings.HasPrefix(v, "|"):
 		return "", fmt.Errorf("%w: pin-source commands (|...) are not supported; use file: or credential:", ErrBadURI)
 	}
-	return "", fmt.Errorf("%w: pin-source must be file:/absolute/path or credential:NAME", ErrBadURI)
+	return "", fmt.Errorf("%w: pin-source must be file:/absolute/path, credential:NAME or prompt", ErrBadURI)
 }
 
 func checkPINPath(p string) (string, error) {
