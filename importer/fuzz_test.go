@@ -45,7 +45,7 @@ func FuzzParseIdentity(f *testing.F) {
 			if err != nil {
 				t.Fatalf("NewPlan(%v) rejects a parsed identity: %v", h, err)
 			}
-			if !bytes.Equal(plan.ImportedIdentity, in) {
+			if !bytes.Equal(plan.ImportedIdentity(), in) {
 				t.Fatalf("Plan.ImportedIdentity differs from input")
 			}
 		}

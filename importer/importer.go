@@ -310,14 +310,25 @@ func Extract(h Hash, epsk []byte) ([]byte, error) {
 type MAC func(data []byte) ([]byte, error)
 
 // Plan is everything Expand needs that does not depend on the key: the
-// serialized identity and the HkdfLabel. Build it once per request.
+// serialized identity and the HkdfLabel. Build it once per request with
+// NewPlan; its fields are fixed so they cannot drift from the label.
 type Plan struct {
-	Hash             Hash
-	Identity         Identity
-	ImportedIdentity []byte // the serialized Identity, PskIdentity.identity on the wire
-	label            []byte // HkdfLabel
-	outLen           int    // L
+	hash   Hash
+	id     Identity
+	wire   []byte // the serialized Identity, PskIdentity.identity on the wire
+	label  []byte // HkdfLabel
+	outLen int    // L
 }
+
+// Hash is the EPSK's hash the plan was built for.
+func (p *Plan) Hash() Hash { return p.hash }
+
+// Identity returns the ImportedIdentity the plan was built for.
+func (p *Plan) Identity() Identity { return p.id }
+
+// ImportedIdentity returns a copy of the serialized ImportedIdentity, what
+// goes on the wire as PskIdentity.identity.
+func (p *Plan) ImportedIdentity() []byte { return append([]byte(nil), p.wire...) }
 
 // NewPlan validates id and precomputes the HkdfLabel for
 // HKDF-Expand-Label(epskx, "derived psk", Hash(ImportedIdentity), L).
@@ -340,22 +351,22 @@ func NewPlan(h Hash, id Identity) (*Plan, error) {
 	label = append(label, full...)
 	label = append(label, byte(len(ctx)))
 	label = append(label, ctx...)
-	return &Plan{Hash: h, Identity: id, ImportedIdentity: wire, label: label, outLen: l}, nil
+	return &Plan{hash: h, id: id, wire: wire, label: label, outLen: l}, nil
 }
 
 // Blocks is the number of HMAC calls Expand makes: ceil(L / HashLen).
-func (p *Plan) Blocks() int { return (p.outLen + p.Hash.Size() - 1) / p.Hash.Size() }
+func (p *Plan) Blocks() int { return (p.outLen + p.hash.Size() - 1) / p.hash.Size() }
 
 // HkdfLabel returns a copy of the encoded HkdfLabel (the HKDF "info").
 func (p *Plan) HkdfLabel() []byte { return append([]byte{}, p.label...) }
 
 // Expand computes ipskx, calling mac once per HKDF-Expand block.
 func (p *Plan) Expand(mac MAC) ([]byte, error) {
-	if p == nil || !p.Hash.Valid() || p.outLen == 0 {
+	if p == nil || !p.hash.Valid() || p.outLen == 0 {
 		// A Plan not built by NewPlan would yield an empty key or panic.
 		return nil, fmt.Errorf("%w: Plan not built by NewPlan", ErrUnknownKDF)
 	}
-	n := p.Hash.Size()
+	n := p.hash.Size()
 	out := make([]byte, 0, p.Blocks()*n)
 	buf := make([]byte, 0, n+len(p.label)+1)
 	var prev []byte
@@ -410,5 +421,5 @@ func Import(h Hash, epsk []byte, id Identity) (wire, ipskx []byte, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return plan.ImportedIdentity, ipskx, nil
+	return plan.wire, ipskx, nil
 }

@@ -94,7 +94,7 @@ func (v *Vault) Finalize(ctx context.Context, identity []byte, req FinalizeReque
 			if err != nil {
 				return nil, fmt.Errorf("derive in %s backend: %w", p.Backend, err)
 			}
-			box, err := v.seal(ctx, plan.ImportedIdentity, ipskx)
+			box, err := v.seal(ctx, plan.ImportedIdentity(), ipskx)
 			clear(ipskx)
 			if err != nil {
 				return nil, fmt.Errorf("seal imported PSK: %w", err)
@@ -149,7 +149,7 @@ func (v *Vault) deriveFinalized(ctx context.Context, p *PSK, t Target, importedI
 			continue
 		}
 		plan, err := importer.NewPlan(p.Hash, importer.Identity{External: p.Identity, Context: s.Context, Protocol: t.Protocol, KDF: t.KDF})
-		if err != nil || !bytes.Equal(plan.ImportedIdentity, importedIdentity) {
+		if err != nil || !bytes.Equal(plan.ImportedIdentity(), importedIdentity) {
 			continue
 		}
 		ipskx, err := v.unseal(ctx, importedIdentity, s.Box)

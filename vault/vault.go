@@ -540,12 +540,12 @@ func (v *Vault) Derive(ctx context.Context, req DeriveRequest) (*Derived, error)
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if p.IsFinalized() {
-		return v.deriveFinalized(ctx, p, req.Target, plan.ImportedIdentity, role)
+		return v.deriveFinalized(ctx, p, req.Target, plan.ImportedIdentity(), role)
 	}
 	key := KeyRef{Handle: p.Handle, Hash: p.Hash}
 	ipskx, err := plan.Expand(func(data []byte) ([]byte, error) { return v.backend.HMAC(ctx, key, data) })
 	if err != nil {
 		return nil, fmt.Errorf("derive in %s backend: %w", p.Backend, err)
 	}
-	return &Derived{PSK: p.clone(), ImportedIdentity: plan.ImportedIdentity, IPSKX: ipskx, Role: role, Context: idCtx}, nil
+	return &Derived{PSK: p.clone(), ImportedIdentity: plan.ImportedIdentity(), IPSKX: ipskx, Role: role, Context: idCtx}, nil
 }
