@@ -506,3 +506,26 @@ func BenchmarkCompact(b *testing.B) {
 		}
 	})
 }
+
+// TestFinalizeAtImportAllOrNothing: when finalizing at creation fails, the
+// PSK is not kept (a generated key the peer never receives would otherwise
+// sit in the vault), and a retry works.
+func TestFinalizeAtImportAllOrNothing(t *testing.T) {
+	v, _, _ := openAt(t, "soft")
+	fail := errors.New("simulated disk failure")
+	vault.SetCompactFault(v, func(string) error { return fail })
+	req := pairReq("fin", randKey(t, 32))
+	req.Finalize = true
+	if _, _, err := v.Create(bg, req); !errors.Is(err, fail) {
+		t.Fatalf("create --finalize with a failing compaction: %v", err)
+	}
+	if _, err := v.Get([]byte("fin")); !errors.Is(err, vault.ErrNotFound) {
+		t.Fatalf("the unfinished PSK was kept: %v", err)
+	}
+	vault.SetCompactFault(v, nil)
+	p, key, err := v.Create(bg, req)
+	if err != nil || !p.IsFinalized() {
+		t.Fatalf("retry: %v", err)
+	}
+	clear(key)
+}

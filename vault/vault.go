@@ -354,7 +354,17 @@ func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
 		return nil, err
 	}
 	if req.Finalize {
-		return v.Finalize(ctx, p.Identity, FinalizeRequest{})
+		fp, err := v.Finalize(ctx, p.Identity, FinalizeRequest{})
+		if err != nil {
+			// All or nothing: a PSK that was to be finalized at creation
+			// is not left behind half done (nor, for Create, with a key
+			// the peer never receives). The caller can simply retry.
+			if derr := v.Delete(ctx, p.Identity); derr != nil && !errors.Is(derr, ErrNotFound) {
+				err = errors.Join(err, fmt.Errorf("and removing the unfinished PSK failed: %w", derr))
+			}
+			return nil, fmt.Errorf("finalize at import (the PSK was not kept): %w", err)
+		}
+		return fp, nil
 	}
 	return p.clone(), nil
 }
