@@ -9,7 +9,7 @@
 # crosses in psk_dhe_ke mode. Then the client derives with another context
 # and the handshake fails.
 #
-# Usage: examples/tls13-handshake.sh [path/to/pskvault]
+# Usage: examples/tls13-handshake.sh [path/to/pskvault]   (default: PATH, else built here)
 # Needs: openssl; gnutls-bin for the GnuTLS part (skipped when missing).
 #
 # The CLI tools take the PSK identity as a C string and every serialized
@@ -19,11 +19,6 @@
 # users): fine for a demo, not for production.
 set -euo pipefail
 
-PSKVAULT=${1:-$(command -v pskvault || true)}
-if [ -z "$PSKVAULT" ]; then
-	echo "build it first: go build -o /tmp/pskvault ./cmd/pskvault; then $0 /tmp/pskvault" >&2
-	exit 2
-fi
 command -v openssl >/dev/null || { echo "openssl is not installed" >&2; exit 2; }
 
 W=$(mktemp -d)
@@ -34,6 +29,15 @@ cleanup() {
 	rm -rf "$W"
 }
 trap cleanup EXIT
+
+# The pskvault to use: the argument, else the one on PATH, else built from
+# this checkout.
+PSKVAULT=${1:-$(command -v pskvault || true)}
+if [ -z "$PSKVAULT" ]; then
+	echo "== building pskvault from this checkout"
+	(cd "$(dirname "$0")/.." && go build -o "$W/pskvault" ./cmd/pskvault)
+	PSKVAULT=$W/pskvault
+fi
 
 start_node() { # NAME
 	local n=$1
@@ -54,14 +58,16 @@ freeport() { echo $((20000 + RANDOM % 20000)); }
 
 start_node node-a
 start_node node-b
-pv node-a psk create --identity tls-a-b --client node-a --server node-b --out "$W/epsk.hex" >/dev/null
-pv node-b psk import --identity tls-a-b --client node-a --server node-b --key-file "$W/epsk.hex" >/dev/null
+# --node-context: the RFC 9258 context names both nodes in role order
+# (docs/RFC9257.md), so a reflected or rerouted connection derives another key.
+pv node-a psk create --identity tls-a-b --client node-a --server node-b --node-context --out "$W/epsk.hex" >/dev/null
+pv node-b psk import --identity tls-a-b --client node-a --server node-b --node-context --key-file "$W/epsk.hex" >/dev/null
 rm -f "$W/epsk.hex"
 echo "node-a and node-b share PSK tls-a-b (EPSK file delivered and deleted)"
 
-CTX=$(hexof "pskvault:node-a>node-b")
-A=$(pv node-a derive --identity tls-a-b --context-hex "$CTX" --protocol tls1.3 --kdf sha256 --json)
-B=$(pv node-b derive --identity tls-a-b --context-hex "$CTX" --protocol tls1.3 --kdf sha256 --json)
+# Each daemon fills in the node context itself.
+A=$(pv node-a derive --identity tls-a-b --protocol tls1.3 --kdf sha256 --json)
+B=$(pv node-b derive --identity tls-a-b --protocol tls1.3 --kdf sha256 --json)
 A_ID=$(echo "$A" | field imported_identity); A_KEY=$(echo "$A" | field ipskx)
 B_ID=$(echo "$B" | field imported_identity); B_KEY=$(echo "$B" | field ipskx)
 [ "$A_ID" = "$B_ID" ] || { echo "imported identities differ" >&2; exit 1; }
@@ -104,11 +110,27 @@ else
 	echo "GnuTLS: skipped (install gnutls-bin)"
 fi
 
-# The client believes it talks to node-x: another context, another identity
-# and key, and the server refuses.
-X=$(pv node-a derive --identity tls-a-b --context-hex "$(hexof "pskvault:node-a>node-x")" --protocol tls1.3 --kdf sha256 --json)
+# The client believes it talks to node-x: its daemon will not derive for a
+# context that names a node the PSK is not shared with.
+nodectx() { # CLIENT SERVER: the canonical node context, in hex
+	local l="pskvault nodes v1"
+	printf '%02x%s%02x%s%02x%s' ${#l} "$(hexof "$l")" ${#1} "$(hexof "$1")" ${#2} "$(hexof "$2")"
+}
+if pv node-a derive --identity tls-a-b --context-hex "$(nodectx node-a node-x)" --protocol tls1.3 --kdf sha256 >/dev/null 2>&1; then
+	echo "derive for node-x SUCCEEDED: wrong" >&2; exit 1
+fi
+echo "context naming node-x: node-a's daemon refuses to derive"
+
+# On the wire: a PSK without --node-context, the two sides using different
+# contexts. Different identities and keys: the server refuses the handshake.
+pv node-a psk create --identity tls-free --client node-a --server node-b --out "$W/epsk2.hex" >/dev/null
+pv node-b psk import --identity tls-free --client node-a --server node-b --key-file "$W/epsk2.hex" >/dev/null
+rm -f "$W/epsk2.hex"
+X=$(pv node-a derive --identity tls-free --context-hex "$(hexof "to node-x")" --protocol tls1.3 --kdf sha256 --json)
+Y=$(pv node-b derive --identity tls-free --context-hex "$(hexof "to node-b")" --protocol tls1.3 --kdf sha256 --json)
 X_ID=$(echo "$X" | field imported_identity); X_KEY=$(echo "$X" | field ipskx)
-if openssl_handshake "$B_ID" "$B_KEY" "$X_ID" "$X_KEY"; then
+Y_ID=$(echo "$Y" | field imported_identity); Y_KEY=$(echo "$Y" | field ipskx)
+if openssl_handshake "$Y_ID" "$Y_KEY" "$X_ID" "$X_KEY"; then
 	echo "handshake with a different context SUCCEEDED: wrong" >&2; exit 1
 fi
 echo "different context: handshake refused, as it must be"
