@@ -102,7 +102,8 @@ func setupDemo(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 
 		identity := []byte("demo-edge-origin-1")
 		spec := client.PSKSpec{Identity: identity, ClientNode: "node-a", ServerNode: "node-b"}
-		step("2. node-a generates a 256-bit pairwise EPSK %q for client node-a / server node-b", identity)
+		spec.Policy.NodeContext = true // the RFC 9258 context names both nodes: no rerouting, no Selfie
+		step("2. node-a generates a 256-bit pairwise EPSK %q for client node-a / server node-b,\n   bound to the node-identifier context", identity)
 		_, key, err := a.c.Create(ctx, spec)
 		if err != nil {
 			return err
@@ -138,11 +139,10 @@ func setupDemo(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 		}
 		fmt.Fprintf(w, "   node-c: refused: %v\n", err)
 
-		step("5. both sides derive RFC 9258 imported PSKs; they must match")
-		ctxBytes := []byte("node-a|node-b")
+		step("5. both sides derive RFC 9258 imported PSKs (each daemon fills in the node context); they must match")
 		var tlsA *client.Derived
 		for _, t := range [][2]string{{"tls1.3", "sha256"}, {"tls1.3", "sha384"}, {"dtls1.3", "sha256"}} {
-			req := client.DeriveRequest{Identity: identity, Context: ctxBytes, Protocol: t[0], KDF: t[1]}
+			req := client.DeriveRequest{Identity: identity, Protocol: t[0], KDF: t[1]}
 			da, err := a.c.Derive(ctx, req)
 			if err != nil {
 				return err
@@ -166,13 +166,17 @@ func setupDemo(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 		}
 		defer clear(tlsA.IPSKX)
 
-		step("6. a different context gives a different key (RFC 9258 section 4)")
-		other, err := a.c.Derive(ctx, client.DeriveRequest{Identity: identity, Context: []byte("node-a|node-x"), Protocol: "tls1.3", KDF: "sha256"})
+		step("6. node-a's daemon refuses a context that names another server (rerouting, RFC 9257 section 4.1)")
+		foreign, err := vault.NodeContext("node-a", "node-x")
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "   differs=%v\n", !bytes.Equal(other.IPSKX, tlsA.IPSKX))
-		clear(other.IPSKX)
+		if other, err := a.c.Derive(ctx, client.DeriveRequest{Identity: identity, Context: foreign, Protocol: "tls1.3", KDF: "sha256"}); err == nil {
+			clear(other.IPSKX)
+			return errors.New("demo: a context naming node-x was accepted")
+		} else {
+			fmt.Fprintf(w, "   refused: %v\n", err)
+		}
 
 		step("7. a real TLS 1.3 handshake with the imported PSK")
 		if *noTLS {

@@ -370,7 +370,7 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out)
 	}
-	for _, want := range []string{"match=true", "node-c: refused", "differs=true", "demo complete"} {
+	for _, want := range []string{"match=true", "node-c: refused", "does not match the PSK's node-identifier context", "demo complete"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("demo output lacks %q", want)
 		}
