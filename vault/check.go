@@ -99,6 +99,12 @@ func (v *Vault) audit(p *PSK, fps map[string][][]byte, known skeletons, now time
 	}
 	// Lifecycle first: a revoked PSK's other properties no longer matter.
 	if p.State == StateRevoked {
+		if len(p.Handle) > 0 {
+			add("revoked", "4.2", LevelInfo, "revoked at %s (%s)", p.RevokedAt.Format(time.RFC3339), p.RevokeReason)
+			add("main-key", "4.2", LevelShould, "revoked, but destroying its key in the backend failed: the handle is still recorded (psk delete retries)")
+			a.Entropy = "revoked, key not yet destroyed"
+			return a
+		}
 		add("revoked", "4.2", LevelInfo, "revoked at %s (%s); key destroyed", p.RevokedAt.Format(time.RFC3339), p.RevokeReason)
 		a.Entropy = "destroyed"
 		return a

@@ -104,15 +104,25 @@ func (v *Vault) Finalize(ctx context.Context, identity []byte, req FinalizeReque
 	}
 	n := p.clone()
 	n.Finalized, n.FinalizedAt = sealed, v.now().UTC().Truncate(time.Second)
-	n.Handle = nil
-	// Record first: if destroying the key then fails, the record already
-	// refuses new targets and `check` reports the leftover key.
-	if err := v.put(n, false); err != nil {
+	// Record first, with the main key's handle: if destroying the key then
+	// fails, the record already refuses new targets, `check` reports the
+	// leftover key and `psk delete` can still destroy it. The handle goes
+	// once the key is gone. The record must still be the one the imported
+	// keys were derived from (not revoked or deleted meanwhile).
+	if err := v.replace(p, n); err != nil {
 		return nil, err
 	}
 	derr := v.backend.DeleteKey(ctx, key)
 	if derr != nil {
-		derr = fmt.Errorf("imported keys kept, but destroying the main key in the %s backend failed (retry with psk delete after rotating): %w", p.Backend, derr)
+		derr = fmt.Errorf("imported keys kept, but destroying the main key in the %s backend failed (its handle stays recorded: `check` reports it, psk delete retries): %w", p.Backend, derr)
+	} else {
+		done := n.clone()
+		done.Handle = nil
+		if err := v.replace(n, done); err != nil {
+			derr = fmt.Errorf("main key destroyed, but recording that failed: %w", err)
+		} else {
+			n = done
+		}
 	}
 	// Purge the old record, which holds the handle, from vault.db (compact.go).
 	if err := v.db.compact(); err != nil {
@@ -198,14 +208,23 @@ func (v *Vault) revoke(ctx context.Context, identity []byte, reason string) (*PS
 	}
 	n := p.clone()
 	n.State, n.RevokedAt, n.RevokeReason = StateRevoked, v.now().UTC().Truncate(time.Second), reason
-	n.Handle, n.Finalized = nil, nil
-	if err := v.put(n, false); err != nil {
+	n.Finalized = nil
+	// Revoked first, with the key's handle until the key is destroyed, so a
+	// key the backend fails to destroy stays named in the record (`check`
+	// reports it, psk delete retries) instead of being orphaned.
+	if err := v.replace(p, n); err != nil {
 		return nil, err
 	}
 	if len(p.Handle) > 0 {
 		if err := v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}); err != nil {
-			return n.clone(), fmt.Errorf("PSK revoked, but destroying its key in the %s backend failed: %w", p.Backend, err)
+			return n.clone(), fmt.Errorf("PSK revoked, but destroying its key in the %s backend failed (its handle stays recorded: psk delete retries): %w", p.Backend, err)
 		}
+		done := n.clone()
+		done.Handle = nil
+		if err := v.replace(n, done); err != nil {
+			return n.clone(), fmt.Errorf("PSK revoked and its key destroyed, but recording that failed: %w", err)
+		}
+		n = done
 	}
 	return n.clone(), nil
 }
@@ -233,10 +252,13 @@ type RotateRequest struct {
 // so both sides can switch over while either generation works. It returns
 // the new record and, when it generated the key, the key for the peer.
 func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) (*PSK, []byte, error) {
-	old, err := v.Get(identity)
-	if err != nil {
-		return nil, nil, err
+	v.mu.RLock()
+	cur := v.psks[string(identity)]
+	v.mu.RUnlock()
+	if cur == nil {
+		return nil, nil, ErrNotFound
 	}
+	old := cur.clone()
 	if err := v.usable(old); err != nil {
 		return nil, nil, err
 	}
@@ -275,6 +297,7 @@ func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) 
 	}
 	var n *PSK
 	var key []byte
+	var err error
 	if req.Key == nil {
 		n, key, err = v.Create(ctx, ir)
 	} else {
@@ -291,7 +314,18 @@ func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) 
 	if end := v.now().Add(req.Overlap).UTC().Truncate(time.Second); o.NotAfter.IsZero() || end.Before(o.NotAfter) {
 		o.NotAfter = end
 	}
-	if err := errors.Join(v.put(n.clone(), false), v.put(o, false)); err != nil {
+	// The old generation must still be the record read above: a revoke,
+	// delete or other rotation that ran while the new generation was made
+	// must not be undone by writing the old copy back. Then the new
+	// generation is not kept either (its key never reached the peer).
+	if err := v.replace(cur, o); err != nil {
+		clear(key)
+		if derr := v.Delete(ctx, n.Identity); derr != nil && !errors.Is(derr, ErrNotFound) {
+			err = errors.Join(err, fmt.Errorf("and removing the new generation %x failed: %w", n.Identity, derr))
+		}
+		return nil, nil, fmt.Errorf("rotate (no new generation kept): %w", err)
+	}
+	if err := v.put(n.clone(), false); err != nil {
 		clear(key)
 		return nil, nil, err
 	}

@@ -438,6 +438,37 @@ func (v *Vault) put(p *PSK, mustBeNew bool) error {
 	return nil
 }
 
+// replace writes next over the record prev, which the caller read from the
+// index, provided the record is still prev: a lifecycle operation that
+// waited on the backend must not write back a stale copy over a revoke,
+// delete, rotate or finalize that ran meanwhile (which would bring a
+// destroyed key back). It returns the record's current state otherwise.
+func (v *Vault) replace(prev, next *PSK) error {
+	raw, err := json.Marshal(next)
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	cur := v.psks[string(prev.Identity)]
+	switch {
+	case cur == nil:
+		return fmt.Errorf("%w: it was deleted meanwhile", ErrNotFound)
+	case cur.State == StateRevoked && prev.State != StateRevoked:
+		return fmt.Errorf("%w meanwhile at %s: %s", ErrRevoked, cur.RevokedAt.Format(time.RFC3339), cur.RevokeReason)
+	case cur != prev:
+		return fmt.Errorf("%w: PSK %x was changed by another operation meanwhile; try again", ErrInvalid, prev.Identity)
+	}
+	err = v.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketPSKs).Put(next.Identity, raw)
+	})
+	if err != nil {
+		return fmt.Errorf("write PSK record: %w", err)
+	}
+	v.psks[string(next.Identity)] = next
+	return nil
+}
+
 // Get returns a copy of the PSK with this identity.
 func (v *Vault) Get(identity []byte) (*PSK, error) {
 	v.mu.RLock()
@@ -480,8 +511,13 @@ func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
 	if p == nil {
 		return ErrNotFound
 	}
-	if err := v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}); err != nil {
-		return fmt.Errorf("delete key in %s backend: %w", p.Backend, err)
+	// A revoked, swept or finalized PSK has no main key left (its handle
+	// is gone from the record); the hardware backends refuse an empty
+	// handle, so asking them would make such a PSK impossible to delete.
+	if len(p.Handle) > 0 {
+		if err := v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}); err != nil {
+			return fmt.Errorf("delete key in %s backend: %w", p.Backend, err)
+		}
 	}
 	if err := v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPSKs).Delete(identity) }); err != nil {
 		return fmt.Errorf("delete PSK record: %w", err)
