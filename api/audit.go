@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"os"
 	"sync"
 	"time"
 )
@@ -13,7 +14,7 @@ import (
 // identities (public, sent in clear in every ClientHello).
 type AuditEntry struct {
 	Time     time.Time `json:"time"`
-	Socket   string    `json:"socket"` // "admin" or "data"
+	Socket   string    `json:"socket"` // "admin" or "data"; "signal" for a reload (SIGHUP)
 	UID      *uint32   `json:"uid"`    // null for an in-process caller
 	GID      *uint32   `json:"gid"`
 	PID      *int32    `json:"pid"`
@@ -24,22 +25,77 @@ type AuditEntry struct {
 	Role     string    `json:"role,omitempty"`
 	Result   string    `json:"result"`           // ok, denied, not_found, forbidden, or an error code
 	Reason   string    `json:"reason,omitempty"` // why a request was refused, for the operator
-	Status   int       `json:"status"`
-	Count    int       `json:"count,omitempty"` // keys handed out by offers
+	Status   int       `json:"status,omitempty"` // 0 (left out) for a reload
+	Count    int       `json:"count,omitempty"`  // keys handed out by offers
 }
 
 // Audit writes AuditEntry values as JSON lines. It is safe for concurrent use.
 type Audit struct {
 	mu sync.Mutex
 	w  io.Writer
+	f  *os.File // the file w writes to when the Audit opened it; closed when replaced
 }
 
 // NewAudit writes to w (a file opened O_APPEND, or stderr); nil w discards.
 func NewAudit(w io.Writer) *Audit { return &Audit{w: w} }
 
+// OpenAudit appends to the file at path, created 0600 when missing and
+// opened O_APPEND, so that every line lands whole at the end of the file.
+func OpenAudit(path string) (*Audit, error) {
+	f, err := openAuditFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return &Audit{w: f, f: f}, nil
+}
+
+func openAuditFile(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+}
+
+// Reopen opens the file at path anew and makes the log append to it: after
+// logrotate renamed the file, the next lines go to a new file at the old
+// path, and none is lost or split between the two, because the swap is made
+// under the lock every line is written under. The file written before
+// (when the Audit opened it) is closed. On error nothing changes.
+func (a *Audit) Reopen(path string) error {
+	f, err := openAuditFile(path)
+	if err != nil {
+		return err
+	}
+	a.swap(f, f)
+	return nil
+}
+
+// Redirect makes the log write to w (stderr, say) instead, closing the file
+// written before when the Audit opened it.
+func (a *Audit) Redirect(w io.Writer) { a.swap(w, nil) }
+
+func (a *Audit) swap(w io.Writer, f *os.File) {
+	a.mu.Lock()
+	old := a.f
+	a.w, a.f = w, f
+	a.mu.Unlock()
+	if old != nil && old != f {
+		old.Close() // every write to it has returned: they hold a.mu
+	}
+}
+
+// Close closes the file the Audit opened; later lines are discarded.
+func (a *Audit) Close() error {
+	a.mu.Lock()
+	f := a.f
+	a.w, a.f = nil, nil
+	a.mu.Unlock()
+	if f != nil {
+		return f.Close()
+	}
+	return nil
+}
+
 // Write appends one line.
 func (a *Audit) Write(e *AuditEntry) {
-	if a == nil || a.w == nil {
+	if a == nil {
 		return
 	}
 	buf := auditBufs.Get().(*bytes.Buffer)
@@ -56,7 +112,9 @@ func (a *Audit) Write(e *AuditEntry) {
 	// is in the kernel's hands before the caller sees its answer, and a
 	// crash of the daemon loses none.
 	a.mu.Lock()
-	a.w.Write(buf.Bytes())
+	if a.w != nil {
+		a.w.Write(buf.Bytes())
+	}
 	a.mu.Unlock()
 }
 

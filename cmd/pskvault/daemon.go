@@ -5,13 +5,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/pskvault/pskvault/api"
@@ -75,24 +76,29 @@ func setupServe(fs *flag.FlagSet, g *globals) func(context.Context, []string) er
 	fs.StringVar(&f.mlock, "mlock", "auto", "lock memory out of swap: auto, require or off")
 	fs.Var(&f.allowClient, "allow-client", "`principal` (user:NAME|UID, group:NAME|GID) allowed to derive client-role keys of every PSK without its own rule; repeatable")
 	fs.Var(&f.allowServer, "allow-server", "`principal` allowed to derive server-role keys of every PSK without its own rule; repeatable")
-	fs.StringVar(&f.config, "config", "", "configuration `file` (default "+defaultConfig+" when it exists); flags given here win over it")
+	fs.StringVar(&f.config, "config", "", "configuration `file` (default "+defaultConfig+" when it exists; re-read on SIGHUP); flags given here win over it")
 	return func(ctx context.Context, args []string) error {
 		f.set = map[string]bool{}
 		fs.Visit(func(fl *flag.Flag) { f.set[fl.Name] = true })
-		if err := applyConfig(g, &f); err != nil {
+		// What the command line and the environment say, before the file:
+		// a reload starts again from here.
+		cmdG, cmdF := *g, f
+		load := func() (*settings, error) {
+			g2, f2 := cmdG, cmdF
+			return loadSettings(&g2, &f2)
+		}
+		st, err := load()
+		if err != nil {
 			return err
 		}
-		return serve(ctx, g, &f)
+		return serve(ctx, g, st, load)
 	}
 }
 
 // applyConfig fills in what the command line left unset from the
 // configuration file.
 func applyConfig(g *globals, f *serveFlags) error {
-	path, explicit := f.config, f.config != ""
-	if !explicit {
-		path = defaultConfig
-	}
+	path, explicit := configPath(f)
 	c, err := loadConfig(path, explicit)
 	if err != nil {
 		return err
@@ -128,6 +134,15 @@ func applyConfig(g *globals, f *serveFlags) error {
 	return nil
 }
 
+// configPath is the file serve reads: --config, or the default one, which
+// may be missing.
+func configPath(f *serveFlags) (path string, explicit bool) {
+	if f.config != "" {
+		return f.config, true
+	}
+	return defaultConfig, false
+}
+
 func parseMode(flagName, s string) (os.FileMode, error) {
 	m, err := strconv.ParseUint(s, 8, 32)
 	if err != nil || (m != 0o600 && m != 0o660 && m != 0o666) {
@@ -136,28 +151,53 @@ func parseMode(flagName, s string) (os.FileMode, error) {
 	return os.FileMode(m), nil
 }
 
-func serve(ctx context.Context, g *globals, f *serveFlags) error {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
-		return usagef("--log-level %q: want debug, info, warn or error", f.logLevel)
+// settings are what serve runs with: the command line, the environment and
+// the configuration file resolved and checked. loadSettings makes them the
+// same way at start and at each reload.
+type settings struct {
+	configFile            string
+	stateDir              string
+	socket, dataSocket    string // dataSocket "": none
+	adminGroup            string // as given
+	adminGID              *uint32
+	adminMode, dataMode   os.FileMode
+	maxConns, perUID      int
+	mlock                 string
+	logLevel              slog.Level
+	auditLog              string // a path, or "-" for stderr
+	access                *vault.Access
+	cfgNodeID, cfgBackend string // from the file: must match the vault
+}
+
+// loadSettings applies the configuration file to g and f (copies of the
+// command line's) and checks everything that can be checked before the
+// vault is open.
+func loadSettings(g *globals, f *serveFlags) (*settings, error) {
+	if err := applyConfig(g, f); err != nil {
+		return nil, err
 	}
-	log := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: lvl}))
-	if err := harden(log, f.mlock); err != nil {
-		return err
+	st := &settings{stateDir: g.stateDir, socket: g.socket, mlock: f.mlock, maxConns: f.maxConns, perUID: f.perUID, adminGroup: f.adminGroup}
+	st.configFile, _ = configPath(f)
+	if err := st.logLevel.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return nil, usagef("--log-level %q: want debug, info, warn or error", f.logLevel)
 	}
-	opts := api.Options{Log: log, MaxConns: f.maxConns, MaxConnsPerUID: f.perUID}
+	switch f.mlock {
+	case "auto", "require", "off":
+	default:
+		return nil, usagef("--mlock %q: want auto, require or off", f.mlock)
+	}
 	access := vault.DefaultAccess(uint32(os.Geteuid()))
 	for _, p := range f.allowClient {
 		pr, err := vault.ParsePrincipal(p)
 		if err != nil {
-			return usagef("--allow-client: %v", err)
+			return nil, usagef("--allow-client: %v", err)
 		}
 		access.Default.Client = append(access.Default.Client, pr)
 	}
 	for _, p := range f.allowServer {
 		pr, err := vault.ParsePrincipal(p)
 		if err != nil {
-			return usagef("--allow-server: %v", err)
+			return nil, usagef("--allow-server: %v", err)
 		}
 		access.Default.Server = append(access.Default.Server, pr)
 	}
@@ -170,95 +210,124 @@ func serve(ctx context.Context, g *globals, f *serveFlags) error {
 			}
 			access.PSKs[string(r.Identity)] = r.Rule
 		}
+		st.cfgNodeID, st.cfgBackend = f.cfg.NodeID, f.cfg.Backend
 	}
-	opts.Access = access
-	adminMode := os.FileMode(0o600)
+	st.access = access
+	st.adminMode = 0o600
 	if f.adminGroup != "" {
 		pr, err := vault.ParsePrincipal("group:" + f.adminGroup)
 		if err != nil {
-			return usagef("--admin-group: %v", err)
+			return nil, usagef("--admin-group: %v", err)
 		}
-		opts.AdminGroup = &pr.ID
-		adminMode = 0o660
+		st.adminGID = &pr.ID
+		st.adminMode = 0o660
 	}
 	if f.mode != "" {
 		m, err := parseMode("--socket-mode", f.mode)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		adminMode = m
+		st.adminMode = m
 	}
-	if adminMode == 0o666 {
-		return usagef("--socket-mode 0666: the admin socket is never open to everyone")
+	if st.adminMode == 0o666 {
+		return nil, usagef("--socket-mode 0666: the admin socket is never open to everyone")
 	}
-	dataMode, err := parseMode("--data-socket-mode", f.dataMode)
-	if err != nil {
+	var err error
+	if st.dataMode, err = parseMode("--data-socket-mode", f.dataMode); err != nil {
+		return nil, err
+	}
+	switch g.dataSocket {
+	case "":
+		st.dataSocket = defaultDataSocket(g.socket)
+	case "none":
+	default:
+		st.dataSocket = g.dataSocket
+	}
+	if st.dataSocket != "" && filepath.Dir(st.dataSocket) == filepath.Dir(st.socket) {
+		return nil, usagef("--data-socket must be in another directory than --socket: the directories' modes keep the admin socket private")
+	}
+	st.auditLog = f.auditLog
+	if st.auditLog == "" {
+		st.auditLog = filepath.Join(g.stateDir, "audit.log")
+	}
+	return st, nil
+}
+
+// checkVault checks what the file says about the vault against the vault.
+func (st *settings) checkVault(v *vault.Vault) error {
+	if st.cfgNodeID != "" && st.cfgNodeID != v.NodeID() {
+		return fmt.Errorf("configuration says node_id %q, the vault in %s is node %q", st.cfgNodeID, st.stateDir, v.NodeID())
+	}
+	if st.cfgBackend != "" && st.cfgBackend != v.Config().Backend {
+		return fmt.Errorf("configuration says backend %q, the vault in %s uses %q", st.cfgBackend, st.stateDir, v.Config().Backend)
+	}
+	return nil
+}
+
+func serve(ctx context.Context, g *globals, st *settings, load func() (*settings, error)) error {
+	// From now on SIGHUP reloads; one that arrives while the daemon starts
+	// waits for the loop below.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	level := new(slog.LevelVar)
+	level.Set(st.logLevel)
+	log := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level}))
+	if err := harden(log, st.mlock); err != nil {
 		return err
 	}
+	opts := api.Options{Log: log, MaxConns: st.maxConns, MaxConnsPerUID: st.perUID, Access: st.access, AdminGroup: st.adminGID}
 
-	v, err := vault.Open(ctx, g.stateDir)
+	v, err := vault.Open(ctx, st.stateDir)
 	if err != nil {
 		if errors.Is(err, vault.ErrNotInitialized) {
-			return withHint(err, "run 'pskvault --state-dir %s init --node-id NAME' first", g.stateDir)
+			return withHint(err, "run 'pskvault --state-dir %s init --node-id NAME' first", st.stateDir)
 		}
 		return err
 	}
 	defer v.Close()
-	if f.cfg != nil && f.cfg.NodeID != "" && f.cfg.NodeID != v.NodeID() {
-		return fmt.Errorf("configuration says node_id %q, the vault in %s is node %q", f.cfg.NodeID, g.stateDir, v.NodeID())
-	}
-	if f.cfg != nil && f.cfg.Backend != "" && f.cfg.Backend != v.Config().Backend {
-		return fmt.Errorf("configuration says backend %q, the vault in %s uses %q", f.cfg.Backend, g.stateDir, v.Config().Backend)
+	if err := st.checkVault(v); err != nil {
+		return err
 	}
 
-	auditPath := f.auditLog
-	if auditPath == "" {
-		auditPath = filepath.Join(g.stateDir, "audit.log")
-	}
-	var auditW io.Writer = g.stderr
-	if auditPath != "-" {
-		af, err := os.OpenFile(auditPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-		if err != nil {
+	audit := api.NewAudit(g.stderr)
+	if st.auditLog != "-" {
+		if audit, err = api.OpenAudit(st.auditLog); err != nil {
 			return fmt.Errorf("open audit log: %w", err)
 		}
-		defer af.Close()
-		auditW = af
 	}
-	opts.Audit = api.NewAudit(auditW)
+	defer audit.Close()
+	opts.Audit = audit
 
 	var adminL, dataL net.Listener
 	activated, err := api.ActivationListeners()
 	if err != nil {
 		return err
 	}
+	dataSocket := st.dataSocket
 	if activated != nil {
 		adminL, dataL = activated["admin"], activated["data"]
 		if adminL == nil || len(activated) > 2 || (len(activated) == 2 && dataL == nil) {
 			return fmt.Errorf("socket activation: want sockets named admin and data (FileDescriptorName=), got %d", len(activated))
 		}
 		log.Info("using sockets from systemd", "count", len(activated))
+		dataSocket = ""
+		if dataL != nil {
+			dataSocket = "(systemd)"
+		}
 	} else {
-		if adminL, err = api.Listen(g.socket, adminMode); err != nil {
+		if adminL, err = api.Listen(st.socket, st.adminMode); err != nil {
 			return err
 		}
-		if opts.AdminGroup != nil {
-			if err := chgrpSocket(g.socket, *opts.AdminGroup); err != nil {
+		if st.adminGID != nil {
+			if err := chgrpSocket(st.socket, *st.adminGID); err != nil {
 				adminL.Close()
 				return err
 			}
 		}
-		switch g.dataSocket {
-		case "":
-			g.dataSocket = defaultDataSocket(g.socket)
-		case "none":
-			g.dataSocket = ""
-		}
-		if g.dataSocket != "" {
-			if filepath.Dir(g.dataSocket) == filepath.Dir(g.socket) {
-				adminL.Close()
-				return usagef("--data-socket must be in another directory than --socket: the directories' modes keep the admin socket private")
-			}
-			if dataL, err = api.Listen(g.dataSocket, dataMode); err != nil {
+		if st.dataSocket != "" {
+			if dataL, err = api.Listen(st.dataSocket, st.dataMode); err != nil {
 				adminL.Close()
 				return err
 			}
@@ -288,16 +357,24 @@ func serve(ctx context.Context, g *globals, f *serveFlags) error {
 		}
 		all = append(all, served{srv, errc})
 	}
-	log.Info("serving", "node", v.NodeID(), "backend", v.BackendInfo().Name, "socket", g.socket, "data_socket", g.dataSocket, "state_dir", g.stateDir, "audit_log", auditPath, "version", api.Version)
+	log.Info("serving", "node", v.NodeID(), "backend", v.BackendInfo().Name, "socket", st.socket, "data_socket", dataSocket, "state_dir", st.stateDir, "audit_log", st.auditLog, "version", api.Version)
 	errc := make(chan error, len(all))
 	for _, x := range all {
 		go func() { errc <- <-x.errc }()
 	}
+	rl := &reloader{log: log, level: level, audit: audit, v: v, stderr: g.stderr, running: st, load: load}
 	var serveErr error
-	select {
-	case err := <-errc:
-		serveErr = fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
+loop:
+	for {
+		select {
+		case err := <-errc:
+			serveErr = fmt.Errorf("serve: %w", err)
+			break loop
+		case <-ctx.Done():
+			break loop
+		case <-hup:
+			rl.reload()
+		}
 	}
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

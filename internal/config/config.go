@@ -51,6 +51,16 @@ type Error struct {
 	Problems []Problem
 }
 
+// Lines are the problems as `pskvault config check` prints them, one
+// "FILE:LINE: message" each.
+func (e *Error) Lines() []string {
+	out := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		out[i] = fmt.Sprintf("%s:%d: %s", e.File, p.Line, p.Msg)
+	}
+	return out
+}
+
 func (e *Error) Error() string {
 	var b strings.Builder
 	for i, p := range e.Problems {

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -62,6 +64,19 @@ func TestParseProblems(t *testing.T) {
 				t.Fatalf("got %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestErrorLines: one "FILE:LINE: message" per problem, in file order.
+func TestErrorLines(t *testing.T) {
+	_, err := Parse("t.toml", []byte("node_id = \"a\"\nbogus = 1\n[access]\nclient = [\"uzer:1\"]\n"))
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("got %v, want *Error", err)
+	}
+	want := []string{`t.toml:2: unknown key "bogus"`, `t.toml:4: client: access entry "uzer:1": want user:NAME, user:UID, group:NAME or group:GID`}
+	if got := ce.Lines(); !slices.Equal(got, want) {
+		t.Fatalf("got %q, want %q", got, want)
 	}
 }
 
