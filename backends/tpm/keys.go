@@ -135,7 +135,7 @@ func (b *Backend) StoreKey(ctx context.Context, req vault.StoreRequest) ([]byte,
 			return cr, err
 		})
 		if err != nil {
-			return b.mapErr("create key", err)
+			return b.parentErr("create key", err)
 		}
 		k.public, k.private = cr.OutPublic, cr.OutPrivate
 		k.pubBytes, k.privBytes = tpm2.Marshal(cr.OutPublic), tpm2.Marshal(cr.OutPrivate)
@@ -330,7 +330,7 @@ func (b *Backend) load(k *keyBlob) (*loaded, error) {
 			if errors.Is(err, tpm2.TPMRCIntegrity) || errors.Is(err, tpm2.TPMRCSize) || errors.Is(err, tpm2.TPMRCKey) || errors.Is(err, tpm2.TPMRCValue) {
 				return nil, fmt.Errorf("tpm: %w: this TPM cannot unwrap the key blob (%v): it was made by another TPM or before a TPM clear", vault.ErrKeyNotFound, err)
 			}
-			return nil, b.mapErr("load key", err)
+			return nil, b.parentErr("load key", err)
 		}
 		o := &loaded{id: id, key: k, handle: rsp.ObjectHandle, name: rsp.Name}
 		b.cache.add(o)

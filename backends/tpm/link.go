@@ -155,6 +155,9 @@ func (b *Backend) run(ctx context.Context, op string, f func() error) error {
 	if b.closed {
 		return fmt.Errorf("tpm %s: backend is closed", op)
 	}
+	if b.parentAuthErr != nil {
+		return b.parentAuthErr
+	}
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -278,6 +281,21 @@ func retry(f func() error) error {
 		time.Sleep(time.Duration(10<<i) * time.Millisecond)
 	}
 	return err
+}
+
+// parentErr is mapErr for a command authorized by the storage parent
+// (Create, Load, Import): an authorization failure there is latched
+// (parentAuthErr) so that pskvault never drives the TPM into
+// dictionary-attack lockout by retrying a parent whose auth value is not
+// empty. The caller holds sem.
+func (b *Backend) parentErr(op string, err error) error {
+	if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
+		b.parentAuthErr = fmt.Errorf("tpm %s: %w: the TPM refused the storage parent's authorization (TPM_RC_AUTH_FAIL/BAD_AUTH): "+
+			"pskvault expects the storage parent at 0x81000001 to have an empty auth value; to keep a DA-protected parent from locking the TPM out, "+
+			"pskvault will not try it again until restarted", op, vault.ErrBackendUnavailable)
+		return b.parentAuthErr
+	}
+	return b.mapErr(op, err)
 }
 
 // mapErr turns a TPM return code into an error that says what happened and

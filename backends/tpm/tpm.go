@@ -181,6 +181,12 @@ type Backend struct {
 	hashes []importer.Hash // set by Open, then read-only
 	desc   string          // device in use; written under sem
 	info   vault.BackendInfo
+	// parentAuthErr latches a refused authorization of the storage parent:
+	// each failed attempt on a DA-protected parent counts toward the TPM's
+	// dictionary-attack lockout, which then blocks every DA-protected key
+	// of every program on this TPM. So the parent is tried once and never
+	// again until the backend is reopened.
+	parentAuthErr error
 
 	closeOnce sync.Once
 }

@@ -451,3 +451,66 @@ func TestCloseLeavesNoHandles(t *testing.T) {
 		}
 	}
 }
+
+// A persistent SRK with a non-empty auth value and DA protection: every
+// refused authorization counts toward the TPM's dictionary-attack lockout,
+// which would then block every DA-protected key of every program on the
+// TPM. The backend tries the parent once, then refuses without asking the
+// TPM again; it used to lock a swtpm out after three derivations.
+func TestParentAuthFailureDoesNotLockOutTPM(t *testing.T) {
+	b, sim := openSim(t)
+	err := b.run(context.Background(), "setup", func() error {
+		tmpl := tpm2.ECCSRKTemplate
+		tmpl.ObjectAttributes.NoDA = false
+		cp, err := tpm2.CreatePrimary{
+			PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+			InSensitive:   tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: []byte("not empty")}}},
+			InPublic:      tpm2.New2B(tmpl),
+		}.Execute(b.link)
+		if err != nil {
+			return err
+		}
+		defer b.link.flush(cp.ObjectHandle)
+		_, err = tpm2.EvictControl{
+			Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+			ObjectHandle:     tpm2.NamedHandle{Handle: cp.ObjectHandle, Name: cp.Name},
+			PersistentHandle: SRKHandle,
+		}.Execute(b.link)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil { // swtpm serves one client at a time
+		t.Fatal(err)
+	}
+	b2, err := Open(context.Background(), sim.URI())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	_, prk := newPRK(t, importer.SHA256)
+	var last error
+	for range 5 {
+		_, last = b2.StoreKey(context.Background(), vault.StoreRequest{PRK: prk, Hash: importer.SHA256, Label: "test"})
+		if last == nil {
+			t.Fatal("StoreKey under a parent whose auth is not empty succeeded")
+		}
+	}
+	b2.sem <- struct{}{}
+	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTLockoutCounter), PropertyCount: 1}.Execute(b2.link)
+	<-b2.sem
+	if err != nil {
+		t.Fatal(err)
+	}
+	props, err := rsp.CapabilityData.Data.TPMProperties()
+	if err != nil || len(props.TPMProperty) != 1 || props.TPMProperty[0].Property != tpm2.TPMPTLockoutCounter {
+		t.Fatalf("read lockout counter: %v", err)
+	}
+	if n := props.TPMProperty[0].Value; n > 1 {
+		t.Fatalf("the backend made %d failed authorizations toward DA lockout, want at most 1 (last error: %v)", n, last)
+	}
+	if !errors.Is(last, vault.ErrBackendUnavailable) || strings.Contains(last.Error(), "TPM_RC_LOCKOUT") {
+		t.Fatalf("later attempts: %v", last)
+	}
+}

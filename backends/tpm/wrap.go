@@ -199,7 +199,7 @@ func (b *Backend) ImportWrapped(ctx context.Context, blob []byte, h importer.Has
 			if errors.Is(err, tpm2.TPMRCIntegrity) || errors.Is(err, tpm2.TPMRCValue) || errors.Is(err, tpm2.TPMRCECCPoint) {
 				return fmt.Errorf("tpm import: the TPM rejected the blob (%v): it is corrupt or was wrapped for another TPM: %w", err, vault.ErrUnsupported)
 			}
-			return b.mapErr("import", err)
+			return b.parentErr("import", err)
 		}
 		k := &keyBlob{origin: originImported, hash: h, parentName: bytes.Clone(b.parent.name.Buffer),
 			public: w.public, pubBytes: w.pubBytes, private: ir.OutPrivate, privBytes: tpm2.Marshal(ir.OutPrivate)}
