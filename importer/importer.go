@@ -377,13 +377,17 @@ func (p *Plan) Expand(mac MAC) ([]byte, error) {
 		t, err := mac(buf)
 		if err != nil {
 			clear(out[:cap(out)])
+			clear(buf[:cap(buf)]) // holds T(i-1)
 			return nil, fmt.Errorf("HKDF-Expand block %d: %w", i, err)
 		}
 		if len(t) != n {
+			clear(t)
 			clear(out[:cap(out)])
+			clear(buf[:cap(buf)])
 			return nil, fmt.Errorf("%w: HKDF-Expand block %d is %d bytes, want %d", ErrBadPRK, i, len(t), n)
 		}
 		out = append(out, t...)
+		clear(t) // T(i) is key material: the copy in out is the only one kept
 		prev = out[len(out)-n:]
 	}
 	clear(buf[:cap(buf)])

@@ -844,3 +844,53 @@ func TestExpandRejectsPlanNotBuiltByNewPlan(t *testing.T) {
 		}
 	}
 }
+
+// The T(i) blocks a MAC hands back are key material (for a one-block key,
+// T(1) is ipskx itself): Expand wipes them once copied, and on failure it
+// wipes the input buffer that holds T(i-1).
+func TestExpandWipesMACOutputsAndBuffers(t *testing.T) {
+	for _, v := range loadVectors(t) {
+		t.Run(v.name, func(t *testing.T) {
+			prk, _ := importer.Extract(v.hash, v.epsk)
+			plan, err := importer.NewPlan(v.hash, v.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			inner := importer.SoftwareMAC(v.hash, prk)
+			var outs [][]byte
+			ipskx, err := plan.Expand(func(data []byte) ([]byte, error) {
+				o, err := inner(data)
+				outs = append(outs, o)
+				return o, err
+			})
+			if err != nil || !bytes.Equal(ipskx, v.ipsk) {
+				t.Fatalf("Expand: %v", err)
+			}
+			for i, o := range outs {
+				if !bytes.Equal(o, make([]byte, len(o))) {
+					t.Errorf("T(%d) returned by the MAC was not wiped", i+1)
+				}
+			}
+			if plan.Blocks() < 2 {
+				return
+			}
+			var inputs [][]byte
+			calls := 0
+			_, err = plan.Expand(func(data []byte) ([]byte, error) {
+				calls++
+				inputs = append(inputs, data)
+				if calls == 2 {
+					return nil, errBackend
+				}
+				return inner(data)
+			})
+			if !errors.Is(err, errBackend) {
+				t.Fatalf("Expand: %v", err)
+			}
+			n := v.hash.Size()
+			if last := inputs[len(inputs)-1]; !bytes.Equal(last[:n], make([]byte, n)) {
+				t.Error("after a failed block the input buffer still holds T(1)")
+			}
+		})
+	}
+}
