@@ -210,7 +210,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ae.Op = ""
 		writeError(rec, http.StatusNotFound, CodeNotFound, fmt.Sprintf("no endpoint %s %s on the %s socket (see docs/API.md)", r.Method, r.URL.Path, sock))
 		return
-	case caller == nil:
+	case caller == unknownCaller:
 		ae.Reason = "no peer credentials"
 		writeError(rec, http.StatusForbidden, CodeForbidden, "caller unknown: connect over the daemon's Unix socket")
 		return

@@ -3,6 +3,7 @@ package vault
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os/user"
 	"slices"
 	"strconv"
@@ -59,6 +60,9 @@ func ParsePrincipal(s string) (Principal, error) {
 	}
 	p := Principal{Group: kind == "group", Name: name}
 	if n, err := strconv.ParseUint(name, 10, 32); err == nil {
+		if n == math.MaxUint32 {
+			return Principal{}, fmt.Errorf("%w: access entry %q: id %d is reserved (it stands for a caller whose credentials are unknown)", ErrInvalid, s, n)
+		}
 		p.ID = uint32(n)
 		return p, nil
 	}
@@ -136,13 +140,29 @@ func DefaultAccess(uid uint32) *Access {
 // IsTrusted reports whether the caller is root or the daemon's uid.
 func (a *Access) IsTrusted(c *Caller) bool { return slices.Contains(a.Trusted, c.UID) }
 
-// Allows reports whether c may derive role keys of p. A nil caller is an
-// in-process one and always allowed.
-func (a *Access) Allows(c *Caller, p *PSK, role string) bool {
+// maxLineage bounds the walk back through a PSK's rotations.
+const maxLineage = 64
+
+// allows reports whether c may derive role keys of p. A nil caller is an
+// in-process one and always allowed. The rule is the PSK's own or, when it
+// has none, that of the nearest earlier generation it was rotated from
+// (rotation keeps a link's access list), else the default.
+func (v *Vault) allows(c *Caller, p *PSK, role string) bool {
+	a := v.Access()
 	if c == nil || a.IsTrusted(c) {
 		return true
 	}
 	rule, ok := a.PSKs[string(p.Identity)]
+	for prev, i := p.RotatedFrom, 0; !ok && len(prev) > 0 && i < maxLineage; i++ {
+		rule, ok = a.PSKs[string(prev)]
+		v.mu.RLock()
+		older := v.psks[string(prev)]
+		v.mu.RUnlock()
+		if older == nil {
+			break
+		}
+		prev = older.RotatedFrom
+	}
 	if !ok {
 		rule = a.Default
 	}
@@ -165,7 +185,6 @@ func (v *Vault) MayDerive(c *Caller, p *PSK) bool { return v.mayDerive(c, p, "")
 // for is checked, or either role when none is named yet (Derive checks the
 // role it settles on again).
 func (v *Vault) mayDerive(c *Caller, p *PSK, role string) bool {
-	a := v.Access()
 	switch {
 	case !p.IsGroup():
 		role = "server"
@@ -173,7 +192,7 @@ func (v *Vault) mayDerive(c *Caller, p *PSK, role string) bool {
 			role = "client"
 		}
 	case role == "":
-		return a.Allows(c, p, "client") || a.Allows(c, p, "server")
+		return v.allows(c, p, "client") || v.allows(c, p, "server")
 	}
-	return a.Allows(c, p, role)
+	return v.allows(c, p, role)
 }

@@ -263,7 +263,15 @@ func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) 
 		return nil, nil, err
 	}
 	if len(old.RotatedTo) > 0 {
-		return nil, nil, fmt.Errorf("%w: PSK was already rotated to %x; rotate that one", ErrInvalid, old.RotatedTo)
+		// Rotating again is refused while the next generation lives; one
+		// that was deleted or revoked (say its key never reached the peer)
+		// no longer blocks the link's rotation.
+		v.mu.RLock()
+		next := v.psks[string(old.RotatedTo)]
+		v.mu.RUnlock()
+		if next != nil && next.State == StateActive {
+			return nil, nil, fmt.Errorf("%w: PSK was already rotated to %x; rotate that one", ErrInvalid, old.RotatedTo)
+		}
 	}
 	if req.Overlap < 0 {
 		return nil, nil, fmt.Errorf("%w: overlap must not be negative", ErrInvalid)

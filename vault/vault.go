@@ -578,7 +578,7 @@ func (v *Vault) Derive(ctx context.Context, req DeriveRequest) (*Derived, error)
 	if err != nil {
 		return nil, err
 	}
-	if !v.Access().Allows(req.Caller, p, role) {
+	if !v.allows(req.Caller, p, role) {
 		return nil, Denied
 	}
 	plan, err := importer.NewPlan(p.Hash, importer.Identity{External: p.Identity, Context: idCtx, Protocol: req.Target.Protocol, KDF: req.Target.KDF})

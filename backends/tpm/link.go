@@ -310,8 +310,8 @@ func (b *Backend) mapErr(op string, err error) error {
 	}
 	switch {
 	case errors.Is(err, tpm2.TPMRCLockout):
-		return fmt.Errorf("tpm %s: %w: the TPM is in dictionary-attack lockout (TPM_RC_LOCKOUT); pskvault keys are NoDA and cannot cause this, "+
-			"something else failed authorization: wait for the lockout to expire or run tpm2_dictionarylockout --clear-lockout", op, vault.ErrBackendUnavailable)
+		return fmt.Errorf("tpm %s: %w: the TPM is in dictionary-attack lockout (TPM_RC_LOCKOUT); pskvault keys are NoDA and pskvault tries a refused storage parent at most once per start, "+
+			"so other programs' failed authorizations are the likely cause: wait for the lockout to expire or run tpm2_dictionarylockout --clear-lockout", op, vault.ErrBackendUnavailable)
 	case errors.Is(err, tpm2.TPMRCAuthFail), errors.Is(err, tpm2.TPMRCBadAuth):
 		return fmt.Errorf("tpm %s: authorization failed (TPM_RC_AUTH_FAIL/BAD_AUTH): the object's auth value does not match; "+
 			"pskvault expects the storage parent at 0x81000001 to have an empty auth value", op)

@@ -119,7 +119,10 @@ func setupRotate(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 		clear(key)
 		if err != nil {
 			os.Remove(*out)
-			return fmt.Errorf("write %s: %w (revoke the new generation %x and rotate again)", *out, err, nid)
+			if derr := c.Delete(ctx, nid); derr != nil {
+				return fmt.Errorf("write %s: %w; deleting the new generation %x also failed (%v): delete it, then rotate again", *out, err, nid, derr)
+			}
+			return fmt.Errorf("write %s: %w (the new generation %x was deleted again; rotate again with another --out)", *out, err, nid)
 		}
 		fmt.Fprintf(g.stdout, "rotated %x -> %x; the old generation expires in %s\nEPSK for the peer written to %s (0600): deliver it securely and on the peer run 'pskvault psk rotate --identity-hex %x --new-identity-hex %x --key-file FILE'\n", b, nid, *overlap, *out, b, nid)
 		return nil
