@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -33,49 +32,64 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Message }
 
-// Client talks to one daemon.
+// Client talks to one daemon. It is safe for concurrent use: each request
+// takes its own pooled connection.
 type Client struct {
 	socket string
-	hc     *http.Client
+	rt     *syncTransport
 }
+
+// Timeout bounds a request whose context has no deadline of its own.
+const Timeout = 60 * time.Second
 
 // New returns a client for the daemon listening on socket.
 func New(socket string) *Client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-		MaxIdleConns:        16,
-		MaxIdleConnsPerHost: 16,
-		IdleConnTimeout:     30 * time.Second,
-		DisableCompression:  true,
-	}
-	return &Client{socket: socket, hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
+	return &Client{socket: socket, rt: newSyncTransport(socket)}
 }
 
 // Close drops idle connections.
-func (c *Client) Close() { c.hc.CloseIdleConnections() }
+func (c *Client) Close() { c.rt.CloseIdleConnections() }
 
+// cancelOnClose ends a request's own timeout once its answer is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+// do sends one request straight through the transport: no http.Client
+// (which would add a timer goroutine per request), no redirects.
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, ctype string, body []byte) (*http.Response, error) {
 	u := "http://pskvault" + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
+	cancel := context.CancelFunc(func() {})
+	if _, ok := ctx.Deadline(); !ok {
+		ctx, cancel = context.WithTimeout(ctx, Timeout)
+	}
 	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
 	if err != nil {
+		cancel()
 		return nil, err
 	}
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := c.rt.RoundTrip(req)
 	if err != nil {
+		cancel()
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("%w on %s", ErrNoDaemon, c.socket)
 		}
 		return nil, fmt.Errorf("talk to daemon on %s: %w", c.socket, err)
 	}
+	resp.Body = cancelOnClose{resp.Body, cancel}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
 		e := &Error{Status: resp.StatusCode}

@@ -54,7 +54,14 @@ start_node() { # NAME
 pv() { local n=$1; shift; "$PSKVAULT" --state-dir "$W/$n/state" --socket "$W/$n/admin/s.sock" --data-socket "$W/$n/data/s.sock" "$@"; }
 field() { sed -n "s/.*\"$1\":\"\([0-9a-f]*\)\".*/\1/p"; }
 hexof() { printf '%s' "$1" | od -An -tx1 | tr -d ' \n'; }
-freeport() { echo $((20000 + RANDOM % 20000)); }
+freeport() { # a loopback port nothing listens on
+	local p
+	for _ in $(seq 50); do
+		p=$((20000 + RANDOM % 20000))
+		(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+	done
+	echo "no free port found" >&2; return 1
+}
 
 start_node node-a
 start_node node-b
@@ -78,9 +85,9 @@ openssl_handshake() { # SERVER_ID SERVER_KEY CLIENT_ID CLIENT_KEY
 	timeout 20 openssl s_server -nocert -tls1_3 -ciphersuites TLS_AES_128_GCM_SHA256 \
 		-psk "$2" -psk_identity "$1" -accept "127.0.0.1:$port" -naccept 1 -rev >"$W/s_server.log" 2>&1 &
 	local sp=$!; pids+=($sp)
-	for _ in $(seq 100); do grep -q ACCEPT "$W/s_server.log" && break; sleep 0.05; done
+	for _ in $(seq 200); do grep -q ACCEPT "$W/s_server.log" && break; sleep 0.05; done
 	local out
-	out=$( (echo hello-from-node-a; sleep 1) | timeout 10 openssl s_client -connect "127.0.0.1:$port" -tls1_3 \
+	out=$( (echo hello-from-node-a; sleep 2) | timeout 10 openssl s_client -connect "127.0.0.1:$port" -tls1_3 \
 		-ciphersuites TLS_AES_128_GCM_SHA256 -psk "$4" -psk_identity "$3" -brief 2>&1 || true)
 	kill "$sp" 2>/dev/null || true
 	echo "$out" | grep -q "a-edon-morf-olleh" && echo "$out" | grep -q "Server Temp Key"
@@ -93,9 +100,9 @@ gnutls_handshake() { # SERVER_ID SERVER_KEY CLIENT_ID CLIENT_KEY
 	# gnutls-serv 3.7 cannot bind to loopback only.
 	timeout 20 gnutls-serv --pskpasswd "$W/psk.passwd" --priority "$pri" -p "$port" --echo >"$W/gnutls-serv.log" 2>&1 &
 	local sp=$!; pids+=($sp)
-	for _ in $(seq 100); do grep -q "listening on IPv4" "$W/gnutls-serv.log" && break; sleep 0.05; done
+	for _ in $(seq 200); do grep -q "listening on IPv4" "$W/gnutls-serv.log" && break; sleep 0.05; done
 	local out
-	out=$( (echo hello-from-node-a; sleep 1) | timeout 10 gnutls-cli --pskusername "$3" --pskkey "$4" \
+	out=$( (echo hello-from-node-a; sleep 2) | timeout 10 gnutls-cli --pskusername "$3" --pskkey "$4" \
 		--priority "$pri" -p "$port" 127.0.0.1 2>&1 || true)
 	kill "$sp" 2>/dev/null || true
 	echo "$out" | grep -q "PSK authentication" && echo "$out" | grep -q "^hello-from-node-a"
