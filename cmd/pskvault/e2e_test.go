@@ -457,3 +457,49 @@ func TestDefaultDataSocket(t *testing.T) {
 		}
 	}
 }
+
+// deriveJSON runs `derive --json` and returns imported_identity and ipskx.
+func deriveJSON(t *testing.T, n *node, identity, ctxHex, proto, kdf string, responses *bytes.Buffer) (wire, ipskx string) {
+	t.Helper()
+	out, code := n.run(nil, "derive", "--identity", identity, "--context-hex", ctxHex, "--protocol", proto, "--kdf", kdf, "--json")
+	if code != 0 {
+		t.Fatalf("derive %s %s/%s: exit %d: %s", identity, proto, kdf, code, out)
+	}
+	responses.WriteString(out)
+	var r struct {
+		ImportedIdentity string `json:"imported_identity"`
+		IPSKX            string `json:"ipskx"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("derive --json output is not JSON: %v", err)
+	}
+	return r.ImportedIdentity, r.IPSKX
+}
+
+// provisioned is a PSK a test put into a vault, with the EPSK it came from.
+type provisioned struct {
+	identity string
+	hash     importer.Hash
+	epsk     []byte
+}
+
+// checkDerivations derives every PSK for several targets through n's
+// daemon and compares each answer with the in-memory importer, byte for
+// byte; failures name the PSK and target, never the values.
+func checkDerivations(t *testing.T, n *node, psks []provisioned, stage string, responses *bytes.Buffer) {
+	t.Helper()
+	for _, p := range psks {
+		for _, c := range []struct{ proto, kdf string }{{"tls1.3", "sha256"}, {"tls1.3", "sha384"}, {"dtls1.3", "sha384"}} {
+			wire, ipskx := deriveJSON(t, n, p.identity, "c0ffee", c.proto, c.kdf, responses)
+			pr, _ := importer.ParseProtocol(c.proto)
+			k, _ := importer.ParseKDF(c.kdf)
+			w, want, err := importer.Import(p.hash, p.epsk, importer.Identity{External: []byte(p.identity), Context: []byte{0xc0, 0xff, 0xee}, Protocol: pr, KDF: k})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if wire != hex.EncodeToString(w) || ipskx != hex.EncodeToString(want) {
+				t.Errorf("%s: %s %s/%s differs from the importer (values withheld)", stage, p.identity, c.proto, c.kdf)
+			}
+		}
+	}
+}

@@ -49,12 +49,7 @@ func TestPKCS11EndToEnd(t *testing.T) {
 	a := newNode(t, "node-a", uri)
 	a.start()
 
-	type psk struct {
-		identity string
-		hash     importer.Hash
-		epsk     []byte
-	}
-	var psks []psk
+	var psks []provisioned
 	for _, c := range []struct {
 		identity string
 		hash     importer.Hash
@@ -70,7 +65,7 @@ func TestPKCS11EndToEnd(t *testing.T) {
 			t.Fatalf("import %s: exit %d: %s", c.identity, code, out)
 		}
 		responses.WriteString(out)
-		psks = append(psks, psk{c.identity, c.hash, epsk})
+		psks = append(psks, provisioned{c.identity, c.hash, epsk})
 	}
 
 	created := filepath.Join(t.TempDir(), "created.hex")
@@ -87,7 +82,7 @@ func TestPKCS11EndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	psks = append(psks, psk{"hsm-made", importer.SHA256, madeKey})
+	psks = append(psks, provisioned{"hsm-made", importer.SHA256, madeKey})
 
 	// Wrapped provisioning for both hashes.
 	for _, h := range []importer.Hash{importer.SHA256, importer.SHA384} {
@@ -105,7 +100,7 @@ func TestPKCS11EndToEnd(t *testing.T) {
 			t.Fatalf("import --wrapped %s: exit %d: %s", h, code, out)
 		}
 		responses.WriteString(out)
-		psks = append(psks, psk{id, h, epsk})
+		psks = append(psks, provisioned{id, h, epsk})
 	}
 	// A blob under another key is refused with a clear error.
 	other := writeKey(t, testKey(32))
@@ -120,20 +115,7 @@ func TestPKCS11EndToEnd(t *testing.T) {
 
 	derivations := func(t *testing.T, stage string) {
 		t.Helper()
-		for _, p := range psks {
-			for _, c := range []struct{ proto, kdf string }{{"tls1.3", "sha256"}, {"tls1.3", "sha384"}, {"dtls1.3", "sha384"}} {
-				wire, ipskx := deriveJSON(t, a, p.identity, "c0ffee", c.proto, c.kdf, &responses)
-				pr, _ := importer.ParseProtocol(c.proto)
-				k, _ := importer.ParseKDF(c.kdf)
-				w, want, err := importer.Import(p.hash, p.epsk, importer.Identity{External: []byte(p.identity), Context: []byte{0xc0, 0xff, 0xee}, Protocol: pr, KDF: k})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if wire != hex.EncodeToString(w) || ipskx != hex.EncodeToString(want) {
-					t.Errorf("%s: %s %s/%s differs from the importer (values withheld)", stage, p.identity, c.proto, c.kdf)
-				}
-			}
-		}
+		checkDerivations(t, a, psks, stage, &responses)
 	}
 	derivations(t, "first run")
 	a.stop()
