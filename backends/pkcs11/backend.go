@@ -295,6 +295,18 @@ func loginPIN(p *p11.Ctx, s p11.SessionHandle, pin []byte) error {
 	return p.Login(s, p11.CKU_USER, ps)
 }
 
+// adopt checks a key just created or unwrapped on the token (sensitive,
+// non-extractable, sign-only, CKA_VALUE unreadable) and caches its handle;
+// a key that fails the check is destroyed at once.
+func (b *Backend) adopt(s p11.SessionHandle, obj p11.ObjectHandle, id []byte, keyLen int) error {
+	if err := verifyKey(b.p, s, obj, keyLen); err != nil {
+		b.p.DestroyObject(s, obj)
+		return err
+	}
+	b.cachePut(id, obj)
+	return nil
+}
+
 // errClosed is returned after Close.
 var errClosed = fmt.Errorf("%w: PKCS#11 backend is closed", vault.ErrBackendUnavailable)
 
@@ -515,12 +527,7 @@ func (b *Backend) StoreKey(ctx context.Context, req vault.StoreRequest) ([]byte,
 		if err != nil {
 			return classify("C_CreateObject of a generic secret", err)
 		}
-		if err := verifyKey(b.p, s, obj, req.Hash.Size()); err != nil {
-			b.p.DestroyObject(s, obj)
-			return err
-		}
-		b.cachePut(id, obj)
-		return nil
+		return b.adopt(s, obj, id, req.Hash.Size())
 	})
 	if err != nil {
 		return nil, err
@@ -927,12 +934,7 @@ func (b *Backend) ImportWrapped(ctx context.Context, blob []byte, h importer.Has
 		default:
 			return classify(fmt.Sprintf("C_UnwrapKey(CKM_AES_KEY_WRAP_PAD) under wrapping key with %s", wkName), err)
 		}
-		if err := verifyKey(b.p, s, obj, h.Size()); err != nil {
-			b.p.DestroyObject(s, obj)
-			return err
-		}
-		b.cachePut(id, obj)
-		return nil
+		return b.adopt(s, obj, id, h.Size())
 	})
 	if err != nil {
 		return nil, err

@@ -503,3 +503,24 @@ func checkDerivations(t *testing.T, n *node, psks []provisioned, stage string, r
 		}
 	}
 }
+
+// createPSK has n's daemon generate a PSK (this node is the server of it)
+// and returns the EPSK it wrote for the peer.
+func createPSK(t *testing.T, n *node, identity string, responses *bytes.Buffer) []byte {
+	t.Helper()
+	created := filepath.Join(t.TempDir(), "created.hex")
+	out, code := n.run(nil, "psk", "create", "--identity", identity, "--client", "node-b", "--server", "node-a", "--out", created)
+	if code != 0 {
+		t.Fatalf("create: exit %d: %s", code, out)
+	}
+	responses.WriteString(out)
+	hexKey, err := os.ReadFile(created)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := hex.DecodeString(strings.TrimSpace(string(hexKey)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}

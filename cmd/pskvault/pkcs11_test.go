@@ -68,20 +68,7 @@ func TestPKCS11EndToEnd(t *testing.T) {
 		psks = append(psks, provisioned{c.identity, c.hash, epsk})
 	}
 
-	created := filepath.Join(t.TempDir(), "created.hex")
-	out, code = a.run(nil, "psk", "create", "--identity", "hsm-made", "--client", "node-b", "--server", "node-a", "--out", created)
-	if code != 0 {
-		t.Fatalf("create: exit %d: %s", code, out)
-	}
-	responses.WriteString(out)
-	hexKey, err := os.ReadFile(created)
-	if err != nil {
-		t.Fatal(err)
-	}
-	madeKey, err := hex.DecodeString(strings.TrimSpace(string(hexKey)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	madeKey := createPSK(t, a, "hsm-made", &responses)
 	psks = append(psks, provisioned{"hsm-made", importer.SHA256, madeKey})
 
 	// Wrapped provisioning for both hashes.
