@@ -128,7 +128,7 @@ func Launch(opts ...Option) (*Sim, error) {
 	if s.Unix {
 		s.Socket = filepath.Join(dir, "swtpm.sock")
 	}
-	if err := s.start(); err != nil {
+	if err := s.start(false); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
@@ -171,13 +171,25 @@ func (s *Sim) Restart() error {
 	if err := s.Stop(); err != nil {
 		return err
 	}
-	return s.start()
+	return s.start(true)
 }
 
-func (s *Sim) start() error {
+// start launches swtpm. A first start picks free ports and moves on to
+// others if they are taken meanwhile; a restart must come back on the same
+// ports, where clients will look for it, so it waits for them instead: a
+// port released by the old process can be held for a moment by any other
+// process's ephemeral bind or connect.
+func (s *Sim) start(samePorts bool) error {
 	var lastErr error
-	for attempt := 0; attempt < 10; attempt++ {
-		if !s.Unix && (s.Port == 0 || attempt > 0) {
+	attempts := 10
+	if samePorts {
+		attempts = 50
+	}
+	for attempt := 0; attempt < attempts; attempt++ {
+		if samePorts && attempt > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !s.Unix && !samePorts && (s.Port == 0 || attempt > 0) {
 			p, err := freePortPair()
 			if err != nil {
 				return err
