@@ -218,6 +218,25 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// listenOnFreePort starts a server on a free port and waits for its ready
+// line. A port free a moment ago can be taken before the tool binds it (by
+// any process's ephemeral bind or connect): then it tries another port.
+func listenOnFreePort(t *testing.T, what, ready string, start func(port int) *proc) (*proc, int) {
+	t.Helper()
+	var out string
+	for attempt := 0; attempt < 3; attempt++ {
+		port := freePort(t)
+		p := start(port)
+		if p.waitFor(ready, 10*time.Second) {
+			return p, port
+		}
+		p.wait(time.Second)
+		out = p.out.String()
+	}
+	t.Fatalf("%s did not start on any of 3 free ports; last output:\n%s", what, out)
+	return nil, 0
+}
+
 // proc is a spawned TLS tool whose combined output is watched line by line.
 type proc struct {
 	cmd   *exec.Cmd

@@ -56,19 +56,16 @@ var stacks = []tlsStack{
 		name:  "openssl",
 		tools: []string{"openssl"},
 		server: func(t *testing.T, k serverKey) *tlsServer {
-			port := freePort(t)
-			args := []string{"s_server", "-nocert", "-tls1_3", "-ciphersuites", opensslSuite,
-				"-accept", "127.0.0.1:" + strconv.Itoa(port), "-naccept", "1", "-rev"}
 			if k.Key == nil {
 				// A server whose daemon gave it nothing still runs TLS 1.3
 				// with PSKs, just not with this one.
 				k = serverKey{Identity: "pskvault-no-key", Key: randBytes(t, 32)}
 			}
-			args = append(args, "-psk", hex.EncodeToString(k.Key), "-psk_identity", k.Identity)
-			p := spawn(t, 30*time.Second, "openssl", args...)
-			if !p.waitFor("ACCEPT", 10*time.Second) {
-				t.Fatalf("openssl s_server did not start:\n%s", p.out.String())
-			}
+			p, port := listenOnFreePort(t, "openssl s_server", "ACCEPT", func(port int) *proc {
+				return spawn(t, 30*time.Second, "openssl", "s_server", "-nocert", "-tls1_3", "-ciphersuites", opensslSuite,
+					"-accept", "127.0.0.1:"+strconv.Itoa(port), "-naccept", "1", "-rev",
+					"-psk", hex.EncodeToString(k.Key), "-psk_identity", k.Identity)
+			})
 			return &tlsServer{p: p, port: port, reply: reverse}
 		},
 		client: func(t *testing.T, port int, identity string, key []byte) *proc {
@@ -83,7 +80,6 @@ var stacks = []tlsStack{
 		server: func(t *testing.T, k serverKey) *tlsServer {
 			// gnutls-serv 3.7 has no option to bind to loopback only; it
 			// listens on all addresses of a free port for a few seconds.
-			port := freePort(t)
 			pw := filepath.Join(t.TempDir(), "psk.passwd")
 			var line string
 			if k.Key != nil {
@@ -92,11 +88,10 @@ var stacks = []tlsStack{
 			if err := os.WriteFile(pw, []byte(line), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			p := spawn(t, 30*time.Second, "gnutls-serv", "--pskpasswd", pw, "--priority", gnutlsPriority,
-				"-p", strconv.Itoa(port), "--echo")
-			if !p.waitFor("listening on IPv4", 10*time.Second) {
-				t.Fatalf("gnutls-serv did not start:\n%s", p.out.String())
-			}
+			p, port := listenOnFreePort(t, "gnutls-serv", "listening on IPv4", func(port int) *proc {
+				return spawn(t, 30*time.Second, "gnutls-serv", "--pskpasswd", pw, "--priority", gnutlsPriority,
+					"-p", strconv.Itoa(port), "--echo")
+			})
 			return &tlsServer{p: p, port: port, reply: func(m string) string { return m }}
 		},
 		client: func(t *testing.T, port int, identity string, key []byte) *proc {
