@@ -101,6 +101,11 @@ func TestSocketActivation(t *testing.T) {
 	if err != nil {
 		t.Fatalf("activated daemon not answering on the data socket: %v\n%s", err, stderr.String())
 	}
+	// The daemon logs before it serves, but its stderr reaches us through
+	// a pipe and os/exec's copying goroutine: give the copy a moment.
+	for i := 0; i < 200 && !strings.Contains(stderr.String(), "using sockets from systemd"); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if !strings.Contains(stderr.String(), "using sockets from systemd") {
 		t.Fatalf("daemon did not say it used the passed sockets:\n%s", stderr.String())
 	}
