@@ -15,7 +15,7 @@ declare -A need=(
 	[swtpm]=swtpm [swtpm_setup]=swtpm-tools [tpm2_hmac]=tpm2-tools
 	[softhsm2-util]=softhsm2 [pkcs11-tool]=opensc
 	[openssl]=openssl [gnutls-cli]=gnutls-bin [psktool]=gnutls-bin
-	[setpriv]=util-linux [gcc]=gcc
+	[setpriv]=util-linux [gcc]=gcc [systemd-analyze]=systemd
 )
 missing=()
 for cmd in "${!need[@]}"; do

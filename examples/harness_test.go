@@ -54,9 +54,9 @@ func requireTool(t *testing.T, name string) string {
 	p, err := exec.LookPath(name)
 	if err != nil {
 		if os.Getenv("PSKVAULT_REQUIRE_SIMULATORS") == "1" {
-			t.Fatalf("%s not installed and PSKVAULT_REQUIRE_SIMULATORS=1 (install openssl and gnutls-bin)", name)
+			t.Fatalf("%s not installed and PSKVAULT_REQUIRE_SIMULATORS=1 (./test.sh installs it)", name)
 		}
-		t.Skipf("%s not installed (install openssl and gnutls-bin)", name)
+		t.Skipf("%s not installed (./test.sh installs it)", name)
 	}
 	return p
 }

@@ -1,0 +1,46 @@
+package examples
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestSystemdUnits checks contrib/systemd with systemd's own parser: every
+// key known, every command present (ExecStart pointed at the binary just
+// built), and the service's exposure score (systemd-analyze security) at
+// most 2.0 on its 0–10 scale, so a hardening line dropped by mistake fails.
+func TestSystemdUnits(t *testing.T) {
+	sa := requireTool(t, "systemd-analyze")
+	dir := t.TempDir()
+	units := []string{"pskvault.service", "pskvault-admin.socket", "pskvault-data.socket"}
+	for _, u := range units {
+		b, err := os.ReadFile(filepath.Join("..", "contrib", "systemd", u))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(b, []byte("/usr/bin/pskvault")) && u == "pskvault.service" {
+			t.Fatal("pskvault.service no longer runs /usr/bin/pskvault; update this test")
+		}
+		b = bytes.ReplaceAll(b, []byte("/usr/bin/pskvault"), []byte(pskvaultBin))
+		if err := os.WriteFile(filepath.Join(dir, u), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	verify := exec.Command(sa, append([]string{"verify", "--man=no"}, units...)...)
+	verify.Dir = dir
+	out, err := verify.CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	sec := exec.Command(sa, "security", "--offline=true", "--threshold=20", "--no-pager", "pskvault.service")
+	sec.Dir = dir
+	out, err = sec.CombinedOutput()
+	if err != nil {
+		i := strings.Index(string(out), "Overall exposure")
+		t.Fatalf("systemd-analyze security: %v: %s", err, strings.TrimSpace(string(out[max(i, 0):])))
+	}
+}
