@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"testing"
 
 	"github.com/pskvault/pskvault/importer"
@@ -22,19 +21,7 @@ var fuzzKey = []byte("\x8f\x1e\xa3\x5c\x02\xd7\x9b\x44\x6e\xf0\x13\xc8\x7a\x21\x
 // as root on the admin socket and as a stranger on the data socket: no
 // panic, no 5xx, and never the EPSK in an answer.
 func FuzzRequests(f *testing.F) {
-	ctx := context.Background()
-	dir := filepath.Join(f.TempDir(), "state")
-	if err := vault.Init(ctx, dir, vault.Config{NodeID: "node-a", Backend: "soft"}); err != nil {
-		f.Fatal(err)
-	}
-	v, err := vault.Open(ctx, dir)
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { v.Close() })
-	if _, err := v.Import(ctx, vault.ImportRequest{Identity: []byte("fz"), Key: append([]byte{}, fuzzKey...), Hash: importer.SHA256, ClientNode: "node-a", ServerNode: "node-b"}); err != nil {
-		f.Fatal(err)
-	}
+	v := testVault(f)
 	s := NewServerWith(v, Options{})
 	wire, _ := importer.Identity{External: []byte("fz"), Context: []byte{1}, Protocol: importer.TLS13, KDF: importer.HKDFSHA256}.Marshal()
 	routes := []string{"POST /v1/derive", "POST /v1/lookup", "POST /v1/offers", "POST /v1/psks/import?identity=x&client=node-a&server=node-b", "GET /v1/psks/667a", "DELETE /v1/psks/00"}

@@ -97,49 +97,34 @@ func NewServerWith(v *vault.Vault, o Options) *Server {
 	return s
 }
 
-// HTTPServer is HTTPServerFor(SocketAdmin), for callers that serve a single
-// socket.
-func (s *Server) HTTPServer() *http.Server { return s.HTTPServerFor(SocketAdmin) }
-
-// HTTPServerFor wraps the handler for one socket with the timeouts and
-// limits a local daemon needs against slow or oversized clients, and tags
-// every connection with its caller (SO_PEERCRED) and socket.
-func (s *Server) HTTPServerFor(sock Socket) *http.Server {
-	return &http.Server{
-		Handler:           s,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			ctx = context.WithValue(ctx, keySocket, sock)
-			switch c := c.(type) {
-			case *peerConn:
-				return context.WithValue(ctx, keyCaller, c.caller)
-			case *net.UnixConn:
-				if caller, err := peerCred(c); err == nil {
-					return context.WithValue(ctx, keyCaller, caller)
-				}
-			}
-			return ctx
-		},
+// connContext is the context of every request on connection c of socket
+// sock: the socket's name and the caller the kernel reported (SO_PEERCRED).
+func (s *Server) connContext(ctx context.Context, sock Socket, c net.Conn) context.Context {
+	ctx = context.WithValue(ctx, keySocket, sock)
+	switch c := c.(type) {
+	case *peerConn:
+		return context.WithValue(ctx, keyCaller, c.caller)
+	case *net.UnixConn:
+		if caller, err := peerCred(c); err == nil {
+			return context.WithValue(ctx, keyCaller, caller)
+		}
 	}
+	return ctx
 }
 
-// Serve serves one socket on l until l is closed, capping connections in
-// total and per uid. It returns the http.Server so the caller can shut it
-// down.
-func (s *Server) Serve(l net.Listener, sock Socket) (*http.Server, <-chan error, error) {
+// Serve serves one socket on l until the returned server is shut down,
+// capping connections in total and per uid. The channel receives Serve's
+// end: http.ErrServerClosed after Shutdown or Close, else the error that
+// stopped it.
+func (s *Server) Serve(l net.Listener, sock Socket) (*SocketServer, <-chan error, error) {
 	ll, err := newLimitListener(l, s.opts.MaxConns, s.opts.MaxConnsPerUID, s.v.Access().IsTrusted, s.log)
 	if err != nil {
 		return nil, nil, err
 	}
-	srv := s.HTTPServerFor(sock)
+	ss := newSocketServer(s, sock, ll)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ll) }()
-	return srv, errc, nil
+	go func() { errc <- ss.serve() }()
+	return ss, errc, nil
 }
 
 // isAdmin reports whether the caller may use the admin socket.

@@ -340,7 +340,7 @@ func serve(ctx context.Context, g *globals, st *settings, load func() (*settings
 
 	s := api.NewServerWith(v, opts)
 	type served struct {
-		srv  *http.Server
+		srv  *api.SocketServer
 		errc <-chan error
 	}
 	var all []served
