@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -55,6 +56,10 @@ type SocketServer struct {
 	done    sync.WaitGroup
 	base    context.Context
 	cancel  context.CancelFunc
+
+	// testHookRequestDone, when a test sets it, sees each connection's
+	// read buffer after each request.
+	testHookRequestDone atomic.Pointer[func(readBuf []byte)]
 }
 
 type serverConn struct {
@@ -175,10 +180,6 @@ func (ss *SocketServer) Close() error {
 	return err
 }
 
-// testHookRequestDone, when set by a test, sees the connection's read
-// buffer after each request.
-var testHookRequestDone func(readBuf []byte)
-
 // connReader is the connection as the request parser sees it: reads are
 // capped (MaxHeaderBytes while a request head is read), and the buffer
 // bufio reads into is remembered so that it can be wiped once it has served
@@ -260,11 +261,11 @@ func (ss *SocketServer) serveConn(sc *serverConn) {
 		if w.code == http.StatusRequestEntityTooLarge || ss.isClosing() {
 			keep = false
 		}
-		if req.ContentLength != 0 && br.Buffered() == 0 {
+		if br.Buffered() == 0 {
 			clear(cr.buf)
 		}
-		if testHookRequestDone != nil {
-			testHookRequestDone(cr.buf)
+		if hook := ss.testHookRequestDone.Load(); hook != nil {
+			(*hook)(cr.buf)
 		}
 		c.SetWriteDeadline(time.Now().Add(WriteTimeout))
 		err = w.send(c, req, keep)

@@ -268,12 +268,12 @@ func TestConnWipesBuffers(t *testing.T) {
 	}
 
 	// The read side, through a real connection: an import carries the key.
-	sock, _ := serveConnTest(t)
+	sock, ss := serveConnTest(t)
 	key := make([]byte, 32)
 	rand.Read(key)
 	seen := make(chan []byte, 4)
-	testHookRequestDone = func(buf []byte) { seen <- bytes.Clone(buf) }
-	t.Cleanup(func() { testHookRequestDone = nil })
+	hook := func(buf []byte) { seen <- bytes.Clone(buf) }
+	ss.testHookRequestDone.Store(&hook)
 	c := dialRaw(t, sock)
 	req := "POST /v1/psks/import?identity=wiped&client=node-a&server=node-b HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 32\r\n\r\n" + string(key)
 	if st, code, _ := c.exchange(t, req); st != http.StatusCreated {
