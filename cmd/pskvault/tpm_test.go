@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"fmt"
 	"io/fs"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/pskvault/pskvault/client"
 	"github.com/pskvault/pskvault/importer"
+	"github.com/pskvault/pskvault/internal/benchutil"
 	"github.com/pskvault/pskvault/internal/swtpmsim"
 )
 
@@ -215,17 +217,12 @@ func benchDaemonDerive(b *testing.B, backend string) {
 	keyFile := filepath.Join(root, "k.hex")
 	os.WriteFile(keyFile, []byte(hex.EncodeToString(testKey(32))), 0o600)
 	cli("psk", "import", "--identity", "bench", "--client", "node-a", "--server", "node-b", "--key-file", keyFile)
-	c := client.New(sock)
-	defer c.Close()
 	req := client.DeriveRequest{Identity: []byte("bench"), Context: []byte("ctx"), Protocol: "tls1.3", KDF: "sha256"}
-	ctx := context.Background()
-	if _, err := c.Derive(ctx, req); err != nil {
-		b.Fatal(err)
+	derive := func(c *client.Client) error {
+		_, err := c.Derive(context.Background(), req)
+		return err
 	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := c.Derive(ctx, req); err != nil {
-			b.Fatal(err)
-		}
+	for _, n := range []int{1, 8} {
+		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) { benchutil.Clients(b, sock, n, derive) })
 	}
 }
