@@ -213,12 +213,6 @@ func demoTLS(ctx context.Context, w io.Writer, d *client.Derived) error {
 		fmt.Fprintln(w, "   openssl is not installed: skipped")
 		return nil
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
 	// The OpenSSL CLI takes the key only on argv; this is a throwaway demo
 	// key. Production TLS stacks take it through their API from the socket.
 	pskHex := hex.EncodeToString(d.IPSKX)
@@ -226,34 +220,20 @@ func demoTLS(ctx context.Context, w io.Writer, d *client.Derived) error {
 	fmt.Fprintln(w, "   note: the openssl CLI only takes a PSK on its command line; fine for this throwaway demo key, never for real ones")
 	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	srvOut := &syncBuffer{}
-	srv := exec.CommandContext(sctx, openssl, "s_server", "-accept", "127.0.0.1:"+port, "-nocert", "-tls1_3",
-		"-ciphersuites", "TLS_AES_128_GCM_SHA256", "-psk", pskHex, "-psk_identity", idHex, "-naccept", "1")
-	srv.Stdout, srv.Stderr = srvOut, srvOut
-	hold, err := srv.StdinPipe() // s_server closes the connection when its stdin ends
+	srv, err := startDemoServer(sctx, openssl, pskHex, idHex)
 	if err != nil {
 		return err
 	}
-	defer hold.Close()
-	if err := srv.Start(); err != nil {
-		return err
-	}
-	defer func() { srv.Process.Kill(); srv.Wait() }()
-	for i := 0; !strings.Contains(srvOut.String(), "ACCEPT"); i++ {
-		if i > 200 {
-			return fmt.Errorf("openssl s_server did not start: %s", oneLine(srvOut.String()))
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	cli := exec.CommandContext(sctx, openssl, "s_client", "-connect", "127.0.0.1:"+port, "-tls1_3",
+	defer srv.stop()
+	cli := exec.CommandContext(sctx, openssl, "s_client", "-connect", "127.0.0.1:"+srv.port, "-tls1_3",
 		"-ciphersuites", "TLS_AES_128_GCM_SHA256", "-psk", pskHex, "-psk_identity", idHex, "-brief")
 	cli.Stdin = strings.NewReader("hello from node-a over TLS 1.3 with an imported PSK\n")
 	out, err := cli.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("openssl s_client failed: %w: %s", err, oneLine(string(out)))
 	}
-	srv.Wait()
-	got := srvOut.String()
+	<-srv.exited // -naccept 1: it ends with the connection
+	got := srv.out.String()
 	if !strings.Contains(got, "hello from node-a") {
 		return fmt.Errorf("TLS handshake ran but the server did not receive the data: %s", oneLine(got))
 	}
@@ -264,6 +244,69 @@ func demoTLS(ctx context.Context, w io.Writer, d *client.Derived) error {
 	}
 	fmt.Fprintln(w, "   openssl s_server received: hello from node-a over TLS 1.3 with an imported PSK")
 	return nil
+}
+
+// demoServer is a running openssl s_server.
+type demoServer struct {
+	port   string
+	out    *syncBuffer
+	hold   io.WriteCloser // s_server closes the connection when its stdin ends
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+func (s *demoServer) stop() {
+	s.hold.Close()
+	s.cmd.Process.Kill()
+	<-s.exited
+}
+
+// startDemoServer starts s_server on a free loopback port. A port free a
+// moment ago can be taken before s_server binds it: then it tries another.
+func startDemoServer(ctx context.Context, openssl, pskHex, idHex string) (*demoServer, error) {
+	var lastOut string
+	for range 3 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+		l.Close()
+		s := &demoServer{port: port, out: &syncBuffer{}, exited: make(chan struct{})}
+		s.cmd = exec.CommandContext(ctx, openssl, "s_server", "-accept", "127.0.0.1:"+port, "-nocert", "-tls1_3",
+			"-ciphersuites", "TLS_AES_128_GCM_SHA256", "-psk", pskHex, "-psk_identity", idHex, "-naccept", "1")
+		s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+		if s.hold, err = s.cmd.StdinPipe(); err != nil {
+			return nil, err
+		}
+		if err := s.cmd.Start(); err != nil {
+			return nil, err
+		}
+		go func() { s.cmd.Wait(); close(s.exited) }()
+		if s.ready(5 * time.Second) {
+			return s, nil
+		}
+		s.stop()
+		lastOut = s.out.String()
+	}
+	return nil, fmt.Errorf("openssl s_server did not start: %s", oneLine(lastOut))
+}
+
+// ready waits for s_server's ACCEPT line; false when it exits first or
+// the wait runs out.
+func (s *demoServer) ready(wait time.Duration) bool {
+	deadline := time.Now().Add(wait)
+	for !strings.Contains(s.out.String(), "ACCEPT") {
+		select {
+		case <-s.exited:
+			return false
+		case <-time.After(25 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
 }
 
 // syncBuffer is a bytes.Buffer safe for a child process writing while we read.

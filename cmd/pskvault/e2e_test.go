@@ -380,6 +380,23 @@ func TestDemo(t *testing.T) {
 	}
 }
 
+// TestDemoServerGivesUp: an s_server that exits at once (here: a program
+// that only fails) is noticed at once and tried three times, not waited on.
+func TestDemoServerGivesUp(t *testing.T) {
+	fail, err := exec.LookPath("false")
+	if err != nil {
+		t.Skip("no false(1)")
+	}
+	start := time.Now()
+	_, err = startDemoServer(context.Background(), fail, "00", "00")
+	if err == nil || !strings.Contains(err.Error(), "did not start") {
+		t.Fatalf("got %v, want a did-not-start error", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("took %v to give up on a server that exits at once", d)
+	}
+}
+
 // TestDataSocketDefault: serve opens a data socket for TLS stacks in a
 // sibling directory of the admin socket's; it serves derive but not admin
 // endpoints.
