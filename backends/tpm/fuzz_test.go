@@ -20,7 +20,13 @@ func FuzzParseHandle(f *testing.F) {
 		f.Fatalf("seed handle does not parse: %v", err)
 	}
 	f.Add(k.marshal())
+	k.authSalt = make([]byte, authSaltLen)
+	if _, err := parseHandle(k.marshal(), importer.SHA256); err != nil {
+		f.Fatalf("seed version 2 handle does not parse: %v", err)
+	}
+	f.Add(k.marshal())
 	f.Add([]byte("PSKVTPM\x01"))
+	f.Add([]byte("PSKVTPM\x02"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, h := range []importer.Hash{importer.SHA256, importer.SHA384} {
 			k, err := parseHandle(b, h)

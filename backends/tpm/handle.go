@@ -16,15 +16,23 @@ import (
 // encoding of everything needed to load and use the key again; none of it
 // is secret, the private part is encrypted by the TPM under the parent.
 //
-//	"PSKVTPM" 0x01           magic and version
+//	"PSKVTPM" 0x01 or 0x02   magic and version
 //	u8   origin              1 created in this TPM, 2 imported from a wrapped blob
 //	u8   hash                importer.Hash of the PRK
 //	u16  len, parent Name    the storage parent the key is wrapped under
 //	u32  PCR mask            PCRs (0..31, SHA-256 bank) the key's policy binds; 0 for none
 //	u8   n, n * (u8 len, value)   the PCR values at creation, ascending PCR order
+//	u8   len, auth salt      version 2 only: the key has an auth value derived
+//	                         from the backend's auth-source secret and this salt
 //	u16  len, TPM2B_PUBLIC
 //	u16  len, TPM2B_PRIVATE
-var handleMagic = []byte("PSKVTPM\x01")
+//
+// A key without an auth value is written as version 1, so handles made
+// before auth-source existed and handles made without it are the same.
+var (
+	handleMagic   = []byte("PSKVTPM\x01")
+	handleMagicV2 = []byte("PSKVTPM\x02")
+)
 
 const (
 	originCreated  = 1
@@ -38,6 +46,7 @@ type keyBlob struct {
 	parentName []byte
 	pcrMask    uint32
 	pcrValues  [][]byte
+	authSalt   []byte // empty: the key's auth value is empty
 	public     tpm2.TPM2BPublic
 	pubBytes   []byte
 	private    tpm2.TPM2BPrivate
@@ -57,6 +66,9 @@ func (k *keyBlob) seal() []byte {
 
 func (k *keyBlob) marshal() []byte {
 	b := slices.Clone(handleMagic)
+	if len(k.authSalt) > 0 {
+		b = slices.Clone(handleMagicV2)
+	}
 	b = append(b, k.origin, byte(k.hash))
 	b = binary.BigEndian.AppendUint16(b, uint16(len(k.parentName)))
 	b = append(b, k.parentName...)
@@ -65,6 +77,10 @@ func (k *keyBlob) marshal() []byte {
 	for _, v := range k.pcrValues {
 		b = append(b, byte(len(v)))
 		b = append(b, v...)
+	}
+	if len(k.authSalt) > 0 {
+		b = append(b, byte(len(k.authSalt)))
+		b = append(b, k.authSalt...)
 	}
 	b = binary.BigEndian.AppendUint16(b, uint16(len(k.pubBytes)))
 	b = append(b, k.pubBytes...)
@@ -83,8 +99,9 @@ func parseHandle(b []byte, h importer.Hash) (*keyBlob, error) {
 	if len(b) < len(handleMagic) || string(b[:len(handleMagic)-1]) != string(handleMagic[:len(handleMagic)-1]) {
 		return nil, bad("wrong magic")
 	}
-	if b[len(handleMagic)-1] != handleMagic[len(handleMagic)-1] {
-		return nil, bad(fmt.Sprintf("handle version %d, this build reads version %d", b[len(handleMagic)-1], handleMagic[len(handleMagic)-1]))
+	version := b[len(handleMagic)-1]
+	if version != 1 && version != 2 {
+		return nil, bad(fmt.Sprintf("handle version %d, this build reads versions 1 and 2", version))
 	}
 	r := reader{b: b[len(handleMagic):]}
 	k := &keyBlob{raw: slices.Clone(b)}
@@ -95,6 +112,11 @@ func parseHandle(b []byte, h importer.Hash) (*keyBlob, error) {
 	n := int(r.u8())
 	for i := 0; i < n && r.err == nil; i++ {
 		k.pcrValues = append(k.pcrValues, r.vec8())
+	}
+	if version == 2 {
+		if k.authSalt = r.vec8(); r.err == nil && len(k.authSalt) != authSaltLen {
+			return nil, bad(fmt.Sprintf("auth salt of %d bytes, want %d", len(k.authSalt), authSaltLen))
+		}
 	}
 	k.pubBytes = r.vec16()
 	k.privBytes = r.vec16()

@@ -101,6 +101,15 @@ func (b *Backend) StoreKey(ctx context.Context, req vault.StoreRequest) ([]byte,
 	var handle []byte
 	err := b.run(ctx, "store key", func() error {
 		k := &keyBlob{origin: originCreated, hash: req.Hash, parentName: bytes.Clone(b.parent.name.Buffer), pcrMask: mask}
+		var err error
+		if k.authSalt, err = b.newAuthSalt(); err != nil {
+			return err
+		}
+		auth, err := b.keyAuth(k)
+		if err != nil {
+			return err
+		}
+		defer clear(auth)
 		var policy []byte
 		if mask != 0 {
 			vals, err := readPCRs(b.link, mask)
@@ -108,7 +117,7 @@ func (b *Backend) StoreKey(ctx context.Context, req vault.StoreRequest) ([]byte,
 				return b.mapErr("read PCRs "+pcrString(mask), err)
 			}
 			k.pcrValues = vals
-			if policy, err = pcrPolicy(mask, vals); err != nil {
+			if policy, err = pcrPolicy(mask, vals, len(auth) > 0); err != nil {
 				return err
 			}
 		}
@@ -126,7 +135,8 @@ func (b *Backend) StoreKey(ctx context.Context, req vault.StoreRequest) ([]byte,
 							tpm2.Salted(b.parent.handle, b.parent.public)),
 					},
 					InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
-						Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: prk}),
+						UserAuth: tpm2.TPM2BAuth{Buffer: auth},
+						Data:     tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: prk}),
 					}},
 					InPublic: tpm2.New2B(hmacTemplate(req.Hash, true, policy)),
 				}.Execute(b.link)
@@ -156,7 +166,7 @@ func (b *Backend) StoreKey(ctx context.Context, req vault.StoreRequest) ([]byte,
 func (b *Backend) selfTest(k *keyBlob, h importer.Hash, prk []byte) error {
 	got, err := b.hmacLocked(k, probe)
 	if err != nil {
-		if errors.Is(err, vault.ErrKeyPolicy) {
+		if errors.Is(err, vault.ErrKeyPolicy) && !errors.Is(err, errAuthRefused) {
 			return fmt.Errorf("tpm: PCRs %s changed while the key was being created; try again: %w", pcrString(k.pcrMask), vault.ErrKeyPolicy)
 		}
 		return fmt.Errorf("tpm: self-test of the new key: %w", err)
@@ -201,10 +211,15 @@ func (b *Backend) hmacLocked(k *keyBlob, data []byte) ([]byte, error) {
 
 // hmacObj computes the HMAC with a loaded key and explains failures.
 func (b *Backend) hmacObj(k *keyBlob, obj *loaded, data []byte) ([]byte, error) {
+	authValue, err := b.keyAuth(k)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(authValue)
 	var out []byte
-	err := retry(func() error {
+	err = retry(func() error {
 		var e error
-		out, e = b.hmacCmd(k, obj, data)
+		out, e = b.hmacCmd(k, obj, data, authValue)
 		return e
 	})
 	if err == nil {
@@ -217,6 +232,9 @@ func (b *Backend) hmacObj(k *keyBlob, obj *loaded, data []byte) ([]byte, error) 
 	var le *linkError
 	if errors.As(err, &le) {
 		return nil, err
+	}
+	if e := authRefused(k, err); e != nil {
+		return nil, e
 	}
 	if errors.Is(err, tpm2.TPMRCPolicyFail) || errors.Is(err, tpm2.TPMRCValue) && k.pcrMask != 0 {
 		changed := changedPCRs(b.link, k)
@@ -234,17 +252,28 @@ func (b *Backend) hmacObj(k *keyBlob, obj *loaded, data []byte) ([]byte, error) 
 }
 
 // hmacCmd runs TPM2_HMAC (or an HMAC sequence for long data) under the
-// key's authorization: password (empty) or a PolicyPCR session.
-func (b *Backend) hmacCmd(k *keyBlob, obj *loaded, data []byte) ([]byte, error) {
-	var auth tpm2.Session = tpm2.PasswordAuth(nil)
+// key's authorization: its auth value as a password (empty without
+// auth-source), or a PolicyPCR session, which then also proves the auth
+// value by HMAC (PolicyAuthValue).
+func (b *Backend) hmacCmd(k *keyBlob, obj *loaded, data, authValue []byte) ([]byte, error) {
+	var auth tpm2.Session = tpm2.PasswordAuth(authValue)
 	if k.pcrMask != 0 {
-		sess, closeSess, err := tpm2.PolicySession(b.link, tpm2.TPMAlgSHA256, 16)
+		var opts []tpm2.AuthOption
+		if len(authValue) > 0 {
+			opts = append(opts, tpm2.Auth(authValue))
+		}
+		sess, closeSess, err := tpm2.PolicySession(b.link, tpm2.TPMAlgSHA256, 16, opts...)
 		if err != nil {
 			return nil, err
 		}
 		defer closeSess()
 		if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: pcrSelection(k.pcrMask)}).Execute(b.link); err != nil {
 			return nil, err
+		}
+		if len(authValue) > 0 {
+			if _, err := (tpm2.PolicyAuthValue{PolicySession: sess.Handle()}).Execute(b.link); err != nil {
+				return nil, err
+			}
 		}
 		auth = sess
 	}

@@ -89,7 +89,7 @@ func readPCRs(t *link, mask uint32) ([][]byte, error) {
 
 // pcrPolicy computes the PolicyPCR authPolicy for the given values, the way
 // the TPM will when the session runs TPM2_PolicyPCR.
-func pcrPolicy(mask uint32, values [][]byte) ([]byte, error) {
+func pcrPolicy(mask uint32, values [][]byte, withAuth bool) ([]byte, error) {
 	h := sha256.New()
 	for _, v := range values {
 		h.Write(v)
@@ -100,6 +100,11 @@ func pcrPolicy(mask uint32, values [][]byte) ([]byte, error) {
 	}
 	if err := (tpm2.PolicyPCR{PcrDigest: tpm2.TPM2BDigest{Buffer: h.Sum(nil)}, Pcrs: pcrSelection(mask)}).Update(calc); err != nil {
 		return nil, err
+	}
+	if withAuth { // the key's auth value is needed too (auth.go)
+		if err := (tpm2.PolicyAuthValue{}).Update(calc); err != nil {
+			return nil, err
+		}
 	}
 	return calc.Hash().Digest, nil
 }

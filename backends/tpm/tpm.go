@@ -13,7 +13,10 @@
 //
 // followed by comma-separated options: persist-srk (make the ECC SRK
 // persistent at 0x81000001 if nothing is there), max-loaded=N (transient
-// objects to keep loaded; default 16, and fewer when the TPM runs out).
+// objects to keep loaded; default 16, and fewer when the TPM runs out),
+// auth-source=file:PATH or auth-source=credential:NAME (a secret of at
+// least 16 bytes from which every new key's TPM auth value is derived; see
+// auth.go).
 package tpm
 
 import (
@@ -88,6 +91,7 @@ type Config struct {
 	SwtpmUnix  string // path of swtpm's unix command socket
 	PersistSRK bool   // create the persistent SRK if absent
 	MaxLoaded  int    // upper bound on cached loaded objects
+	AuthSource string // file:PATH or credential:NAME of the per-key auth secret; "" for none
 }
 
 // DefaultDevices are tried in order when the URI names no device.
@@ -142,6 +146,11 @@ func ParseURI(uri string) (Config, error) {
 				}
 			}
 			cfg.PersistSRK = b
+		case "auth-source":
+			if err := need(); err != nil {
+				return cfg, err
+			}
+			cfg.AuthSource = v
 		case "max-loaded":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 || n > 1024 {
@@ -151,7 +160,7 @@ func ParseURI(uri string) (Config, error) {
 		case "":
 			return cfg, fmt.Errorf("tpm backend: empty option in URI %q", uri)
 		default:
-			return cfg, fmt.Errorf("tpm backend: unknown option %q in URI (known: device, swtpm, swtpm-unix, persist-srk, max-loaded)", k)
+			return cfg, fmt.Errorf("tpm backend: unknown option %q in URI (known: device, swtpm, swtpm-unix, persist-srk, max-loaded, auth-source)", k)
 		}
 	}
 	n := 0
@@ -187,6 +196,9 @@ type Backend struct {
 	// of every program on this TPM. So the parent is tried once and never
 	// again until the backend is reopened.
 	parentAuthErr error
+	// authSecret is the auth-source secret (nil without one), read once at
+	// Open and cleared at Close.
+	authSecret []byte
 
 	closeOnce sync.Once
 }
@@ -204,6 +216,11 @@ func Open(ctx context.Context, uri string) (*Backend, error) {
 		return nil, err
 	}
 	b := &Backend{cfg: cfg, sem: make(chan struct{}, 1), cache: newObjectCache(cfg.MaxLoaded)}
+	if cfg.AuthSource != "" {
+		if b.authSecret, err = readAuthSecret(cfg.AuthSource); err != nil {
+			return nil, err
+		}
+	}
 	err = b.run(ctx, "open", func() error {
 		b.hashes = []importer.Hash{importer.SHA256}
 		if b.supportsHMAC(tpm2.TPMAlgSHA384) {
@@ -266,6 +283,7 @@ func (b *Backend) Close() error {
 		b.sem <- struct{}{}
 		defer func() { <-b.sem }()
 		b.closed = true
+		clear(b.authSecret)
 		if b.link == nil {
 			return
 		}

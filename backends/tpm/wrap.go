@@ -203,8 +203,16 @@ func (b *Backend) ImportWrapped(ctx context.Context, blob []byte, h importer.Has
 		}
 		k := &keyBlob{origin: originImported, hash: h, parentName: bytes.Clone(b.parent.name.Buffer),
 			public: w.public, pubBytes: w.pubBytes, private: ir.OutPrivate, privBytes: tpm2.Marshal(ir.OutPrivate)}
+		if b.authSecret != nil {
+			// The blob was wrapped with an empty auth value (the
+			// provisioning machine does not know this node's secret):
+			// give the key its own before the handle is recorded.
+			if err := b.changeAuth(k); err != nil {
+				return err
+			}
+		}
 		handle = k.seal()
-		if _, err := b.load(k); err != nil {
+		if _, err := b.hmacLocked(k, probe); err != nil {
 			return err
 		}
 		return nil
@@ -213,4 +221,45 @@ func (b *Backend) ImportWrapped(ctx context.Context, blob []byte, h importer.Has
 		return nil, err
 	}
 	return handle, nil
+}
+
+// changeAuth gives an imported key (empty auth value) a salt and the auth
+// value derived from it (TPM2_ObjectChangeAuth), replacing k's private
+// blob. The new auth value travels AES-CFB encrypted under a session
+// salted with the parent's public key, as PRKs do in StoreKey.
+func (b *Backend) changeAuth(k *keyBlob) error {
+	salt, err := b.newAuthSalt()
+	if err != nil {
+		return err
+	}
+	k.seal() // the cache knows loaded keys by their handle
+	obj, err := b.load(k)
+	if err != nil {
+		return err
+	}
+	defer b.cache.remove(b.link, k.id())
+	k.authSalt = salt
+	auth, err := b.keyAuth(k)
+	if err != nil {
+		return err
+	}
+	defer clear(auth)
+	var rsp *tpm2.ObjectChangeAuthResponse
+	err = retry(func() error {
+		var e error
+		rsp, e = tpm2.ObjectChangeAuth{
+			ObjectHandle: tpm2.AuthHandle{Handle: obj.handle, Name: obj.name,
+				Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16,
+					tpm2.AESEncryption(128, tpm2.EncryptIn),
+					tpm2.Salted(b.parent.handle, b.parent.public))},
+			ParentHandle: tpm2.NamedHandle{Handle: b.parent.handle, Name: b.parent.name},
+			NewAuth:      tpm2.TPM2BAuth{Buffer: auth},
+		}.Execute(b.link)
+		return e
+	})
+	if err != nil {
+		return b.mapErr("import: set the key's auth value", err)
+	}
+	k.private, k.privBytes = rsp.OutPrivate, tpm2.Marshal(rsp.OutPrivate)
+	return nil
 }

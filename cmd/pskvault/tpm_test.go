@@ -226,3 +226,49 @@ func benchDaemonDerive(b *testing.B, backend string) {
 		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) { benchutil.Clients(b, sock, n, derive) })
 	}
 }
+
+// TestTPMAuthSourceEndToEnd: a vault initialised with
+// tpm:...,auth-source=file:... gives every key a TPM auth value; the daemon
+// reads the secret, and created and imported PSKs derive byte for byte as
+// the importer says, before and after a daemon restart. The secret never
+// reaches the state dir or any answer.
+func TestTPMAuthSourceEndToEnd(t *testing.T) {
+	sim := swtpmsim.Start(t)
+	secret := testKey(32)
+	secretFile := filepath.Join(t.TempDir(), "tpm-auth")
+	if err := os.WriteFile(secretFile, secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := newNode(t, "node-a", sim.URI()+",auth-source=file:"+secretFile)
+	a.start()
+	var responses bytes.Buffer
+	epsk := testKey(32)
+	if out, code := a.run(nil, "psk", "import", "--identity", "imported", "--client", "node-a", "--server", "node-b", "--key-file", writeKey(t, epsk)); code != 0 {
+		t.Fatalf("import: exit %d: %s", code, out)
+	}
+	psks := []provisioned{
+		{"imported", importer.SHA256, epsk},
+		{"created", importer.SHA256, createPSK(t, a, "created", &responses)},
+	}
+	checkDerivations(t, a, psks, "with auth-source", &responses)
+	a.stop()
+	a.start()
+	checkDerivations(t, a, psks, "after a daemon restart", &responses)
+	a.stop()
+	err := filepath.WalkDir(a.dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err == nil && (bytes.Contains(b, secret) || bytes.Contains(b, []byte(hex.EncodeToString(secret)))) {
+			t.Errorf("the auth-source secret is in %s", p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(responses.Bytes(), secret) {
+		t.Error("the auth-source secret is in a response")
+	}
+}
