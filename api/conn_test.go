@@ -325,7 +325,10 @@ func FuzzConn(f *testing.F) {
 		go func() { cli.Write(in); cli.CloseWrite() }()
 		cli.SetReadDeadline(time.Now().Add(10 * time.Second))
 		out, err := io.ReadAll(cli)
-		if err != nil {
+		// A connection closed with unread input (the rest of a refused
+		// request) ends in ECONNRESET instead of EOF; on a Unix socket the
+		// answers queued before it are still read first.
+		if err != nil && !errors.Is(err, syscall.ECONNRESET) {
 			t.Fatalf("reading the answers: %v", err)
 		}
 		select {
