@@ -52,7 +52,7 @@ type SocketServer struct {
 
 	mu      sync.Mutex
 	closing bool
-	conns   map[*serverConn]bool // true while idle between requests
+	conns   map[net.Conn]bool // true while idle between requests
 	done    sync.WaitGroup
 	base    context.Context
 	cancel  context.CancelFunc
@@ -62,13 +62,9 @@ type SocketServer struct {
 	testHookRequestDone atomic.Pointer[func(readBuf []byte)]
 }
 
-type serverConn struct {
-	c net.Conn
-}
-
 func newSocketServer(s *Server, sock Socket, l net.Listener) *SocketServer {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &SocketServer{s: s, sock: sock, l: l, conns: map[*serverConn]bool{}, base: ctx, cancel: cancel}
+	return &SocketServer{s: s, sock: sock, l: l, conns: map[net.Conn]bool{}, base: ctx, cancel: cancel}
 }
 
 // serve accepts connections until the listener is closed. It returns
@@ -93,39 +89,37 @@ func (ss *SocketServer) serve() error {
 			return err
 		}
 		backoff = 0
-		sc, ok := ss.track(c)
-		if !ok {
+		if !ss.track(c) {
 			return http.ErrServerClosed
 		}
-		go ss.serveConn(sc)
+		go ss.serveConn(c)
 	}
 }
 
 // track registers a new connection, idle until its first request arrives,
 // or closes it when the server is shutting down.
-func (ss *SocketServer) track(c net.Conn) (*serverConn, bool) {
+func (ss *SocketServer) track(c net.Conn) bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.closing {
 		c.Close()
-		return nil, false
+		return false
 	}
-	sc := &serverConn{c: c}
-	ss.conns[sc] = true
+	ss.conns[c] = true
 	ss.done.Add(1)
-	return sc, true
+	return true
 }
 
-// setIdle records whether sc waits between requests. Leaving idle fails
+// setIdle records whether c waits between requests. Leaving idle fails
 // once Shutdown has begun: the connection is then closed unanswered, as a
 // client would see from an idle timeout, and its client retries elsewhere.
-func (ss *SocketServer) setIdle(sc *serverConn, idle bool) bool {
+func (ss *SocketServer) setIdle(c net.Conn, idle bool) bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.closing && !idle {
 		return false
 	}
-	ss.conns[sc] = idle
+	ss.conns[c] = idle
 	return true
 }
 
@@ -142,9 +136,9 @@ func (ss *SocketServer) Shutdown(ctx context.Context) error {
 	ss.mu.Lock()
 	ss.closing = true
 	lerr := ss.l.Close()
-	for sc, idle := range ss.conns {
+	for c, idle := range ss.conns {
 		if idle {
-			sc.c.Close()
+			c.Close()
 		}
 	}
 	ss.mu.Unlock()
@@ -169,8 +163,8 @@ func (ss *SocketServer) Close() error {
 	ss.mu.Lock()
 	ss.closing = true
 	err := ss.l.Close()
-	for sc := range ss.conns {
-		sc.c.Close()
+	for c := range ss.conns {
+		c.Close()
 	}
 	ss.mu.Unlock()
 	ss.cancel()
@@ -205,15 +199,14 @@ func (r *connReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (ss *SocketServer) serveConn(sc *serverConn) {
-	c := sc.c
+func (ss *SocketServer) serveConn(c net.Conn) {
 	defer func() {
 		if p := recover(); p != nil {
 			ss.s.log.Error("panic serving connection", "socket", ss.sock, "panic", fmt.Sprint(p))
 		}
 		c.Close()
 		ss.mu.Lock()
-		delete(ss.conns, sc)
+		delete(ss.conns, c)
 		ss.mu.Unlock()
 		ss.done.Done()
 	}()
@@ -234,7 +227,7 @@ func (ss *SocketServer) serveConn(sc *serverConn) {
 		if _, err := br.Peek(1); err != nil {
 			return
 		}
-		if !ss.setIdle(sc, false) {
+		if !ss.setIdle(c, false) {
 			return
 		}
 		start := time.Now()
@@ -270,7 +263,7 @@ func (ss *SocketServer) serveConn(sc *serverConn) {
 		c.SetWriteDeadline(time.Now().Add(WriteTimeout))
 		err = w.send(c, req, keep)
 		w.wipe()
-		if err != nil || !keep || !ss.setIdle(sc, true) {
+		if err != nil || !keep || !ss.setIdle(c, true) {
 			return
 		}
 	}

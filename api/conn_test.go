@@ -319,9 +319,10 @@ func FuzzConn(f *testing.F) {
 		srv, cli := fdConn(t, fds[0]), fdConn(t, fds[1])
 		defer cli.Close()
 		ss := newSocketServer(s, SocketAdmin, nil)
-		sc, _ := ss.track(&peerConn{UnixConn: srv, caller: &vault.Caller{UID: 0}, release: func() {}})
+		pc := &peerConn{UnixConn: srv, caller: &vault.Caller{UID: 0}, release: func() {}}
+		ss.track(pc)
 		finished := make(chan struct{})
-		go func() { ss.serveConn(sc); close(finished) }()
+		go func() { ss.serveConn(pc); close(finished) }()
 		go func() { cli.Write(in); cli.CloseWrite() }()
 		cli.SetReadDeadline(time.Now().Add(10 * time.Second))
 		out, err := io.ReadAll(cli)
