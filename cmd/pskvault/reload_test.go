@@ -19,29 +19,11 @@ import (
 	"github.com/pskvault/pskvault/api"
 )
 
-// lockedBuffer holds the daemon's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // serveWith starts the daemon like start, with serve flags, and returns its
 // output, readable while it runs.
-func (n *node) serveWith(args ...string) *lockedBuffer {
+func (n *node) serveWith(args ...string) *syncBuffer {
 	n.t.Helper()
-	out := &lockedBuffer{}
+	out := &syncBuffer{}
 	n.cmd = exec.Command(binary, append([]string{"--state-dir", n.dir, "--socket", n.socket, "serve"}, args...)...)
 	n.cmd.Stdout, n.cmd.Stderr = out, out
 	if err := n.cmd.Start(); err != nil {
@@ -61,7 +43,7 @@ func (n *node) serveWith(args ...string) *lockedBuffer {
 }
 
 // reload sends SIGHUP and waits for the daemon's reload line (the k-th).
-func (n *node) reload(out *lockedBuffer, k int) {
+func (n *node) reload(out *syncBuffer, k int) {
 	n.t.Helper()
 	if err := n.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		n.t.Fatal(err)
