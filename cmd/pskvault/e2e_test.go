@@ -530,6 +530,20 @@ func assertNowhere(t *testing.T, secrets, haystacks map[string][]byte, dirs ...s
 	}
 }
 
+// importPSK imports p (node-a to node-b) into n's vault through the CLI;
+// keyArgs name the key (--key-file FILE, or --wrapped BLOB and its flags)
+// and add any other flags. The answer joins responses.
+func importPSK(t *testing.T, n *node, responses *bytes.Buffer, p provisioned, keyArgs ...string) provisioned {
+	t.Helper()
+	args := append([]string{"psk", "import", "--identity", p.identity, "--hash", p.hash.String(), "--client", "node-a", "--server", "node-b"}, keyArgs...)
+	out, code := n.run(nil, args...)
+	if code != 0 {
+		t.Fatalf("import %s: exit %d: %s", p.identity, code, out)
+	}
+	responses.WriteString(out)
+	return p
+}
+
 // createPSK has n's daemon generate a PSK (this node is the server of it)
 // and returns the EPSK it wrote for the peer.
 func createPSK(t *testing.T, n *node, identity string, responses *bytes.Buffer) []byte {

@@ -59,12 +59,7 @@ func TestPKCS11EndToEnd(t *testing.T) {
 	} {
 		epsk := testKey(c.n)
 		epsk[0] ^= byte(c.n)
-		out, code := a.run(nil, "psk", "import", "--identity", c.identity, "--hash", c.hash.String(), "--client", "node-a", "--server", "node-b", "--key-file", writeKey(t, epsk))
-		if code != 0 {
-			t.Fatalf("import %s: exit %d: %s", c.identity, code, out)
-		}
-		responses.WriteString(out)
-		psks = append(psks, provisioned{c.identity, c.hash, epsk})
+		psks = append(psks, importPSK(t, a, &responses, provisioned{c.identity, c.hash, epsk}, "--key-file", writeKey(t, epsk)))
 	}
 
 	madeKey := createPSK(t, a, "hsm-made", &responses)
@@ -80,13 +75,8 @@ func TestPKCS11EndToEnd(t *testing.T) {
 		if out, code := a.run(nil, "wrap", "--pkcs11-kek", kekFile, "--hash", h.String(), "--key-file", writeKey(t, epsk), "--out", blob); code != 0 {
 			t.Fatalf("wrap: exit %d: %s", code, out)
 		}
-		id := "hsm-wrapped-" + h.String()
-		out, code := a.run(nil, "psk", "import", "--identity", id, "--hash", h.String(), "--client", "node-a", "--server", "node-b", "--wrapped", blob, "--wrapped-key-bits", "256", "--param", "wrapping-key=wk-1")
-		if code != 0 {
-			t.Fatalf("import --wrapped %s: exit %d: %s", h, code, out)
-		}
-		responses.WriteString(out)
-		psks = append(psks, provisioned{id, h, epsk})
+		psks = append(psks, importPSK(t, a, &responses, provisioned{"hsm-wrapped-" + h.String(), h, epsk},
+			"--wrapped", blob, "--wrapped-key-bits", "256", "--param", "wrapping-key=wk-1"))
 	}
 	// A blob under another key is refused with a clear error.
 	other := writeKey(t, testKey(32))
