@@ -22,9 +22,19 @@ declare -A need=(
 	[openssl]=openssl [gnutls-cli]=gnutls-bin [psktool]=gnutls-bin
 	[setpriv]=util-linux [gcc]=gcc [systemd-analyze]=systemd
 )
+# file that must exist -> Debian package (headers and libraries the C client
+# library, its TLS glue and the consumer tests build against)
+declare -A needfile=(
+	[/usr/include/openssl/ssl.h]=libssl-dev
+	[/usr/include/gnutls/gnutls.h]=libgnutls28-dev
+)
+need+=([stunnel4]=stunnel4 [make]=make [pkg-config]=pkg-config [debootstrap]=debootstrap)
 missing=()
 for cmd in "${!need[@]}"; do
 	command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+for f in "${!needfile[@]}"; do
+	[ -e "$f" ] || missing+=("${needfile[$f]}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
 	pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
