@@ -383,10 +383,14 @@ func identityOf(text, hexStr string) ([]byte, error) {
 }
 
 // status counts every PSK on the admin socket, and on the data socket only
-// those the caller may derive.
+// those the caller may derive. The data socket, open to every local user,
+// says only what a TLS stack needs (version, node, backend name, hashes);
+// the backend's description (KEK path, device, token label, model, serial,
+// module path) is for the admin socket only.
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	psks := s.v.List()
 	n := len(psks)
+	info := s.v.BackendInfo()
 	if sock, _ := r.Context().Value(keySocket).(Socket); sock == SocketData {
 		caller := callerOf(r.Context())
 		n = 0
@@ -395,8 +399,9 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 				n++
 			}
 		}
+		info = vault.BackendInfo{Name: info.Name, Hardware: info.Hardware, HashNames: info.HashNames}
 	}
-	writeJSON(w, http.StatusOK, Status{Version: Version, NodeID: s.v.NodeID(), Backend: s.v.BackendInfo(), PSKs: n})
+	writeJSON(w, http.StatusOK, Status{Version: Version, NodeID: s.v.NodeID(), Backend: info, PSKs: n})
 }
 
 func (s *Server) list(w http.ResponseWriter, _ *http.Request) {

@@ -52,10 +52,10 @@ type KeyRef struct {
 
 // BackendInfo describes a backend.
 type BackendInfo struct {
-	Name        string          `json:"name"`        // "soft", "tpm", "pkcs11"
-	Description string          `json:"description"` // device, token or file in use
-	Hardware    bool            `json:"hardware"`    // keys are held by hardware
-	Hashes      []importer.Hash `json:"-"`           // supported EPSK hashes
+	Name        string          `json:"name"`                  // "soft", "tpm", "pkcs11"
+	Description string          `json:"description,omitempty"` // device, token or file in use (admin socket only)
+	Hardware    bool            `json:"hardware"`              // keys are held by hardware
+	Hashes      []importer.Hash `json:"-"`                     // supported EPSK hashes
 	HashNames   []string        `json:"hashes"`
 }
 
