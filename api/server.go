@@ -299,7 +299,6 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		{hex.ErrLength, http.StatusBadRequest, CodeBadHex},
 		{vault.ErrUnsupported, http.StatusBadRequest, CodeUnsupported},
 		{vault.ErrBackendUnavailable, http.StatusServiceUnavailable, CodeUnavailable},
-		{vault.ErrCompact, http.StatusInternalServerError, CodeCompact},
 		{vault.ErrInvalid, http.StatusBadRequest, CodeBadRequest},
 		{importer.ErrMalformedIdentity, http.StatusBadRequest, CodeBadRequest},
 		{errBadRequest, http.StatusBadRequest, CodeBadRequest},
@@ -315,6 +314,24 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 	}
 	if status, code, ok := policyError(err); ok {
 		writeError(w, status, code, err.Error())
+		return
+	}
+	// Failures of the daemon's own storage: the answer says what happened
+	// and whether the change was made, never which file failed (the
+	// message of a wrapped system error names paths in the state
+	// directory); the daemon log has the details.
+	if errors.Is(err, vault.ErrCompact) {
+		s.log.Error("compaction failed", "err", err)
+		status := http.StatusInternalServerError
+		if vault.IsNoSpace(err) {
+			status = http.StatusInsufficientStorage
+		}
+		writeError(w, status, CodeCompact, "the change was made, but rewriting the vault database to purge destroyed records failed (the daemon retries; see its log)")
+		return
+	}
+	if vault.IsNoSpace(err) {
+		s.log.Error("no space left", "err", err)
+		writeError(w, http.StatusInsufficientStorage, CodeNoSpace, "no space left on the daemon's state file system: nothing was changed")
 		return
 	}
 	for _, e := range table {

@@ -139,7 +139,8 @@ const (
 	CodeUnsupported      = "unsupported"
 	CodeKeyPolicy        = "key_policy"
 	CodeUnavailable      = "backend_unavailable"
-	CodeCompact          = "compaction_failed" // the change is done; destroyed records may linger in freed pages until the next compaction
+	CodeCompact          = "compaction_failed"    // 500, or 507 on a full disk: the change is done; destroyed records may linger in freed pages until the next compaction
+	CodeNoSpace          = "insufficient_storage" // 507: the state file system is full; nothing was changed
 	CodeInternal         = "internal"
 	CodeForbidden        = "forbidden" // the admin socket refused the caller
 	CodeNoKey            = "no_key"    // lookup or offers: nothing for this caller and identity

@@ -6,9 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 )
 
 // Purging destroyed records from vault.db.
@@ -62,6 +64,10 @@ type boltStore struct {
 	// fault, when set (tests only), is called at each compaction step and
 	// aborts the compaction when it returns an error.
 	fault func(step string) error
+
+	// pending holds the error of the last compaction when it failed, until
+	// one succeeds: freed pages may still hold destroyed records meanwhile.
+	pending atomic.Pointer[error]
 }
 
 var errDBClosed = errors.New("vault database is closed")
@@ -110,6 +116,16 @@ func (s *boltStore) step(name string) error {
 func (s *boltStore) compact() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	err := s.compactLocked()
+	if err != nil {
+		s.pending.Store(&err)
+	} else {
+		s.pending.Store(nil)
+	}
+	return err
+}
+
+func (s *boltStore) compactLocked() error {
 	if s.db == nil {
 		return errDBClosed
 	}
@@ -156,6 +172,48 @@ func syncDir(dir string) error {
 		return err
 	}
 	return errors.Join(d.Sync(), d.Close())
+}
+
+// CompactionPending returns the error of the last compaction when it failed
+// and none has succeeded since (nil otherwise): until one does, freed pages
+// of vault.db may still hold destroyed records. Open starts the vault
+// anyway when its start-up compaction fails (a full disk, typically); the
+// daemon reports it and calls RetryCompaction until it succeeds.
+func (v *Vault) CompactionPending() error {
+	if p := v.db.pending.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// RetryCompaction runs a pending compaction when the file system holding
+// vault.db has room for a second copy of it (with a margin), and reports
+// whether none is pending any more. It does nothing when none is pending.
+func (v *Vault) RetryCompaction() (done bool, err error) {
+	if v.CompactionPending() == nil {
+		return true, nil
+	}
+	if need, free, ok := v.db.room(); ok && free < need {
+		return false, fmt.Errorf("%w: %d bytes free, a rewrite needs about %d", ErrNoSpace, free, need)
+	}
+	if err := v.Compact(); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// room reports the space a compaction needs (the size of vault.db plus a
+// margin) and the space free to this process on its file system.
+func (s *boltStore) room() (need, free uint64, ok bool) {
+	fi, err := os.Stat(s.path)
+	if err != nil {
+		return 0, 0, false
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(filepath.Dir(s.path), &st); err != nil {
+		return 0, 0, false
+	}
+	return uint64(fi.Size()) + 64<<10, st.Bavail * uint64(st.Bsize), true
 }
 
 // Compact rewrites vault.db so that it holds the live records only: no

@@ -20,6 +20,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -40,7 +41,17 @@ var (
 	ErrRevoked            = errors.New("PSK revoked")
 	ErrExpired            = errors.New("PSK expired")
 	ErrTargetNotAllowed   = errors.New("target not allowed for this PSK")
+	// ErrNoSpace: the file system holding the state directory is full (or
+	// the daemon's quota is used up); the change was not made. Errors
+	// that carry ENOSPC or EDQUOT from the system match it too (IsNoSpace).
+	ErrNoSpace = errors.New("no space left for the vault's state")
 )
+
+// IsNoSpace reports whether err comes from a full file system or an
+// exhausted quota.
+func IsNoSpace(err error) bool {
+	return errors.Is(err, ErrNoSpace) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
 
 // MinKeyLen is the shortest EPSK accepted: 128 bits (RFC 9257 section 6).
 const MinKeyLen = 16
@@ -190,10 +201,11 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 	}
 	// Purge what earlier runs left in freed pages (an older version, or a
 	// crash before a compaction finished), and any stale vault.db.tmp.
-	if err := v.db.compact(); err != nil {
-		v.db.Close()
-		return nil, fmt.Errorf("open %s: %w: %w", path, ErrCompact, err)
-	}
+	// When that fails (no room for a second copy of vault.db, typically)
+	// the vault still opens: vault.db itself is intact, and refusing to
+	// start would turn a full disk into an outage. CompactionPending
+	// reports it until RetryCompaction or a later compaction succeeds.
+	v.db.compact()
 	v.backend, err = OpenBackend(ctx, BackendConfig{URI: v.cfg.Backend, StateDir: dir})
 	if err != nil {
 		v.db.Close()

@@ -290,6 +290,11 @@ func serve(ctx context.Context, g *globals, st *settings, load func() (*settings
 	if err := st.checkVault(v); err != nil {
 		return err
 	}
+	if err := v.CompactionPending(); err != nil {
+		log.Warn("vault.db could not be rewritten at start (no room for a second copy of it?); serving anyway, but records destroyed earlier may linger in its freed pages until it is: retrying as space allows",
+			"err", err, "state_dir", st.stateDir)
+	}
+	go retryCompaction(ctx, v, log)
 
 	audit := api.NewAudit(g.stderr)
 	if st.auditLog != "-" {
@@ -410,4 +415,38 @@ func chgrpSocket(path string, gid uint32) error {
 		}
 	}
 	return nil
+}
+
+// compactionRetryEvery is how often the daemon checks whether a pending
+// compaction of vault.db (after a full disk) can run now.
+var compactionRetryEvery = 2 * time.Second
+
+// retryCompaction runs a pending compaction of vault.db (vault.Open starts
+// without one when the disk is full; a destructive change may leave one
+// pending too) as soon as the file system has room for it, until ctx ends.
+func retryCompaction(ctx context.Context, v *vault.Vault, log *slog.Logger) {
+	t := time.NewTicker(compactionRetryEvery)
+	defer t.Stop()
+	var lastErr string
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if v.CompactionPending() == nil {
+			lastErr = ""
+			continue
+		}
+		done, err := v.RetryCompaction()
+		switch {
+		case done:
+			log.Info("vault.db rewritten: the pending compaction is done")
+			lastErr = ""
+		case err != nil && err.Error() != lastErr && !errors.Is(err, vault.ErrNoSpace):
+			// Said once per distinct failure, not every tick.
+			log.Warn("compaction of vault.db still failing", "err", err)
+			lastErr = err.Error()
+		}
+	}
 }
