@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"sort"
+	"time"
 
 	"github.com/pskvault/pskvault/importer"
 	"github.com/pskvault/pskvault/vault"
@@ -107,8 +109,6 @@ func (s *Server) lookupKey(r *http.Request, req LookupRequest, want vault.Target
 	return d, dreq, ""
 }
 
-// offers is the TLS client's question: which (identity, key) pairs do I
-// offer to this server node?
 // parseOffers decodes and checks an offers request body.
 func parseOffers(r *http.Request) (server string, ctxBytes []byte, t vault.Target, err error) {
 	var req OffersRequest
@@ -142,6 +142,7 @@ func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
 	caller := callerOf(r.Context())
 	out := OfferList{Offers: []Offer{}}
 	var keys [][]byte
+	var created []time.Time
 	defer func() {
 		for _, k := range keys {
 			clear(k)
@@ -161,15 +162,48 @@ func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		keys = append(keys, d.IPSKX)
+		created = append(created, d.PSK.Created)
 		out.Offers = append(out.Offers, Offer{
 			IdentityHex:      p.IdentityHex(),
 			ImportedIdentity: hexOf(d.ImportedIdentity),
 			IPSKX:            hexOf(d.IPSKX),
-			Hash:             p.Hash.String(),
-			NotAfter:         p.NotAfter,
+			ContextHex:       hexOf(d.Context),
+			Protocol:         t.Protocol.String(),
+			KDF:              t.KDF.String(),
+			Hash:             d.PSK.Hash.String(),
+			NotAfter:         d.PSK.NotAfter,
+			PSKPolicy:        PolicyOf(d.PSK),
 		})
 	}
+	sortOffers(out.Offers, created)
 	ae.Count = len(out.Offers)
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, out)
+}
+
+// sortOffers puts the newest generation first, then the most recently
+// created PSK, then orders by identity; created[i] is offers[i]'s creation
+// time. A client that takes the first offer thus uses a rotated link's new
+// generation as soon as it exists (the old one stays listed until its
+// overlap ends).
+func sortOffers(offers []Offer, created []time.Time) {
+	idx := make([]int, len(offers))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool {
+		x, y := idx[a], idx[b]
+		if gx, gy := offers[x].Generation, offers[y].Generation; gx != gy {
+			return gx > gy
+		}
+		if !created[x].Equal(created[y]) {
+			return created[x].After(created[y])
+		}
+		return offers[x].IdentityHex < offers[y].IdentityHex
+	})
+	sorted := make([]Offer, len(offers))
+	for i, j := range idx {
+		sorted[i] = offers[j]
+	}
+	copy(offers, sorted)
 }

@@ -168,16 +168,27 @@ type OffersRequest struct {
 	KDF        string `json:"kdf"`
 }
 
-// Offer is one (imported identity, ipskx) pair a client offers.
+// Offer is one (imported identity, ipskx) pair a client offers, with the
+// same policy fields as a derive or lookup answer (psk_dhe_ke_required,
+// early_data_allowed, low_entropy, generation, ...): what the TLS stack must
+// enforce for this key.
 type Offer struct {
 	IdentityHex      string    `json:"identity_hex"`      // external identity
 	ImportedIdentity string    `json:"imported_identity"` // PskIdentity.identity to send, hex
 	IPSKX            string    `json:"ipskx"`             // the key, hex
+	ContextHex       string    `json:"context_hex"`       // the RFC 9258 context used (node context filled in)
+	Protocol         string    `json:"protocol"`
+	KDF              string    `json:"kdf"`
 	Hash             string    `json:"hash"`
 	NotAfter         time.Time `json:"not_after,omitzero"`
+	PSKPolicy                  // what the TLS stack must enforce (policy.go)
 }
 
-// OfferList answers POST /v1/offers; empty when nothing matches.
+// OfferList answers POST /v1/offers; empty when nothing matches. Offers
+// come newest generation first (then most recently created, then by
+// identity), so a client that takes the first offer moves to a rotated
+// link's new generation as soon as it exists, while the old one stays
+// listed (and derivable) until its overlap ends.
 type OfferList struct {
 	Offers []Offer `json:"offers"`
 }

@@ -268,12 +268,19 @@ type Offer struct {
 	Identity         []byte // external identity
 	ImportedIdentity []byte // what goes on the wire
 	IPSKX            []byte
+	Context          []byte // the RFC 9258 context used
 	Hash             string
 	NotAfter         time.Time
+	// Policy is what the TLS stack must enforce with this key
+	// (psk_dhe_ke_required, early_data_allowed, ...) and the PSK's
+	// generation (Policy.Generation, 1 for a PSK never rotated).
+	Policy api.PSKPolicy
 }
 
 // Offers lists the imported PSKs a TLS client on this node offers to server
-// node server, for one context and target ("tls1.3", "sha256").
+// node server, for one context and target ("tls1.3", "sha256"), newest
+// generation first: offer the first one to move to a rotated link's new
+// generation as soon as it exists.
 func (c *Client) Offers(ctx context.Context, server string, context []byte, protocol, kdf string) ([]Offer, error) {
 	body, _ := json.Marshal(api.OffersRequest{Server: server, ContextHex: hex.EncodeToString(context), Protocol: protocol, KDF: kdf})
 	var resp api.OfferList
@@ -283,18 +290,19 @@ func (c *Client) Offers(ctx context.Context, server string, context []byte, prot
 	out := make([]Offer, 0, len(resp.Offers))
 	for _, o := range resp.Offers {
 		var x Offer
-		var e1, e2, e3 error
+		var e1, e2, e3, e4 error
 		x.Identity, e1 = hex.DecodeString(o.IdentityHex)
 		x.ImportedIdentity, e2 = hex.DecodeString(o.ImportedIdentity)
 		x.IPSKX, e3 = hex.DecodeString(o.IPSKX)
-		if e1 != nil || e2 != nil || e3 != nil {
+		x.Context, e4 = hex.DecodeString(o.ContextHex)
+		if e1 != nil || e2 != nil || e3 != nil || e4 != nil {
 			for _, y := range out {
 				clear(y.IPSKX)
 			}
 			clear(x.IPSKX)
 			return nil, errors.New("daemon sent a malformed offer")
 		}
-		x.Hash, x.NotAfter = o.Hash, o.NotAfter
+		x.Hash, x.NotAfter, x.Policy = o.Hash, o.NotAfter, o.PSKPolicy
 		out = append(out, x)
 	}
 	return out, nil

@@ -24,6 +24,11 @@ func setupDerive(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 	var df deriveFlags // --peer, --role, --format (format.go)
 	df.register(fs)
 	return func(ctx context.Context, args []string) error {
+		if *asJSON && df.format != "" {
+			// One answer, one form: a JSON object with a tool's command
+			// line after it would be neither valid JSON nor a clean line.
+			return usagef("--json and --format exclude each other: --json prints the whole answer (imported_identity, ipskx and the policy fields), --format a line for one stack's tools")
+		}
 		b, err := id.bytes()
 		if err != nil {
 			return err

@@ -20,6 +20,11 @@ func (f *deriveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.format, "format", "", "print the key in the `form` a stack's tools take: openssl, gnutls, mbedtls, hex")
 }
 
+// gnutlsPriority is the GnuTLS priority string for a pskvault key: TLS 1.3
+// only, and only the PSK key exchanges with (EC)DHE (psk_dhe_ke, never
+// psk_ke).
+const gnutlsPriority = "NORMAL:-VERS-ALL:+VERS-TLS1.3:-KX-ALL:+DHE-PSK:+ECDHE-PSK"
+
 // writeFormat prints an imported PSK for a TLS stack's command-line tools.
 // These tools know no RFC 9258 importer: both ends use the hex of the
 // ImportedIdentity as a plain identity string and ipskx as the key, which
@@ -57,13 +62,18 @@ func writeFormat(g *globals, format string, r api.DeriveResponse) error {
 		}
 		warn()
 		fmt.Fprintln(g.stderr, "pskvault: note: openssl s_client/s_server take the key on the command line, visible to other local users in ps: use them for tests only")
-		fmt.Fprintf(g.stdout, "-ciphersuites TLS_AES_128_GCM_SHA256 -psk_identity %s -psk %s\n", id, key)
+		// -tls1_3 pins both ends to TLS 1.3: without it an s_server given
+		// -psk also completes TLS 1.2 handshakes with the PSK-* cipher
+		// suites (no importer, no psk_dhe_ke). OpenSSL refuses psk_ke
+		// unless -allow_no_dhe_kex is given, and 0-RTT unless -early_data
+		// is: neither is printed.
+		fmt.Fprintf(g.stdout, "-tls1_3 -ciphersuites TLS_AES_128_GCM_SHA256 -psk_identity %s -psk %s\n", id, key)
 	case "gnutls":
 		if err := limit("gnutls"); err != nil {
 			return err
 		}
 		warn()
-		fmt.Fprintln(g.stderr, "pskvault: note: a psktool-style line for gnutls-serv --pskpasswd FILE (0600); the client takes --pskusername and --pskkey")
+		fmt.Fprintln(g.stderr, "pskvault: note: a psktool-style line for gnutls-serv --pskpasswd FILE (0600); the client takes --pskusername and --pskkey; give both --priority "+gnutlsPriority+" (TLS 1.3, psk_dhe_ke only)")
 		fmt.Fprintf(g.stdout, "%s:%s\n", id, key)
 	case "mbedtls":
 		if err := limit("mbedtls"); err != nil {

@@ -126,8 +126,15 @@ func TestRFC9257StackFormatsAndGroups(t *testing.T) {
 		t.Fatalf("derive: exit %d: %s", code, out)
 	}
 	out, code = a.run(nil, "derive", "--identity", "fmt", "--format", "openssl")
-	if code != 0 || !strings.Contains(out, "-psk_identity "+d["imported_identity"].(string)+" -psk "+d["ipskx"].(string)) {
+	if code != 0 || !strings.Contains(out, "-tls1_3 -ciphersuites TLS_AES_128_GCM_SHA256 -psk_identity "+d["imported_identity"].(string)+" -psk "+d["ipskx"].(string)) {
 		t.Fatalf("--format openssl: exit %d", code)
+	}
+	// --json and --format: a usage error, nothing printed on stdout
+	// (examples/format_test.go runs the openssl line against real openssl).
+	for _, f := range []string{"openssl", "gnutls", "hex"} {
+		if out, code = a.run(nil, "derive", "--identity", "fmt", "--json", "--format", f); code != 2 || !strings.Contains(out, "--json and --format exclude each other") || strings.Contains(out, d["ipskx"].(string)) {
+			t.Fatalf("--json --format %s: exit %d", f, code)
+		}
 	}
 	if out, code = a.run(nil, "derive", "--identity", "fmt", "--kdf", "sha384", "--format", "mbedtls"); code != 1 || !strings.Contains(out, "mbedtls takes at most 32") {
 		t.Fatalf("--format mbedtls with a 48-byte key: exit %d: %s", code, out)
