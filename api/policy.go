@@ -118,6 +118,7 @@ const (
 	CodeIdentity        = "identity_refused"
 	CodeFinalized       = "finalized"
 	CodeStackLimit      = "stack_limit"
+	CodeMustViolation   = "must_violation"
 )
 
 // policyError maps the vault's RFC 9257 refusals to a status and code.
@@ -134,6 +135,7 @@ func policyError(err error) (int, string, bool) {
 		{vault.ErrIdentity, http.StatusBadRequest, CodeIdentity},
 		{vault.ErrFinalized, http.StatusForbidden, CodeFinalized},
 		{vault.ErrStackLimit, http.StatusBadRequest, CodeStackLimit},
+		{vault.ErrMustViolation, http.StatusForbidden, CodeMustViolation},
 	} {
 		if errors.Is(err, e.target) {
 			return e.status, e.code, true

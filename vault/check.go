@@ -2,6 +2,7 @@ package vault
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -52,7 +53,7 @@ func (v *Vault) Check() *Report {
 	known := newSkeletons(ids)
 	fps := map[string][][]byte{} // fingerprint -> live identities
 	for _, p := range psks {
-		if len(p.Fingerprint) > 0 && p.State != StateRevoked {
+		if holdsKey(p) {
 			fps[string(p.Fingerprint)] = append(fps[string(p.Fingerprint)], p.Identity)
 		}
 	}
@@ -109,10 +110,9 @@ func (v *Vault) audit(p *PSK, fps map[string][][]byte, known skeletons, now time
 		a.Entropy = "destroyed"
 		return a
 	}
-	// Section 6 rec. 1: at least 128 bits long (MUST), 128 bits of entropy.
-	if p.KeyBits < MinKeyLen*8 {
-		add("key-length", "6", LevelMust, "key is %d bits; RFC 9257 requires at least 128", p.KeyBits)
-	}
+	// The MUST violations: the same predicate Derive applies, so what check
+	// reports here is exactly what the daemon refuses to serve.
+	a.Findings = append(a.Findings, v.mustViolations(p, fps[string(p.Fingerprint)])...)
 	switch {
 	case strings.HasPrefix(p.Origin, "generated"):
 		a.Entropy = p.Origin + " by the vault"
@@ -135,26 +135,14 @@ func (v *Vault) audit(p *PSK, fps map[string][][]byte, known skeletons, now time
 		add("early-data", "8", LevelWarn, "early data allowed: 0-RTT data is replayable and its keys depend on the PSK and the client random only")
 	}
 	// Section 4.1, section 6 rec. 2: two nodes per PSK.
+	// (The MUST cases of section 4.1 and 6 rec. 2 are in mustViolations.)
 	switch {
-	case p.IsGroup() && !p.NodeContext:
-		add("group-accommodation", "6", LevelMust, "group PSK without the node-identifier context: nothing stops one member from impersonating another")
-	case p.IsGroup():
+	case p.IsGroup() && p.NodeContext:
 		add("group", "4.1", LevelWarn, "group PSK shared by %d nodes: any member can impersonate any other to a third; node contexts stop rerouting and Selfie only", len(p.Group))
-	case p.ClientNode == p.ServerNode:
-		add("same-node", "4.1", LevelMust, "client and server node are both %s", p.ClientNode)
-	case !p.NodeContext:
+	case !p.IsGroup() && p.ClientNode != p.ServerNode && !p.NodeContext:
 		add("node-context", "4.1", LevelWarn, "node-identifier context not required (recommended against rerouting and Selfie attacks, RFC 9258 Appendix A)")
 	}
-	if !p.Party(v.cfg.NodeID) {
-		add("not-party", "4.1", LevelMust, "this node (%s) is not party to the PSK but holds it", v.cfg.NodeID)
-	}
-	if len(p.Fingerprint) > 0 {
-		for _, o := range fps[string(p.Fingerprint)] {
-			if !bytes.Equal(o, p.Identity) {
-				add("key-reuse", "6", LevelMust, "same key as PSK %x: one key is used by more than two nodes", o)
-			}
-		}
-	} else if !strings.HasPrefix(p.Origin, "imported-wrapped") {
+	if len(p.Fingerprint) == 0 && !strings.HasPrefix(p.Origin, "imported-wrapped") {
 		add("key-reuse-unknown", "6", LevelInfo, "record has no key fingerprint (made before pskvault kept them): reuse cannot be checked")
 	}
 	// Section 6 rec. 3-4: importers (always) and deleting the main key.
@@ -182,4 +170,91 @@ func (v *Vault) audit(p *PSK, fps map[string][][]byte, known skeletons, now time
 		}
 	}
 	return a
+}
+
+// ErrMustViolation: the record breaks an RFC 9257 MUST (it was written by an
+// older version, or edited or restored behind the daemon's back), so no key
+// is derived from it. `pskvault check` lists the same violations.
+var ErrMustViolation = errors.New("PSK record violates an RFC 9257 MUST, so it is not used (run pskvault check)")
+
+// holdsKey reports whether p's key counts for the key-reuse rule: a live
+// record with a fingerprint (revoked records keep theirs so that the key
+// can never be imported again, but no longer hold the key).
+func holdsKey(p *PSK) bool { return len(p.Fingerprint) > 0 && p.State != StateRevoked }
+
+// mustViolations is the one predicate for "this record breaks an RFC 9257
+// MUST": Check reports what it returns and Derive (hence derive, lookup
+// and offers) refuses any record for which it returns something. sameKey
+// lists the live identities holding p's key fingerprint (p's own among
+// them, or not); a revoked record violates nothing any more.
+func (v *Vault) mustViolations(p *PSK, sameKey [][]byte) []Finding {
+	if p.State == StateRevoked {
+		return nil
+	}
+	var out []Finding
+	add := func(rule, section, format string, args ...any) {
+		out = append(out, Finding{rule, section, LevelMust, fmt.Sprintf(format, args...)})
+	}
+	// Section 6 rec. 1: at least 128 bits long.
+	if p.KeyBits < MinKeyLen*8 {
+		add("key-length", "6", "key is %d bits; RFC 9257 requires at least 128", p.KeyBits)
+	}
+	// Section 4.1, section 6 rec. 2: two nodes per PSK, or a group that
+	// uses RFC 9258's node-identifier accommodation.
+	switch {
+	case p.IsGroup() && !p.NodeContext:
+		add("group-accommodation", "6", "group PSK without the node-identifier context: nothing stops one member from impersonating another")
+	case !p.IsGroup() && p.ClientNode == p.ServerNode:
+		add("same-node", "4.1", "client and server node are both %s", p.ClientNode)
+	}
+	if !p.Party(v.cfg.NodeID) {
+		add("not-party", "4.1", "this node (%s) is not party to the PSK but holds it", v.cfg.NodeID)
+	}
+	if holdsKey(p) {
+		for _, o := range sameKey {
+			if !bytes.Equal(o, p.Identity) {
+				add("key-reuse", "6", "same key as PSK %x: one key is used by more than two nodes", o)
+			}
+		}
+	}
+	return out
+}
+
+// refuseViolation returns ErrMustViolation naming the violated rules (never
+// key material) when p breaks a MUST, nil otherwise.
+func (v *Vault) refuseViolation(p *PSK) error {
+	var same [][]byte
+	if holdsKey(p) {
+		v.mu.RLock()
+		same = slices.Clone(v.sameKey[string(p.Fingerprint)])
+		v.mu.RUnlock()
+	}
+	fs := v.mustViolations(p, same)
+	if len(fs) == 0 {
+		return nil
+	}
+	msgs := make([]string, len(fs))
+	for i, f := range fs {
+		msgs[i] = f.Rule + ": " + f.String()
+	}
+	return fmt.Errorf("%w: %s", ErrMustViolation, strings.Join(msgs, "; "))
+}
+
+// indexKey keeps v.sameKey (fingerprint -> live identities holding it) in
+// step with v.psks when the record for one identity goes from old to next
+// (either nil). The caller holds v.mu for writing.
+func (v *Vault) indexKey(old, next *PSK) {
+	if old != nil && holdsKey(old) {
+		k := string(old.Fingerprint)
+		ids := slices.DeleteFunc(slices.Clone(v.sameKey[k]), func(id []byte) bool { return bytes.Equal(id, old.Identity) })
+		if len(ids) == 0 {
+			delete(v.sameKey, k)
+		} else {
+			v.sameKey[k] = ids
+		}
+	}
+	if next != nil && holdsKey(next) {
+		k := string(next.Fingerprint)
+		v.sameKey[k] = append(slices.Clone(v.sameKey[k]), next.Identity)
+	}
 }

@@ -532,6 +532,26 @@ func TestRFC9257_Check(t *testing.T) {
 	if rep.OK() || rep.Must < 3 { // key length, and key reuse on both records
 		t.Fatalf("tampered vault: %d MUST violations, want >= 3: %+v", rep.Must, rep)
 	}
+	// What check calls a MUST violation is not served: neither record.
+	ctx, _ := vault.NodeContext("node-a", "node-b")
+	for _, id := range []string{"clean", "tampered"} {
+		if _, err := v.Derive(bg, vault.DeriveRequest{Identity: []byte(id), Context: ctx, Target: tls256}); !errors.Is(err, vault.ErrMustViolation) {
+			t.Fatalf("derive %s from a vault breaking a MUST: %v, want ErrMustViolation", id, err)
+		}
+	}
+	// Revoking the copy ends the reuse (the fingerprint index follows the
+	// record): the original is served again and check passes.
+	if _, err := v.Revoke(bg, []byte("tampered"), "test"); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := v.Derive(bg, vault.DeriveRequest{Identity: []byte("clean"), Context: ctx, Target: tls256}); err != nil {
+		t.Fatalf("derive clean after the copy was revoked: %v", err)
+	} else {
+		clear(d.IPSKX)
+	}
+	if rep = v.Check(); !rep.OK() {
+		t.Fatalf("after revoking the copy: %+v", rep)
+	}
 }
 
 // RFC 9257 section 6.1: stack interfaces limit identities and keys.

@@ -95,6 +95,9 @@ type Vault struct {
 
 	mu   sync.RWMutex
 	psks map[string]*PSK // by string(identity)
+	// sameKey indexes live records by key fingerprint, for the key-reuse
+	// MUST that Derive enforces (check.go); guarded by mu.
+	sameKey map[string][][]byte
 
 	aux auxKey // the auxiliary backend key (aux.go)
 
@@ -176,7 +179,7 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	v := &Vault{dir: dir, db: boltStore{db: db, path: path}, now: time.Now, psks: map[string]*PSK{}}
+	v := &Vault{dir: dir, db: boltStore{db: db, path: path}, now: time.Now, psks: map[string]*PSK{}, sameKey: map[string][][]byte{}}
 	v.access.Store(DefaultAccess(uint32(os.Geteuid())))
 	err = db.View(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
@@ -191,6 +194,7 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 			if err := json.Unmarshal(val, &p); err != nil {
 				return fmt.Errorf("read PSK record %x: %w", k, err)
 			}
+			v.indexKey(v.psks[string(p.Identity)], &p)
 			v.psks[string(p.Identity)] = &p
 			return nil
 		})
@@ -446,6 +450,7 @@ func (v *Vault) put(p *PSK, mustBeNew bool) error {
 	if err != nil {
 		return fmt.Errorf("write PSK record: %w", err)
 	}
+	v.indexKey(v.psks[string(p.Identity)], p)
 	v.psks[string(p.Identity)] = p
 	return nil
 }
@@ -477,6 +482,7 @@ func (v *Vault) replace(prev, next *PSK) error {
 	if err != nil {
 		return fmt.Errorf("write PSK record: %w", err)
 	}
+	v.indexKey(cur, next)
 	v.psks[string(next.Identity)] = next
 	return nil
 }
@@ -534,6 +540,7 @@ func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
 	if err := v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPSKs).Delete(identity) }); err != nil {
 		return fmt.Errorf("delete PSK record: %w", err)
 	}
+	v.indexKey(p, nil)
 	delete(v.psks, string(identity))
 	return nil
 }
@@ -582,6 +589,10 @@ func (v *Vault) Derive(ctx context.Context, req DeriveRequest) (*Derived, error)
 	}
 	if p.Expired(v.now()) {
 		return nil, fmt.Errorf("%w at %s", ErrExpired, p.NotAfter.Format(time.RFC3339))
+	}
+	// Whatever `check` calls a MUST violation is not served (check.go).
+	if err := v.refuseViolation(p); err != nil {
+		return nil, err
 	}
 	if !p.Allows(req.Target) {
 		return nil, fmt.Errorf("%w: %s (allowed: %v)", ErrTargetNotAllowed, req.Target, p.Targets)

@@ -1,15 +1,20 @@
 package main
 
 import (
+	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/pskvault/pskvault/importer"
 	"github.com/pskvault/pskvault/vault"
 )
 
@@ -185,5 +190,145 @@ func TestRFC9257LifecycleCLI(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond)
 	if out, code = a.run(nil, "psk", "sweep"); code != 0 || !strings.Contains(out, "1 expired PSK(s) swept") {
 		t.Fatalf("sweep: exit %d: %s", code, out)
+	}
+}
+
+// TestRFC9257MustViolationNotServed: records edited in vault.db so that they
+// break a MUST (64-bit key, client = server, a group without node
+// contexts, one key under two identities) are listed by `check` and refused
+// by derive, lookup and offers alike, while a sound record in the same
+// vault is still served.
+func TestRFC9257MustViolationNotServed(t *testing.T) {
+	a := newNode(t, "node-a", "soft")
+	a.start()
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"--identity", "good", "--client", "node-a", "--server", "node-b"},
+		{"--identity", "short", "--client", "node-a", "--server", "node-b"},
+		{"--identity", "selfie", "--client", "node-b", "--server", "node-a"},
+		{"--identity", "grp", "--group", "node-a,node-b,node-c"},
+		{"--identity", "orig", "--client", "node-b", "--server", "node-a"},
+	} {
+		if out, code := a.run(nil, append(append([]string{"psk", "create"}, args...), "--out", filepath.Join(dir, args[1]))...); code != 0 {
+			t.Fatalf("create %s: exit %d: %s", args[1], code, out)
+		}
+	}
+	derive := func(id string) (string, int) {
+		args := []string{"derive", "--identity", id, "--json"}
+		if id == "grp" {
+			args = append(args, "--peer", "node-b", "--role", "client")
+		}
+		return a.run(nil, args...)
+	}
+	// The wire identities a TLS server would look up, taken while the
+	// records were sound.
+	wires := map[string]string{}
+	for _, id := range []string{"good", "short", "selfie", "grp", "orig"} {
+		out, code := derive(id)
+		var d struct {
+			ImportedIdentity string `json:"imported_identity"`
+		}
+		if code != 0 || json.Unmarshal([]byte(out), &d) != nil {
+			t.Fatalf("derive %s before the edit: exit %d", id, code)
+		}
+		wires[id] = d.ImportedIdentity
+	}
+	// The group's wire identity as node-a, server, sees it from node-b.
+	gctx, _ := vault.NodeContext("node-b", "node-a")
+	gplan, err := importer.NewPlan(importer.SHA256, importer.Identity{External: []byte("grp"), Context: gctx, Protocol: importer.TLS13, KDF: importer.HKDFSHA256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wires["grp"] = hex.EncodeToString(gplan.ImportedIdentity())
+
+	a.stop()
+	db, err := bolt.Open(filepath.Join(a.dir, "vault.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("psks"))
+		edit := func(id string, f func(p *vault.PSK)) error {
+			var p vault.PSK
+			if err := json.Unmarshal(b.Get([]byte(id)), &p); err != nil {
+				return err
+			}
+			f(&p)
+			raw, _ := json.Marshal(p)
+			return b.Put(p.Identity, raw)
+		}
+		return errors.Join(
+			edit("short", func(p *vault.PSK) { p.KeyBits = 64 }),
+			edit("selfie", func(p *vault.PSK) { p.ClientNode = "node-a" }),
+			edit("grp", func(p *vault.PSK) { p.NodeContext = false }),
+			edit("orig", func(p *vault.PSK) { p.Identity, p.ClientNode = []byte("copy"), "node-c" }), // orig's key under a second identity
+		)
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.start()
+
+	out, code := a.run(nil, "check", "--json")
+	var rep vault.Report
+	if code != 1 || json.Unmarshal([]byte(strings.SplitN(out, "\n", 2)[0]), &rep) != nil {
+		t.Fatalf("check: exit %d: %s", code, out)
+	}
+	mustRules := map[string][]string{}
+	for _, p := range rep.PSKs {
+		for _, f := range p.Findings {
+			if f.Level == vault.LevelMust {
+				mustRules[p.Identity] = append(mustRules[p.Identity], f.Rule)
+			}
+		}
+	}
+	want := map[string]string{"short": "key-length", "selfie": "same-node", "grp": "group-accommodation", "orig": "key-reuse", "copy": "key-reuse"}
+	for id, rule := range want {
+		if !slices.Contains(mustRules[id], rule) {
+			t.Errorf("check does not report %s for %s: %v", rule, id, mustRules[id])
+		}
+	}
+	if len(mustRules["good"]) != 0 {
+		t.Errorf("check reports MUST violations for the sound record: %v", mustRules["good"])
+	}
+
+	// derive: the sound record is served, every flagged one refused with
+	// the specific code.
+	if out, code := derive("good"); code != 0 {
+		t.Fatalf("derive good: exit %d: %s", code, out)
+	}
+	for id, rule := range want {
+		out, code := derive(id)
+		if code == 0 || !strings.Contains(out, "violates an RFC 9257 MUST") || !strings.Contains(out, rule) {
+			t.Errorf("derive %s (breaks %s): exit %d: %s", id, rule, code, out)
+		}
+	}
+	// lookup: node-a is the server of selfie, grp (from node-b) and orig.
+	if st, b := a.http("POST", "/v1/lookup", "application/json", strings.NewReader(`{"identity_hex":"`+wires["good"]+`"}`)); st != http.StatusNotFound {
+		t.Fatalf("lookup of good (node-a is its client): %d %s", st, b)
+	}
+	for _, id := range []string{"selfie", "grp", "orig"} {
+		body := `{"identity_hex":"` + wires[id] + `"}`
+		if st, b := a.http("POST", "/v1/lookup", "application/json", strings.NewReader(body)); st != http.StatusNotFound || !strings.Contains(string(b), "no_key") {
+			t.Errorf("lookup of %s: %d %s", id, st, b)
+		}
+	}
+	// offers: node-a as client offers to node-b only the sound record.
+	st, b := a.http("POST", "/v1/offers", "application/json", strings.NewReader(`{"server":"node-b","protocol":"tls1.3","kdf":"sha256"}`))
+	var offers struct {
+		Offers []struct {
+			IdentityHex string `json:"identity_hex"`
+		} `json:"offers"`
+	}
+	if st != http.StatusOK || json.Unmarshal(b, &offers) != nil {
+		t.Fatalf("offers: %d", st)
+	}
+	if len(offers.Offers) != 1 || offers.Offers[0].IdentityHex != hex.EncodeToString([]byte("good")) {
+		t.Errorf("offers to node-b: got %+v, want only the sound record", offers.Offers)
+	}
+	// offers to node-a itself (the client = server record) are empty.
+	if st, b := a.http("POST", "/v1/offers", "application/json", strings.NewReader(`{"server":"node-a","protocol":"tls1.3","kdf":"sha256"}`)); st != http.StatusOK || strings.Contains(string(b), "ipskx\":\"") && !strings.Contains(string(b), `"offers":[]`) {
+		t.Errorf("offers to node-a: %d", st)
 	}
 }
