@@ -36,18 +36,27 @@ func FuzzRequests(f *testing.F) {
 		`{"identity":"fz","extra":1}`,
 		`[`, ``, `null`, `{"identity_hex":"0002"}`,
 	}
+	seeds = append(seeds,
+		string(BinRequest{ImportedIdentity: wire, HasContext: true, Context: []byte{1}, Protocol: 0x0304, KDF: 1}.Marshal()),
+		string(BinRequest{Identity: []byte("fz"), Protocol: 0x0304, KDF: 1}.Marshal()),
+		string(BinRequest{Node: "node-b", Protocol: 0x0304, KDF: 2}.Marshal()))
 	for i := range routes {
 		for _, sd := range seeds {
-			f.Add(uint8(i), false, []byte(sd))
-			f.Add(uint8(i), true, []byte(sd))
+			f.Add(uint8(i), false, false, []byte(sd))
+			f.Add(uint8(i), true, false, []byte(sd))
+			f.Add(uint8(i), true, true, []byte(sd))
 		}
 	}
 	root := &vault.Caller{UID: 0}
 	stranger := &vault.Caller{UID: 4242, GID: 4242, PID: 1}
-	f.Fuzz(func(t *testing.T, route uint8, data bool, body []byte) {
+	f.Fuzz(func(t *testing.T, route uint8, data, bin bool, body []byte) {
 		method, path, _ := cut(routes[int(route)%len(routes)])
 		req := httptest.NewRequest(method, path, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
+		if bin { // the binary form (tlv.go), request and answer
+			req.Header.Set("Content-Type", ContentTypeTLV)
+			req.Header.Set("Accept", ContentTypeTLV)
+		}
 		c, sock := root, SocketAdmin
 		if data {
 			c, sock = stranger, SocketData

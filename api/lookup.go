@@ -22,7 +22,18 @@ var errNoKey = errors.New("no key for this identity")
 func parseLookup(r *http.Request) (LookupRequest, vault.Target, error) {
 	var req LookupRequest
 	var t vault.Target
-	if err := decodeJSON(r, &req); err != nil {
+	if binaryBody(r) {
+		br, err := readBinRequest(r)
+		if err != nil {
+			return req, t, err
+		}
+		if br.Identity != nil || br.Node != "" || br.Role != 0 {
+			return req, t, badRequest("lookup takes imported identity, context, protocol and KDF fields only")
+		}
+		if req, err = br.lookupRequest(); err != nil {
+			return req, t, err
+		}
+	} else if err := decodeJSON(r, &req); err != nil {
 		return req, t, err
 	}
 	if req.IdentityHex == "" {
@@ -67,6 +78,11 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 	}
 	defer clear(d.IPSKX)
 	w.Header().Set("Cache-Control", "no-store")
+	if wantsBinary(r) {
+		k := binKeyOf(d, dreq.Target)
+		writeTLV(w, http.StatusOK, k.AppendTo(nil))
+		return
+	}
 	writeJSON(w, http.StatusOK, deriveResponse(d, dreq))
 }
 
@@ -112,7 +128,19 @@ func (s *Server) lookupKey(r *http.Request, req LookupRequest, want vault.Target
 // parseOffers decodes and checks an offers request body.
 func parseOffers(r *http.Request) (server string, ctxBytes []byte, t vault.Target, err error) {
 	var req OffersRequest
-	if err = decodeJSON(r, &req); err != nil {
+	if binaryBody(r) {
+		var br BinRequest
+		if br, err = readBinRequest(r); err != nil {
+			return
+		}
+		if br.ImportedIdentity != nil || br.Identity != nil || br.Role != 0 {
+			err = badRequest("offers takes node, context, protocol and KDF fields only")
+			return
+		}
+		if req, err = br.offersRequest(); err != nil {
+			return
+		}
+	} else if err = decodeJSON(r, &req); err != nil {
 		return
 	}
 	if err = vault.CheckNodeID(req.Server); err != nil {
@@ -148,6 +176,8 @@ func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
 			clear(k)
 		}
 	}()
+	binary := wantsBinary(r)
+	var bins []BinKey
 	me := s.v.NodeID()
 	for _, p := range s.v.List() {
 		pairwise := p.ClientNode == me && p.ServerNode == server
@@ -163,6 +193,9 @@ func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
 		}
 		keys = append(keys, d.IPSKX)
 		created = append(created, d.PSK.Created)
+		if binary {
+			bins = append(bins, binKeyOf(d, t))
+		}
 		out.Offers = append(out.Offers, Offer{
 			IdentityHex:      p.IdentityHex(),
 			ImportedIdentity: hexOf(d.ImportedIdentity),
@@ -178,6 +211,10 @@ func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
 	sortOffers(out.Offers, created)
 	ae.Count = len(out.Offers)
 	w.Header().Set("Cache-Control", "no-store")
+	if binary {
+		writeTLV(w, http.StatusOK, AppendOffers(nil, sortedLike(bins, out.Offers)))
+		return
+	}
 	writeJSON(w, http.StatusOK, out)
 }
 
@@ -206,4 +243,20 @@ func sortOffers(offers []Offer, created []time.Time) {
 		sorted[i] = offers[j]
 	}
 	copy(offers, sorted)
+}
+
+// sortedLike orders bins as offers (already sorted): each imported identity
+// names one PSK, so it pairs them up.
+func sortedLike(bins []BinKey, offers []Offer) []BinKey {
+	byID := make(map[string]BinKey, len(bins))
+	for _, b := range bins {
+		byID[hexOf(b.ImportedIdentity)] = b
+	}
+	out := make([]BinKey, 0, len(offers))
+	for _, o := range offers {
+		if b, ok := byID[o.ImportedIdentity]; ok {
+			out = append(out, b)
+		}
+	}
+	return out
 }

@@ -268,6 +268,7 @@ func writeError(w http.ResponseWriter, code int, errCode, msg string) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set(HeaderError, errCode)
 	w.WriteHeader(code)
 	w.Write(append(b, '\n'))
 }
@@ -578,7 +579,18 @@ func (s *Server) createPSK(w http.ResponseWriter, r *http.Request) {
 // parseDerive decodes and checks a derive request body.
 func parseDerive(r *http.Request) (vault.DeriveRequest, error) {
 	var req DeriveRequest
-	if err := decodeJSON(r, &req); err != nil {
+	if binaryBody(r) {
+		br, err := readBinRequest(r)
+		if err != nil {
+			return vault.DeriveRequest{}, err
+		}
+		if br.ImportedIdentity != nil {
+			return vault.DeriveRequest{}, badRequest("derive takes the external identity field, not an imported identity (use lookup)")
+		}
+		if req, err = br.deriveRequest(); err != nil {
+			return vault.DeriveRequest{}, err
+		}
+	} else if err := decodeJSON(r, &req); err != nil {
 		return vault.DeriveRequest{}, err
 	}
 	id, err := identityOf(req.Identity, req.IdentityHex)
@@ -651,5 +663,10 @@ func (s *Server) derive(w http.ResponseWriter, r *http.Request) {
 	}
 	defer clear(d.IPSKX)
 	w.Header().Set("Cache-Control", "no-store")
+	if wantsBinary(r) {
+		k := binKeyOf(d, req.Target)
+		writeTLV(w, http.StatusOK, k.AppendTo(nil))
+		return
+	}
 	writeJSON(w, http.StatusOK, deriveResponse(d, req))
 }

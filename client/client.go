@@ -37,6 +37,7 @@ func (e *Error) Error() string { return e.Message }
 type Client struct {
 	socket string
 	rt     *syncTransport
+	binary bool // lookup, offers and derive in the binary form (binary.go)
 }
 
 // Timeout bounds a request whose context has no deadline of its own.
@@ -65,6 +66,11 @@ func (b cancelOnClose) Close() error {
 // do sends one request straight through the transport: no http.Client
 // (which would add a timer goroutine per request), no redirects.
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, ctype string, body []byte) (*http.Response, error) {
+	return c.doAccept(ctx, method, path, q, ctype, "", body)
+}
+
+// doAccept is do with an Accept header (none when accept is "").
+func (c *Client) doAccept(ctx context.Context, method, path string, q url.Values, ctype, accept string, body []byte) (*http.Response, error) {
 	u := "http://pskvault" + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
@@ -80,6 +86,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, ctyp
 	}
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
 	}
 	resp, err := c.rt.RoundTrip(req)
 	if err != nil {
@@ -230,6 +239,9 @@ type Derived struct {
 
 // Derive asks the daemon for an imported PSK.
 func (c *Client) Derive(ctx context.Context, r DeriveRequest) (*Derived, error) {
+	if c.binary {
+		return c.deriveBinary(ctx, r)
+	}
 	body, _ := json.Marshal(api.DeriveRequest{
 		IdentityHex: hex.EncodeToString(r.Identity),
 		ContextHex:  hex.EncodeToString(r.Context),
@@ -250,6 +262,9 @@ func (c *Client) Derive(ctx context.Context, r DeriveRequest) (*Derived, error) 
 // context the server requires; protocol and kdf ("" for any) the target it
 // runs. Every refusal is the same *Error with Code "no_key".
 func (c *Client) Lookup(ctx context.Context, wireIdentity, expectContext []byte, protocol, kdf string) (*Derived, error) {
+	if c.binary {
+		return c.lookupBinary(ctx, wireIdentity, expectContext, protocol, kdf)
+	}
 	req := api.LookupRequest{IdentityHex: hex.EncodeToString(wireIdentity), Protocol: protocol, KDF: kdf}
 	if expectContext != nil {
 		h := hex.EncodeToString(expectContext)
@@ -282,6 +297,9 @@ type Offer struct {
 // generation first: offer the first one to move to a rotated link's new
 // generation as soon as it exists.
 func (c *Client) Offers(ctx context.Context, server string, context []byte, protocol, kdf string) ([]Offer, error) {
+	if c.binary {
+		return c.offersBinary(ctx, server, context, protocol, kdf)
+	}
 	body, _ := json.Marshal(api.OffersRequest{Server: server, ContextHex: hex.EncodeToString(context), Protocol: protocol, KDF: kdf})
 	var resp api.OfferList
 	if err := c.getJSON(ctx, http.MethodPost, "/v1/offers", nil, "application/json", body, &resp); err != nil {

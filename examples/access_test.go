@@ -185,13 +185,21 @@ func rawDerive(t *testing.T, n *node, cred *syscall.Credential, identity string)
 
 // TestLookupAndOffers: the server side finds the key by the wire identity
 // and checks it strictly; the client side lists what to offer a server.
+// Both in JSON and in the binary form (docs/API.md), which must agree.
 func TestLookupAndOffers(t *testing.T) {
+	for _, bin := range []bool{false, true} {
+		t.Run(map[bool]string{false: "json", true: "binary"}[bin], func(t *testing.T) { lookupAndOffers(t, bin) })
+	}
+}
+
+func lookupAndOffers(t *testing.T, bin bool) {
 	p := newPair(t)
 	ctx := nodeContext("node-a", "node-b")
 	id, key := clientSide(t, p.a, p.identity, ctx)
 	wire := unhex(t, id)
 	cb := client.New(p.b.data)
 	defer cb.Close()
+	cb.UseBinary(bin)
 	c, cancel := context2()
 	defer cancel()
 
@@ -221,6 +229,7 @@ func TestLookupAndOffers(t *testing.T) {
 	// node-a is the client of this PSK: it never answers a server lookup.
 	ca := client.New(p.a.data)
 	defer ca.Close()
+	ca.UseBinary(bin)
 	_, err = ca.Lookup(c, wire, nil, "", "")
 	var ce *client.Error
 	if !errors.As(err, &ce) || ce.Code != api.CodeNoKey {
