@@ -90,4 +90,28 @@ func TestOffersNewestGenerationFirstWithPolicy(t *testing.T) {
 			t.Errorf("offer %d has no context_hex", i)
 		}
 	}
+	// The binary form: the same order and the same policy.
+	req, _ := http.NewRequest(http.MethodPost, "http://pskvault/v1/offers", bytes.NewReader(BinRequest{Node: "node-c", Protocol: 0x0304, KDF: 1}.Marshal()))
+	req.Header.Set("Content-Type", ContentTypeTLV)
+	req.Header.Set("Accept", ContentTypeTLV)
+	bresp, err := unixHTTP(sock).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bresp.Body.Close()
+	var raw bytes.Buffer
+	raw.ReadFrom(bresp.Body)
+	bins, err := ParseBinOffers(raw.Bytes())
+	if err != nil || len(bins) != 2 {
+		t.Fatalf("binary offers: %v, %d offers", err, len(bins))
+	}
+	for i, w := range []struct {
+		id    string
+		gen   uint32
+		flags uint32
+	}{{"g2", 2, FlagDHERequired | FlagEarlyData}, {"g1", 1, FlagDHERequired | FlagEarlyData | FlagLowEntropy}} {
+		if string(bins[i].Identity) != w.id || bins[i].Generation != w.gen || bins[i].Flags != w.flags {
+			t.Errorf("binary offer %d: %q generation %d flags %b, want %q %d %b", i, bins[i].Identity, bins[i].Generation, bins[i].Flags, w.id, w.gen, w.flags)
+		}
+	}
 }
