@@ -300,6 +300,7 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		{hex.ErrLength, http.StatusBadRequest, CodeBadHex},
 		{vault.ErrUnsupported, http.StatusBadRequest, CodeUnsupported},
 		{vault.ErrBackendUnavailable, http.StatusServiceUnavailable, CodeUnavailable},
+		{vault.ErrKeyNotFound, http.StatusGone, CodeKeyMissing},
 		{vault.ErrInvalid, http.StatusBadRequest, CodeBadRequest},
 		{importer.ErrMalformedIdentity, http.StatusBadRequest, CodeBadRequest},
 		{errBadRequest, http.StatusBadRequest, CodeBadRequest},

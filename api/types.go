@@ -139,6 +139,7 @@ const (
 	CodeUnsupported      = "unsupported"
 	CodeKeyPolicy        = "key_policy"
 	CodeUnavailable      = "backend_unavailable"
+	CodeKeyMissing       = "key_missing"          // 410: the record names a key the backend no longer holds
 	CodeCompact          = "compaction_failed"    // 500, or 507 on a full disk: the change is done; destroyed records may linger in freed pages until the next compaction
 	CodeNoSpace          = "insufficient_storage" // 507: the state file system is full; nothing was changed
 	CodeInternal         = "internal"

@@ -81,6 +81,38 @@ type WrappedImporter interface {
 	ImportWrapped(ctx context.Context, blob []byte, h importer.Hash, params map[string]string) (handle []byte, err error)
 }
 
+// KeyInventory is an optional Backend ability, for backends that keep keys
+// apart from the vault's records (a PKCS#11 token), where a crash between
+// the two can leave a key no record names, or a record whose key is gone.
+// The vault reconciles the two when it opens (reconcile.go).
+type KeyInventory interface {
+	// Keys returns the handle of every key the backend holds for this
+	// vault (BackendConfig.VaultID), exactly as StoreKey or ImportWrapped
+	// returned it. When the device cannot be read completely it fails,
+	// wrapping ErrBackendUnavailable, rather than return a short list.
+	Keys(ctx context.Context) ([][]byte, error)
+}
+
+type newKeyHook struct{}
+
+// NoteNewKey is for backends with a KeyInventory: StoreKey and
+// ImportWrapped call it with the handle of the key they are about to
+// create, before creating it, and give up if it fails. Inside a vault
+// operation it durably records the intent to create that key, so a crash
+// before the vault has recorded the key leaves a key the vault knows is
+// unfinished and destroys at its next start; elsewhere it does nothing.
+func NoteNewKey(ctx context.Context, handle []byte) error {
+	if f, ok := ctx.Value(newKeyHook{}).(func([]byte) error); ok {
+		return f(handle)
+	}
+	return nil
+}
+
+// withNewKeyHook makes NoteNewKey call f in backend calls under ctx.
+func withNewKeyHook(ctx context.Context, f func([]byte) error) context.Context {
+	return context.WithValue(ctx, newKeyHook{}, f)
+}
+
 // Backend errors. Backends wrap these so the vault and the API can map them
 // to stable answers; anything else is an internal error.
 var (
@@ -107,6 +139,12 @@ type BackendConfig struct {
 	StateDir string
 	// Init is true when the vault is being created.
 	Init bool
+	// VaultID is random, made when the vault is created and stable for its
+	// life (vaults made before it existed get one at their next open). A
+	// backend that keeps keys outside the vault's database tags them with
+	// it, so that its KeyInventory lists this vault's keys and no one
+	// else's on a shared device.
+	VaultID []byte
 }
 
 // Scheme returns the backend name in the URI.

@@ -3,14 +3,19 @@
 package pkcs11
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 	"unsafe"
 
 	p11 "github.com/miekg/pkcs11"
@@ -21,13 +26,19 @@ import (
 
 func init() {
 	vault.RegisterBackend("pkcs11", func(ctx context.Context, cfg vault.BackendConfig) (vault.Backend, error) {
-		return Open(ctx, cfg.URI)
+		return openTagged(ctx, cfg.URI, cfg.VaultID)
 	})
 }
 
+// retryEvery is how often a backend whose token is away (or refused the
+// PIN) tries to reach it again; requests in between fail at once with
+// the last error, which wraps vault.ErrBackendUnavailable.
+const retryEvery = 200 * time.Millisecond
+
 // Backend keeps PRKs as non-extractable generic-secret objects on a PKCS#11
 // token and computes HMAC with C_Sign on the token. It implements
-// vault.Backend, vault.WrappedImporter and vault.RandomSource.
+// vault.Backend, vault.WrappedImporter, vault.RandomSource and
+// vault.KeyInventory.
 type Backend struct {
 	uri *URI
 	mod *module
@@ -42,7 +53,25 @@ type Backend struct {
 	token    p11.TokenInfo
 	hwSlot   bool
 	closed   bool
-	loginErr error // a refused PIN: never tried again
+	loginErr error // a refused PIN: not tried again (see login)
+	// refusedPIN is HMAC(pinKey, PIN) of the PIN the token refused, so that
+	// the same PIN is never presented twice while a changed PIN file is
+	// tried once; nil for a typed PIN (pin-source=prompt), which is never
+	// retried.
+	refusedPIN []byte
+	pinKey     [32]byte
+	// down is why the token could not be reached at the last attempt
+	// (reset), downAt when; operations fail with it at once until
+	// retryEvery has passed, then the next one tries again.
+	down   error
+	downAt time.Time
+	// logins counts C_Login calls (tests check that a refused PIN is not
+	// presented again).
+	logins atomic.Int64
+	// tag is the first tagLen bytes of the vault's ID: every key this
+	// backend creates for the vault has a CKA_ID starting with it, which
+	// is how Keys tells the vault's keys from others on a shared token.
+	tag []byte
 	// prompted is a PIN typed at the terminal (pin-source=prompt), kept for
 	// re-login after a session loss since it cannot be read again; wiped
 	// on Close and when the token refuses it. Guarded like loginErr.
@@ -65,6 +94,7 @@ var (
 	_ vault.Backend         = (*Backend)(nil)
 	_ vault.WrappedImporter = (*Backend)(nil)
 	_ vault.RandomSource    = (*Backend)(nil)
+	_ vault.KeyInventory    = (*Backend)(nil)
 )
 
 // Open loads the module, finds the token, logs in once, and checks that the
@@ -72,6 +102,12 @@ var (
 // known-answer self-test). A token that cannot gets an error wrapping
 // vault.ErrUnsupported that names what is missing.
 func Open(ctx context.Context, uri string) (*Backend, error) {
+	return openTagged(ctx, uri, nil)
+}
+
+// openTagged is Open for a vault whose ID is vaultID (see Backend.tag);
+// without one, keys get fully random CKA_IDs and Keys lists nothing.
+func openTagged(ctx context.Context, uri string, vaultID []byte) (*Backend, error) {
 	u, err := ParseURI(uri)
 	if err != nil {
 		return nil, err
@@ -87,6 +123,13 @@ func Open(ctx context.Context, uri string) (*Backend, error) {
 		idle:  make(chan p11.SessionHandle, u.sessions()),
 		open:  map[p11.SessionHandle]struct{}{},
 		cache: map[[idLen]byte]p11.ObjectHandle{},
+	}
+	if len(vaultID) >= tagLen {
+		b.tag = bytes.Clone(vaultID[:tagLen])
+	}
+	if _, err := rand.Read(b.pinKey[:]); err != nil {
+		mod.release()
+		return nil, err
 	}
 	s, err := b.start()
 	if err != nil {
@@ -232,9 +275,12 @@ func planLogin(flags uint, label string, havePIN bool) (loginAction, error) {
 
 // login logs the application in on session s. The PIN is read from its
 // source for this one call and wiped afterwards. A PIN the token refuses is
-// remembered and never tried again.
+// remembered (as a keyed hash) and never presented again: a later login
+// reads the PIN source again and calls C_Login only when its content
+// changed, so replacing the PIN file is picked up without a restart and
+// without spending the token's PIN tries. A typed PIN is never retried.
 func (b *Backend) login(s p11.SessionHandle, info p11.TokenInfo) error {
-	if b.loginErr != nil {
+	if b.loginErr != nil && b.refusedPIN == nil {
 		return b.loginErr
 	}
 	action, err := planLogin(info.Flags, info.Label, b.uri.PINSource != "")
@@ -251,16 +297,33 @@ func (b *Backend) login(s p11.SessionHandle, info p11.TokenInfo) error {
 		}
 		defer clear(pin[:cap(pin)])
 	}
+	var print []byte
+	if action == loginWithPIN && b.uri.PINSource != "prompt" {
+		m := hmac.New(sha256.New, b.pinKey[:])
+		m.Write(pin)
+		print = m.Sum(nil)
+		if b.loginErr != nil && hmac.Equal(print, b.refusedPIN) {
+			return b.loginErr // the PIN the token refused: not again
+		}
+	}
+	b.logins.Add(1)
 	err = loginPIN(b.p, s, pin)
 	switch rvOf(err) {
 	case p11.CKR_OK, p11.CKR_USER_ALREADY_LOGGED_IN:
+		b.loginErr, b.refusedPIN = nil, nil
 		return nil
 	case p11.CKR_PIN_INCORRECT, p11.CKR_PIN_LEN_RANGE:
 		clear(b.prompted)
 		b.prompted = nil
-		b.loginErr = fmt.Errorf("%w: %w: token %q refused the PIN from %s (%v); pskvault does not retry a refused PIN, so the token is not locked out — fix the PIN source and restart", vault.ErrBackendUnavailable, ErrPIN, info.Label, b.uri.PINSource, err)
+		b.refusedPIN = print
+		retry := "fix the PIN source and restart"
+		if print != nil {
+			retry = "it logs in again only once the content of " + b.uri.PINSource + " changes"
+		}
+		b.loginErr = fmt.Errorf("%w: %w: token %q refused the PIN from %s (%v); pskvault does not retry a refused PIN, so the token is not locked out: %s", vault.ErrBackendUnavailable, ErrPIN, info.Label, b.uri.PINSource, err, retry)
 		return b.loginErr
 	case p11.CKR_PIN_LOCKED:
+		b.refusedPIN = print
 		b.loginErr = fmt.Errorf("%w: %w: the user PIN of token %q is locked (%v)", vault.ErrBackendUnavailable, ErrPIN, info.Label, err)
 		return b.loginErr
 	}
@@ -312,6 +375,11 @@ var errClosed = fmt.Errorf("%w: PKCS#11 backend is closed", vault.ErrBackendUnav
 
 // do runs fn on a pooled session. After an error that a fresh login or
 // fresh sessions can cure, it rebuilds the pool and runs fn once more.
+//
+// While the token is away (or refuses the PIN) every operation fails at
+// once with the reason, and one operation per retryEvery tries to reach
+// it again (reset): that is how the backend comes back by itself when the
+// token returns, without a restart.
 func (b *Backend) do(ctx context.Context, fn func(s p11.SessionHandle, retry bool) error) error {
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
@@ -322,9 +390,17 @@ func (b *Backend) do(ctx context.Context, fn func(s p11.SessionHandle, retry boo
 			b.mu.RUnlock()
 			return errClosed
 		}
-		if b.loginErr != nil {
+		if b.down != nil {
+			down, at, gen := b.down, b.downAt, b.gen
 			b.mu.RUnlock()
-			return b.loginErr
+			if attempt > 0 || time.Since(at) < retryEvery {
+				return down
+			}
+			if err := b.reset(gen); err != nil {
+				return err
+			}
+			attempt = -1 // the token is back: fn may still be retried once
+			continue
 		}
 		gen := b.gen
 		s, err := b.getSession(ctx)
@@ -390,17 +466,30 @@ func (b *Backend) reset(gen uint64) error {
 	if b.gen != gen {
 		return nil
 	}
-	if b.loginErr != nil {
-		return b.loginErr
-	}
 	b.closeSessions()
 	b.cmu.Lock()
 	clear(b.cache)
 	b.cmu.Unlock()
 	b.gen++
 	s, err := b.start()
-	b.fillPool(s) // with s == 0 the next operation tries again
-	return err
+	if err != nil && !errors.Is(err, ErrPIN) {
+		// The token may be back where the module no longer looks (SoftHSM2
+		// scans its token directory only in C_Initialize): start the
+		// module afresh when this backend is its only user.
+		if ran, rerr := b.mod.reinit(); ran {
+			err = rerr
+			if err == nil {
+				s, err = b.start()
+			}
+		}
+	}
+	b.fillPool(s) // with s == 0 the next operation opens a session
+	if err != nil {
+		b.down, b.downAt = err, time.Now()
+		return err
+	}
+	b.down = nil
+	return nil
 }
 
 // closeSessions empties the pool and closes every session this backend
@@ -513,12 +602,15 @@ func (b *Backend) StoreKey(ctx context.Context, req vault.StoreRequest) ([]byte,
 	if len(req.PRK) != req.Hash.Size() {
 		return nil, fmt.Errorf("%w: PRK is %d bytes, want %d for %s", importer.ErrBadPRK, len(req.PRK), req.Hash.Size(), req.Hash)
 	}
-	id := make([]byte, idLen)
-	if _, err := rand.Read(id); err != nil {
+	id, err := b.newID(req.Hash)
+	if err != nil {
+		return nil, err
+	}
+	if err := vault.NoteNewKey(ctx, encodeHandle(req.Hash, id)); err != nil {
 		return nil, err
 	}
 	tmpl := append(keyTemplate(id, req.Label, true), p11.NewAttribute(p11.CKA_VALUE, req.PRK))
-	err := b.do(ctx, func(s p11.SessionHandle, retry bool) error {
+	err = b.do(ctx, func(s p11.SessionHandle, retry bool) error {
 		if retry {
 			// A first attempt may have created the object before failing.
 			b.destroyAll(s, id)
@@ -708,6 +800,9 @@ func (b *Backend) findKey(s p11.SessionHandle, id []byte, h importer.Hash) (p11.
 	}
 	switch len(objs) {
 	case 0:
+		if err := b.confirmPresent(); err != nil {
+			return 0, err
+		}
 		return 0, fmt.Errorf("%w: no secret key with CKA_ID %s on token %q", vault.ErrKeyNotFound, hex.EncodeToString(id), b.token.Label)
 	case 1:
 	default:
@@ -740,6 +835,24 @@ func (b *Backend) findPrivate(s p11.SessionHandle, tmpl []*p11.Attribute, max in
 	return objs, nil
 }
 
+// confirmPresent checks that the token still answers as the one this
+// backend opened (same label and serial, initialized) before an empty
+// search result is taken to mean "no such object". A token that went
+// away can answer a search with nothing at all — SoftHSM2 does when its
+// token directory disappears — and "not there" must never be mistaken for
+// "already gone": DeleteKey would report success while the key stays.
+// Its error wraps errTokenLost, so do() rebuilds the session pool.
+func (b *Backend) confirmPresent() error {
+	ti, err := b.p.GetTokenInfo(b.slot)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: %w: token %q does not answer (C_GetTokenInfo: %v)", vault.ErrBackendUnavailable, errTokenLost, b.token.Label, err)
+	case ti.Label != b.token.Label || ti.SerialNumber != b.token.SerialNumber || ti.Flags&p11.CKF_TOKEN_INITIALIZED == 0:
+		return fmt.Errorf("%w: %w: the token in slot %d is no longer %q serial %s", vault.ErrBackendUnavailable, errTokenLost, b.slot, b.token.Label, b.token.SerialNumber)
+	}
+	return nil
+}
+
 // loginExpected says whether the backend logs in (and so whether a
 // session that is not logged in has lost its login).
 func (b *Backend) loginExpected() bool {
@@ -770,6 +883,9 @@ func (b *Backend) destroyAll(s p11.SessionHandle, id []byte) error {
 	}, 16)
 	if err != nil {
 		return err
+	}
+	if len(objs) == 0 {
+		return b.confirmPresent()
 	}
 	for _, o := range objs {
 		if err := b.p.DestroyObject(s, o); err != nil && !isRV(err, p11.CKR_OBJECT_HANDLE_INVALID) {
@@ -826,7 +942,8 @@ func (b *Backend) HMAC(ctx context.Context, key vault.KeyRef, data []byte) ([]by
 }
 
 // DeleteKey destroys the key object. A key that is already gone is not an
-// error.
+// error; a token that does not answer as itself is (vault.ErrBackendUnavailable),
+// never taken for "already gone".
 func (b *Backend) DeleteKey(ctx context.Context, key vault.KeyRef) error {
 	_, id, err := decodeHandle(key.Handle)
 	if err != nil {
@@ -904,13 +1021,16 @@ func (b *Backend) ImportWrapped(ctx context.Context, blob []byte, h importer.Has
 	} else {
 		wkTmpl = append(wkTmpl, p11.NewAttribute(p11.CKA_ID, wkID))
 	}
-	id := make([]byte, idLen)
-	if _, err := rand.Read(id); err != nil {
+	id, err := b.newID(h)
+	if err != nil {
+		return nil, err
+	}
+	if err := vault.NoteNewKey(ctx, encodeHandle(h, id)); err != nil {
 		return nil, err
 	}
 	tmpl := keyTemplate(id, label, true)
 	mech := []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_WRAP_PAD, nil)}
-	err := b.do(ctx, func(s p11.SessionHandle, retry bool) error {
+	err = b.do(ctx, func(s p11.SessionHandle, retry bool) error {
 		if retry {
 			b.destroyAll(s, id)
 		}
@@ -992,4 +1112,85 @@ func (b *Backend) ImportWrappingKey(ctx context.Context, label string, kek []byt
 		_, err = b.p.CreateObject(s, tmpl)
 		return classify("C_CreateObject of an AES wrapping key", err)
 	})
+}
+
+// newID returns the CKA_ID for a new key for hash h: tagged with the
+// vault's ID when there is one (see tagLen), fully random otherwise.
+func (b *Backend) newID(h importer.Hash) ([]byte, error) {
+	id := make([]byte, idLen)
+	if _, err := rand.Read(id); err != nil {
+		return nil, err
+	}
+	if len(b.tag) == tagLen {
+		copy(id, b.tag)
+		id[tagLen] = byte(h)
+	}
+	return id, nil
+}
+
+// Keys lists the handles of every key on the token that carries this
+// vault's tag (vault.KeyInventory), so that the vault can find keys no
+// record names after a crash. It reads the whole list and then checks
+// that the token still answers as itself, so a token that went away
+// yields an error, never a short or empty list. Without a vault ID it
+// lists nothing.
+func (b *Backend) Keys(ctx context.Context) ([][]byte, error) {
+	if len(b.tag) != tagLen {
+		return nil, nil
+	}
+	var out [][]byte
+	err := b.do(ctx, func(s p11.SessionHandle, _ bool) error {
+		out = out[:0]
+		tmpl := []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+			p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_GENERIC_SECRET),
+		}
+		if err := b.p.FindObjectsInit(s, tmpl); err != nil {
+			return classify("C_FindObjectsInit", err)
+		}
+		var objs []p11.ObjectHandle
+		for {
+			batch, _, err := b.p.FindObjects(s, 256)
+			if err != nil {
+				b.p.FindObjectsFinal(s)
+				return classify("C_FindObjects", err)
+			}
+			objs = append(objs, batch...)
+			if len(batch) == 0 {
+				break
+			}
+		}
+		if err := b.p.FindObjectsFinal(s); err != nil {
+			return classify("C_FindObjectsFinal", err)
+		}
+		for _, o := range objs {
+			a, err := b.p.GetAttributeValue(s, o, []*p11.Attribute{p11.NewAttribute(p11.CKA_ID, nil)})
+			if err != nil {
+				if isRV(err, p11.CKR_OBJECT_HANDLE_INVALID) {
+					continue // destroyed meanwhile
+				}
+				return classify("C_GetAttributeValue(CKA_ID)", err)
+			}
+			if len(a) == 1 {
+				if h, ok := handleOfID(b.tag, a[0].Value); ok {
+					out = append(out, h)
+				}
+			}
+		}
+		if len(objs) == 0 && b.loginExpected() {
+			// A lost login hides private objects instead of failing.
+			si, err := b.p.GetSessionInfo(s)
+			if err != nil {
+				return classify("C_GetSessionInfo", err)
+			}
+			if si.State != p11.CKS_RW_USER_FUNCTIONS && si.State != p11.CKS_RO_USER_FUNCTIONS {
+				return classify("C_FindObjects (session not logged in)", p11.Error(p11.CKR_USER_NOT_LOGGED_IN))
+			}
+		}
+		return b.confirmPresent()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 
@@ -219,12 +220,16 @@ func TestRefusedPINNeverRetried(t *testing.T) {
 	if !errors.Is(err, ErrPIN) {
 		t.Fatalf("HMAC after PIN change: %v, want ErrPIN", err)
 	}
-	os.Remove(wrong) // any further read of the PIN source would now fail differently
+	logins := b.logins.Load()
 	for i := 0; i < 3; i++ {
+		time.Sleep(retryEvery + 10*time.Millisecond) // past the back-off: each attempt reads the PIN file again
 		_, err2 := b.HMAC(bg, key, []byte("x"))
 		if err2 == nil || err2.Error() != b.loginErr.Error() {
 			t.Fatalf("attempt %d: %v, want the remembered login error", i, err2)
 		}
+	}
+	if n := b.logins.Load() - logins; n != 0 {
+		t.Fatalf("the refused PIN was presented %d more times", n)
 	}
 	ti, _ := b.p.GetTokenInfo(b.slot)
 	if ti.Flags&(p11.CKF_USER_PIN_LOCKED|p11.CKF_USER_PIN_FINAL_TRY) != 0 {

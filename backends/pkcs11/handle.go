@@ -44,3 +44,27 @@ func decodeHandle(b []byte) (importer.Hash, []byte, error) {
 	}
 	return h, append([]byte{}, b[2:]...), nil
 }
+
+// tagLen is how much of the vault's ID starts the CKA_ID of every key the
+// backend creates for that vault:
+//
+//	CKA_ID = vault tag (8 bytes) || hash (1 byte) || random (7 bytes)
+//
+// so that Keys can list exactly this vault's keys, with the handle the
+// vault recorded, on a token other vaults or programs share. Without a
+// vault ID (Open outside a vault) the CKA_ID is 16 random bytes, as for
+// keys made before tags existed.
+const tagLen = 8
+
+// handleOfID rebuilds the handle of a key from its CKA_ID when the ID
+// carries tag; ok is false for any other object.
+func handleOfID(tag, id []byte) ([]byte, bool) {
+	if len(tag) != tagLen || len(id) != idLen || string(id[:tagLen]) != string(tag) {
+		return nil, false
+	}
+	h := importer.Hash(id[tagLen])
+	if !h.Valid() {
+		return nil, false
+	}
+	return encodeHandle(h, id), true
+}

@@ -55,6 +55,27 @@ func acquireModule(path string) (*module, error) {
 	return m, nil
 }
 
+// reinit finalizes and initializes the module again, which makes it scan
+// for tokens afresh (SoftHSM2, for one, finds a token whose directory
+// came back only this way). C_Finalize while another user of the module is
+// inside a call is undefined behaviour, so this is done only for the
+// module's one user (the daemon's one backend); it reports whether it ran.
+// The caller holds its backend's lock exclusively and has closed its
+// sessions.
+func (m *module) reinit() (bool, error) {
+	modulesMu.Lock()
+	defer modulesMu.Unlock()
+	if m.refs != 1 {
+		return false, nil
+	}
+	m.ctx.Finalize()
+	err := m.ctx.Initialize()
+	if err != nil && !isRV(err, p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		return true, fmt.Errorf("%w: C_Initialize of %s: %v", vault.ErrBackendUnavailable, m.path, err)
+	}
+	return true, nil
+}
+
 func (m *module) release() {
 	modulesMu.Lock()
 	defer modulesMu.Unlock()
@@ -82,6 +103,9 @@ func rvOf(err error) uint {
 // recoverable are the return values after which a fresh login and fresh
 // sessions may succeed: the pool is rebuilt and the operation retried once.
 func recoverable(err error) bool {
+	if errors.Is(err, errTokenLost) {
+		return true
+	}
 	switch rvOf(err) {
 	case p11.CKR_USER_NOT_LOGGED_IN, p11.CKR_SESSION_HANDLE_INVALID, p11.CKR_SESSION_CLOSED,
 		p11.CKR_DEVICE_REMOVED, p11.CKR_TOKEN_NOT_PRESENT, p11.CKR_CRYPTOKI_NOT_INITIALIZED, p11.CKR_SLOT_ID_INVALID:
@@ -89,6 +113,11 @@ func recoverable(err error) bool {
 	}
 	return false
 }
+
+// errTokenLost reports a token that no longer answers as the one this
+// backend opened (gone, re-initialized, or its store moved away). Objects
+// not found on such a token are not "gone": see Backend.confirmPresent.
+var errTokenLost = errors.New("PKCS#11 token lost")
 
 // classify wraps a token error in the vault sentinel it stands for.
 func classify(what string, err error) error {
