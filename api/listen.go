@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pskvault/pskvault/internal/safepath"
 )
 
 // ErrSocketInUse reports a live daemon already listening on the socket path.
@@ -27,6 +29,10 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 		return nil, fmt.Errorf("socket mode %04o: want 0600, 0660 or 0666", mode)
 	}
 	dir := filepath.Dir(path)
+	// Nothing is created inside a tree someone else controls.
+	if err := safepath.CheckDir(filepath.Dir(dir), uint32(os.Geteuid()), true); err != nil {
+		return nil, fmt.Errorf("socket directory %s: %w", dir, err)
+	}
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		// Missing ancestors (/run/pskvault above admin/ and data/) are
 		// created 0755 whatever the umask: the socket's own directory is
@@ -45,8 +51,11 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 			return nil, fmt.Errorf("create socket directory: %w", err)
 		}
 	}
-	if err := checkControlled(filepath.Dir(dir)); err != nil {
-		return nil, err
+	// Every directory above the socket's belongs to root or this user and
+	// is writable by no one else (sticky ones aside): nobody else can swap
+	// the tree after serve started.
+	if err := safepath.CheckDir(dir, uint32(os.Geteuid()), false); err != nil {
+		return nil, fmt.Errorf("socket directory %s: %w", dir, err)
 	}
 	st, err := os.Stat(dir)
 	if err != nil {
@@ -87,24 +96,3 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 }
 
 func umask(m int) int { return unix.Umask(m) }
-
-// checkControlled refuses a socket directory's parent that someone other
-// than this user or root could use to swap the directory: it must belong to
-// one of them and be writable by nobody else, unless it is sticky (/tmp).
-func checkControlled(parent string) error {
-	st, err := os.Stat(parent)
-	if err != nil {
-		return fmt.Errorf("socket directory parent: %w", err)
-	}
-	sys, ok := st.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil
-	}
-	if sys.Uid != uint32(os.Geteuid()) && sys.Uid != 0 {
-		return fmt.Errorf("%s belongs to uid %d, not to this daemon (uid %d) or root: refusing a socket directory inside a directory someone else controls", parent, sys.Uid, os.Geteuid())
-	}
-	if st.Mode().Perm()&0o022 != 0 && st.Mode()&os.ModeSticky == 0 {
-		return fmt.Errorf("%s is writable by group or others (mode %04o): refusing a socket directory inside it", parent, st.Mode().Perm())
-	}
-	return nil
-}

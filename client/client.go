@@ -34,18 +34,35 @@ func (e *Error) Error() string { return e.Message }
 
 // Client talks to one daemon. It is safe for concurrent use: each request
 // takes its own pooled connection.
+//
+// Before it writes anything on a new connection the client checks who
+// listens on the socket (SO_PEERCRED): root, the caller's own uid, the
+// system user pskvault when it exists, a uid given with WithDaemonUID or
+// in PSKVAULT_DAEMON_UID. Anyone else gets nothing, not even the request
+// line, and the request fails with an *UntrustedDaemonError, so a user who
+// took the socket path first can neither read an imported key nor answer
+// with one of his own.
 type Client struct {
 	socket string
 	rt     *syncTransport
 	binary bool // lookup, offers and derive in the binary form (binary.go)
+	trust  trust
 }
 
 // Timeout bounds a request whose context has no deadline of its own.
 const Timeout = 60 * time.Second
 
-// New returns a client for the daemon listening on socket.
-func New(socket string) *Client {
-	return &Client{socket: socket, rt: newSyncTransport(socket)}
+// New returns a client for the daemon listening on socket. It reads
+// PSKVAULT_DAEMON_UID once, here; a malformed value fails every request
+// with ErrDaemonUID rather than being ignored.
+func New(socket string, opts ...Option) *Client {
+	c := &Client{socket: socket}
+	c.trust.fromEnv()
+	for _, o := range opts {
+		o(c)
+	}
+	c.rt = newSyncTransport(socket, &c.trust)
+	return c
 }
 
 // Close drops idle connections.
@@ -71,6 +88,12 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, ctyp
 
 // doAccept is do with an Accept header (none when accept is "").
 func (c *Client) doAccept(ctx context.Context, method, path string, q url.Values, ctype, accept string, body []byte) (*http.Response, error) {
+	if c.socket == "" {
+		return nil, ErrNoSocket
+	}
+	if c.trust.err != nil {
+		return nil, c.trust.err
+	}
 	u := "http://pskvault" + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
@@ -93,6 +116,9 @@ func (c *Client) doAccept(ctx context.Context, method, path string, q url.Values
 	resp, err := c.rt.RoundTrip(req)
 	if err != nil {
 		cancel()
+		if errors.Is(err, ErrUntrustedDaemon) {
+			return nil, err
+		}
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("%w on %s", ErrNoDaemon, c.socket)
 		}

@@ -23,6 +23,7 @@ import (
 // so a write-then-read exchange loses nothing.
 type syncTransport struct {
 	socket string
+	trust  *trust         // checks the daemon of every new connection
 	idle   chan *syncConn // idle keep-alive connections
 }
 
@@ -34,8 +35,8 @@ type syncConn struct {
 
 const maxIdleConns = 16
 
-func newSyncTransport(socket string) *syncTransport {
-	return &syncTransport{socket: socket, idle: make(chan *syncConn, maxIdleConns)}
+func newSyncTransport(socket string, tr *trust) *syncTransport {
+	return &syncTransport{socket: socket, trust: tr, idle: make(chan *syncConn, maxIdleConns)}
 }
 
 // get returns an idle connection (reused=true) or dials a new one.
@@ -47,6 +48,11 @@ func (t *syncTransport) get(ctx context.Context) (sc *syncConn, reused bool, err
 	}
 	c, err := (&net.Dialer{}).DialContext(ctx, "unix", t.socket)
 	if err != nil {
+		return nil, false, err
+	}
+	// Who listens is checked before the first byte is written.
+	if err := t.trust.check(t.socket, c); err != nil {
+		c.Close()
 		return nil, false, err
 	}
 	return &syncConn{Conn: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}, false, nil

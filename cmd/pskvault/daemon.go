@@ -119,7 +119,7 @@ func applyConfig(g *globals, f *serveFlags) error {
 	if c.StateDir != "" && !f.set["state-dir"] && os.Getenv("PSKVAULT_STATE_DIR") == "" && g.stateDir == defaultStateDir() {
 		g.stateDir = c.StateDir
 	}
-	if c.AdminSocket != "" && !f.set["socket"] && os.Getenv("PSKVAULT_SOCKET") == "" && g.socket == defaultSocket() {
+	if def, _ := defaultSocket(); c.AdminSocket != "" && !f.set["socket"] && os.Getenv("PSKVAULT_SOCKET") == "" && g.socket == def {
 		g.socket = c.AdminSocket
 	}
 	if c.DataSocket != "" && g.dataSocket == "" {
@@ -238,7 +238,9 @@ func loadSettings(g *globals, f *serveFlags) (*settings, error) {
 	}
 	switch g.dataSocket {
 	case "":
-		st.dataSocket = defaultDataSocket(g.socket)
+		if g.socket != "" { // else: no admin socket path either; serve says so
+			st.dataSocket = defaultDataSocket(g.socket)
+		}
 	case "none":
 	default:
 		st.dataSocket = g.dataSocket
@@ -271,6 +273,9 @@ func serve(ctx context.Context, g *globals, st *settings, load func() (*settings
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
+	if st.socket == "" && os.Getenv("LISTEN_FDS") == "" {
+		return errNoDefaultSocket // before anything is opened
+	}
 	level := new(slog.LevelVar)
 	level.Set(st.logLevel)
 	log := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level}))
@@ -322,6 +327,9 @@ func serve(ctx context.Context, g *globals, st *settings, load func() (*settings
 			dataSocket = "(systemd)"
 		}
 	} else {
+		if st.socket == "" {
+			return errNoDefaultSocket
+		}
 		if adminL, err = api.Listen(st.socket, st.adminMode); err != nil {
 			return err
 		}

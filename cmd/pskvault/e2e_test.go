@@ -18,12 +18,14 @@ import (
 	"time"
 
 	"github.com/pskvault/pskvault/importer"
+	"github.com/pskvault/pskvault/internal/squatter"
 )
 
 // binary is the pskvault executable built once for the end-to-end tests.
 var binary string
 
 func TestMain(m *testing.M) {
+	squatter.Main() // when this binary runs as another uid's fake daemon
 	dir, err := os.MkdirTemp("", "pskvault-bin-")
 	if err != nil {
 		panic(err)

@@ -79,7 +79,7 @@ func defaultGlobals() *globals {
 	g.dataSocket = os.Getenv("PSKVAULT_DATA_SOCKET")
 	g.socket = os.Getenv("PSKVAULT_SOCKET")
 	if g.socket == "" {
-		g.socket = defaultSocket()
+		g.socket, _ = defaultSocket()
 	}
 	return g
 }
@@ -95,17 +95,35 @@ func defaultStateDir() string {
 	return filepath.Join(home, ".local", "state", "pskvault")
 }
 
+// errNoDefaultSocket: no --socket, no PSKVAULT_SOCKET, and no private
+// runtime directory to put the socket in.
+var errNoDefaultSocket = errors.New("no socket path: --socket and PSKVAULT_SOCKET are unset, and neither $XDG_RUNTIME_DIR nor /run/user/UID is there to hold a private one (pskvault never falls back to /tmp, where another user could take the path first)")
+
 // defaultSocket is the admin socket: /run/pskvault/admin/pskvault.sock for
-// root (the path contrib/systemd uses), else under $XDG_RUNTIME_DIR.
-func defaultSocket() string {
+// root (the path contrib/systemd uses), else under $XDG_RUNTIME_DIR, else
+// under /run/user/UID when that is a directory of this user's closed to
+// others (what XDG_RUNTIME_DIR names in a login session; su, sudo -u and
+// cron leave the variable unset). Nothing else: a path in a directory other
+// users can write (/tmp) could be taken by one of them before the daemon
+// starts. With neither, the socket must be given (errNoDefaultSocket).
+func defaultSocket() (string, error) {
 	if os.Geteuid() == 0 {
-		return "/run/pskvault/admin/pskvault.sock"
+		return "/run/pskvault/admin/pskvault.sock", nil
 	}
 	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "pskvault", "admin", "pskvault.sock")
+		return filepath.Join(d, "pskvault", "admin", "pskvault.sock"), nil
 	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("pskvault-%d", os.Geteuid()), "admin", "pskvault.sock")
+	d := fmt.Sprintf("/run/user/%d", os.Geteuid())
+	if st, err := os.Lstat(d); err == nil && st.IsDir() && st.Mode().Perm()&0o077 == 0 {
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid == uint32(os.Geteuid()) {
+			return filepath.Join(d, "pskvault", "admin", "pskvault.sock"), nil
+		}
+	}
+	return "", errNoDefaultSocket
 }
+
+// noSocketHint tells a user without a default socket what to do.
+const noSocketHint = "give --socket PATH or set PSKVAULT_SOCKET, to a path in a directory only you (or root) can write, for example PSKVAULT_SOCKET=$HOME/.local/state/pskvault-run/admin/pskvault.sock; or set XDG_RUNTIME_DIR"
 
 // hintError is an error with advice for the user.
 type hintError struct {
@@ -186,6 +204,9 @@ func run(ctx context.Context, argv []string, g *globals) int {
 }
 
 func report(g *globals, c *command, err error) int {
+	if errors.Is(err, client.ErrNoSocket) && g.socket == "" {
+		err = errNoDefaultSocket
+	}
 	fmt.Fprintf(g.stderr, "pskvault %s: error: %s\n", c.name, oneLine(err.Error()))
 	var h *hintError
 	var u *usageError
@@ -195,6 +216,10 @@ func report(g *globals, c *command, err error) int {
 	case errors.As(err, &u):
 		fmt.Fprintf(g.stderr, "pskvault %s: hint: run 'pskvault %s --help'\n", c.name, c.name)
 		return 2
+	case errors.Is(err, client.ErrNoSocket), errors.Is(err, errNoDefaultSocket):
+		fmt.Fprintf(g.stderr, "pskvault %s: hint: %s\n", c.name, noSocketHint)
+	case errors.Is(err, client.ErrUntrustedDaemon):
+		fmt.Fprintf(g.stderr, "pskvault %s: hint: the daemon you mean runs as root, as you, or as user %s; if another uid runs it, set %s to that uid\n", c.name, client.SystemUser, client.EnvDaemonUID)
 	case errors.Is(err, client.ErrNoDaemon):
 		fmt.Fprintf(g.stderr, "pskvault %s: hint: start the daemon with 'pskvault --state-dir %s --socket %s serve' (or pass the --socket of a running one)\n", c.name, g.stateDir, g.socket)
 	}
