@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -330,5 +331,49 @@ func TestRFC9257MustViolationNotServed(t *testing.T) {
 	// offers to node-a itself (the client = server record) are empty.
 	if st, b := a.http("POST", "/v1/offers", "application/json", strings.NewReader(`{"server":"node-a","protocol":"tls1.3","kdf":"sha256"}`)); st != http.StatusOK || strings.Contains(string(b), "ipskx\":\"") && !strings.Contains(string(b), `"offers":[]`) {
 		t.Errorf("offers to node-a: %d", st)
+	}
+}
+
+// TestRFC9257EntropyCLI: keys that slipped past the entropy check before
+// are refused by `psk import` and `psk rotate` alike: a passphrase piped
+// through `echo ... | xxd -p` (trailing line break), the progression 00 02
+// 04 ... 3e, and SHA-256 of a common password with and without "\n".
+func TestRFC9257EntropyCLI(t *testing.T) {
+	a := newNode(t, "node-a", "soft")
+	a.start()
+	prog := make([]byte, 32)
+	for i := range prog {
+		prog[i] = byte(2 * i)
+	}
+	hunter2 := sha256.Sum256([]byte("hunter2"))
+	passwordLF := sha256.Sum256([]byte("password\n"))
+	if out, code := a.run(nil, "psk", "import", "--identity", "base", "--client", "node-a", "--server", "node-b", "--key-file", writeKey(t, testKey(32))); code != 0 {
+		t.Fatalf("import: exit %d: %s", code, out)
+	}
+	for _, c := range []struct {
+		name, want string
+		key        []byte
+	}{
+		{"echo | xxd -p", "passphrase-like", []byte("Tr0ub4dor&3 Quixotic-Zebra!\n")},
+		{"00 02 .. 3e", "arithmetic progression", prog},
+		{"sha256 hunter2", "common passwords", hunter2[:]},
+		{"sha256 password LF", "common passwords", passwordLF[:]},
+	} {
+		f := writeKey(t, c.key)
+		for _, args := range [][]string{
+			{"psk", "import", "--identity", "weak", "--client", "node-a", "--server", "node-b", "--key-file", f},
+			{"psk", "rotate", "--identity", "base", "--new-identity", "weak", "--key-file", f},
+		} {
+			out, code := a.run(nil, args...)
+			if code != 1 || !strings.Contains(out, "looks low-entropy") || !strings.Contains(out, c.want) {
+				t.Errorf("%s %s: exit %d: %s", args[1], c.name, code, out)
+			}
+			if strings.Contains(out, hex.EncodeToString(c.key)) || strings.Contains(out, "hunter2") {
+				t.Errorf("%s %s: the output names the key or the password", args[1], c.name)
+			}
+		}
+	}
+	if out, code := a.run(nil, "psk", "list"); code != 0 || strings.Contains(out, "weak") {
+		t.Fatalf("a refused key was stored: exit %d: %s", code, out)
 	}
 }
