@@ -55,6 +55,9 @@ if [ -n "$unformatted" ]; then
 fi
 echo "== go vet"
 go vet ./...
+echo "== C library: make -C clients/c check (ASan/UBSan unit tests against a fake daemon)"
+make -C clients/c -s clean
+make -C clients/c -s all check
 echo "== go test -race"
 go test -race -count=1 -timeout 30m ./...
 
