@@ -19,7 +19,7 @@ func TestUnknownCallerFailsClosed(t *testing.T) {
 		for _, c := range []struct{ method, path, body string }{
 			{"POST", "/v1/derive", `{"identity":"fz","protocol":"tls1.3","kdf":"sha256"}`},
 			{"GET", "/v1/psks", ""},
-			{"DELETE", "/v1/psks/667a", ""},
+			{"POST", "/v1/psks/delete", `{"identity_hex":"667a"}`},
 		} {
 			req := httptest.NewRequest(c.method, c.path, bytes.NewReader([]byte(c.body)))
 			req = req.WithContext(context.WithValue(req.Context(), keySocket, sock))

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -159,8 +160,8 @@ func TestConnRefusals(t *testing.T) {
 		{"HTTP/1.1 without Host", "GET /v1/status HTTP/1.1\r\n\r\n", 400, CodeBadRequest},
 		{"HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, CodeBadRequest},
 		{"unknown Expect", "GET /v1/status HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n", 417, CodeBadRequest},
-		{"100-continue for a body over 64 KiB", "POST /v1/derive HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 70000\r\n\r\n", 413, CodeTooLarge},
-		{"body over 64 KiB", deriveReq("", `{"identity":"`+strings.Repeat("a", 70000)+`"}`), 413, CodeTooLarge},
+		{"100-continue for a body over MaxBody", fmt.Sprintf("POST /v1/derive HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n", MaxBody+1), 413, CodeTooLarge},
+		{"body over MaxBody", deriveReq("", `{"identity":"`+strings.Repeat("a", MaxBody)+`"}`), 413, CodeTooLarge},
 		{"bad Content-Length", "POST /v1/derive HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 400, CodeBadRequest},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -275,7 +276,11 @@ func TestConnWipesBuffers(t *testing.T) {
 	hook := func(buf []byte) { seen <- bytes.Clone(buf) }
 	ss.testHookRequestDone.Store(&hook)
 	c := dialRaw(t, sock)
-	req := "POST /v1/psks/import?identity=wiped&client=node-a&server=node-b HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 32\r\n\r\n" + string(key)
+	env, err := MarshalEnvelope(PSKSpec{Identity: "wiped", Client: "node-a", Server: "node-b"}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := fmt.Sprintf("POST /v1/psks/import HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s", ContentTypeEnvelope, len(env), env)
 	if st, code, _ := c.exchange(t, req); st != http.StatusCreated {
 		t.Fatalf("import: %d %s", st, code)
 	}
@@ -283,7 +288,7 @@ func TestConnWipesBuffers(t *testing.T) {
 	if len(rb) == 0 {
 		t.Fatal("no read buffer seen")
 	}
-	if bytes.Contains(rb, key) || bytes.Contains(rb, []byte("identity=wiped")) {
+	if bytes.Contains(rb, key) || bytes.Contains(rb, []byte(`"wiped"`)) {
 		t.Fatalf("read buffer (%d bytes) still holds the import request after it was served", len(rb))
 	}
 }
@@ -301,8 +306,8 @@ func FuzzConn(f *testing.F) {
 		"POST /v1/derive HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"ide\r\n0\r\n\r\n",
 		"POST /v1/derive HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{}",
 		"HEAD /v1/status HTTP/1.1\r\nHost: x\r\n\r\n",
-		"POST /v1/psks/import?identity=x&client=node-a&server=node-b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
-		"GET /v1/psks/667a HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
+		"POST /v1/psks/import HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.pskvault.envelope\r\nContent-Length: 7\r\n\r\n\x00\x00\x00\x02{}a",
+		"POST /v1/psks/show HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
 		"GET http://other/v1/status HTTP/1.1\r\nHost: x\r\n\r\n",
 		"\r\n\r\nGET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n",
 		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",

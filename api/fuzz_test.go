@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/pskvault/pskvault/importer"
@@ -24,7 +26,7 @@ func FuzzRequests(f *testing.F) {
 	v := testVault(f)
 	s := NewServerWith(v, Options{})
 	wire, _ := importer.Identity{External: []byte("fz"), Context: []byte{1}, Protocol: importer.TLS13, KDF: importer.HKDFSHA256}.Marshal()
-	routes := []string{"POST /v1/derive", "POST /v1/lookup", "POST /v1/offers", "POST /v1/psks/import?identity=x&client=node-a&server=node-b", "GET /v1/psks/667a", "DELETE /v1/psks/00"}
+	routes := []string{"POST /v1/derive", "POST /v1/lookup", "POST /v1/offers", "POST /v1/psks/import", "POST /v1/psks/show", "POST /v1/psks/delete"}
 	seeds := []string{
 		`{"identity":"fz","protocol":"tls1.3","kdf":"sha256"}`,
 		`{"identity_hex":"667a","context_hex":"01","protocol":"dtls1.3","kdf":"sha384"}`,
@@ -35,6 +37,8 @@ func FuzzRequests(f *testing.F) {
 		`{"identity":"fz"} {}`,
 		`{"identity":"fz","extra":1}`,
 		`[`, ``, `null`, `{"identity_hex":"0002"}`,
+		"\x00\x00\x00\x34{\"identity\":\"x\",\"client\":\"node-a\",\"server\":\"node-b\"}0123456789abcdef0123456789abcdef",
+		"\xff\xff\xff\xff{}",
 	}
 	seeds = append(seeds,
 		string(BinRequest{ImportedIdentity: wire, HasContext: true, Context: []byte{1}, Protocol: 0x0304, KDF: 1}.Marshal()),
@@ -53,6 +57,9 @@ func FuzzRequests(f *testing.F) {
 		method, path, _ := cut(routes[int(route)%len(routes)])
 		req := httptest.NewRequest(method, path, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
+		if strings.HasSuffix(path, "/import") {
+			req.Header.Set("Content-Type", ContentTypeEnvelope)
+		}
 		if bin { // the binary form (tlv.go), request and answer
 			req.Header.Set("Content-Type", ContentTypeTLV)
 			req.Header.Set("Accept", ContentTypeTLV)
@@ -84,4 +91,30 @@ func cut(s string) (string, string, bool) {
 		}
 	}
 	return s, "", false
+}
+
+// FuzzEnvelope: ParseEnvelope never panics, and what it accepts
+// round-trips through MarshalEnvelope to the same metadata and key.
+func FuzzEnvelope(f *testing.F) {
+	good, _ := MarshalEnvelope(PSKSpec{Identity: "x", Client: "a", Server: "b", Targets: []string{"tls1.3/sha256"}}, []byte("0123456789abcdef"))
+	f.Add(good)
+	f.Add([]byte("\x00\x00\x00\x02{}"))
+	f.Add([]byte("\xff\xff\xff\xff{}"))
+	f.Add([]byte("\x00\x00"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var m PSKSpec
+		key, err := ParseEnvelope(b, &m)
+		if err != nil {
+			return
+		}
+		again, err := MarshalEnvelope(m, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m2 PSKSpec
+		key2, err := ParseEnvelope(again, &m2)
+		if err != nil || !bytes.Equal(key, key2) || fmt.Sprint(m) != fmt.Sprint(m2) {
+			t.Fatalf("round trip changed the envelope: %v", err)
+		}
+	})
 }

@@ -39,6 +39,9 @@ func parseLookup(r *http.Request) (LookupRequest, vault.Target, error) {
 	if req.IdentityHex == "" {
 		return req, t, badRequest("missing identity_hex")
 	}
+	if n := len(req.IdentityHex) / 2; n > importer.MaxIdentityLen {
+		return req, t, fmt.Errorf("%w: identity_hex is a %d-byte ImportedIdentity: %w", errBadRequest, n, importer.ErrIdentityTooLong)
+	}
 	var err error
 	if req.Protocol != "" {
 		if t.Protocol, err = importer.ParseProtocol(req.Protocol); err != nil {
@@ -148,6 +151,9 @@ func parseOffers(r *http.Request) (server string, ctxBytes []byte, t vault.Targe
 		return
 	}
 	if ctxBytes, err = decodeHex("context_hex", req.ContextHex); err != nil {
+		return
+	}
+	if err = checkImportedLen(1, len(ctxBytes)); err != nil {
 		return
 	}
 	if t.Protocol, err = importer.ParseProtocol(req.Protocol); err != nil {

@@ -1,16 +1,13 @@
 package api
 
 import (
-	"bytes"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
-	"strconv"
-	"strings"
 	"time"
 
+	"github.com/pskvault/pskvault/importer"
 	"github.com/pskvault/pskvault/vault"
 )
 
@@ -63,50 +60,13 @@ func PolicyOf(p *vault.PSK) PSKPolicy {
 	for _, f := range p.IdentityFindings {
 		out.PolicyWarning = append(out.PolicyWarning, f.String())
 	}
+	if n := len(p.Identity); n > importer.MaxIdentityLen-8 {
+		out.PolicyWarning = append(out.PolicyWarning, fmt.Sprintf("identity is %d bytes: an RFC 9258 ImportedIdentity (at most 65535 bytes) holds at most %d bytes of external identity, so no key can be derived from this PSK", n, importer.MaxIdentityLen-8))
+	}
 	if p.LowEntropy {
 		out.PolicyWarning = append(out.PolicyWarning, "imported with --allow-low-entropy: the key looks guessable (RFC 9257 section 4.2)")
 	}
 	return out
-}
-
-// policyParams are the import/create query parameters of RFC 9257 policy.
-// Booleans take strconv.ParseBool values; group is a comma-separated list.
-var policyParams = map[string]bool{
-	"allow_low_entropy": true, "allow_psk_ke": true, "allow_early_data": true,
-	"group": true, "node_context": true, "provenance": true, "random_identity": true,
-	"allow_identity_warnings": true, "finalize": true, "stack": true,
-}
-
-func boolParam(q url.Values, k string) (bool, error) {
-	s := q.Get(k)
-	if s == "" {
-		return false, nil
-	}
-	b, err := strconv.ParseBool(s)
-	if err != nil {
-		return false, badRequest("%s: want true or false", k)
-	}
-	return b, nil
-}
-
-// policyQuery fills req.PolicyRequest from the query.
-func policyQuery(q url.Values, req *vault.ImportRequest) error {
-	p := &req.PolicyRequest
-	for k, dst := range map[string]*bool{
-		"allow_low_entropy": &p.AllowLowEntropy, "allow_psk_ke": &p.AllowPSKKE, "allow_early_data": &p.AllowEarlyData,
-		"node_context": &p.NodeContext, "random_identity": &p.RandomIdentity,
-		"allow_identity_warnings": &p.AllowIdentityWarnings, "finalize": &p.Finalize,
-	} {
-		var err error
-		if *dst, err = boolParam(q, k); err != nil {
-			return err
-		}
-	}
-	if g := q.Get("group"); g != "" {
-		p.Group = strings.Split(g, ",")
-	}
-	p.Provenance, p.Stack = q.Get("provenance"), q.Get("stack")
-	return nil
 }
 
 // Policy error codes.
@@ -144,15 +104,19 @@ func policyError(err error) (int, string, bool) {
 	return 0, "", false
 }
 
-// RevokeRequest is POST /v1/psks/{id}/revoke.
+// RevokeRequest is POST /v1/psks/revoke.
 type RevokeRequest struct {
-	Reason string `json:"reason,omitempty"`
+	Identity    string `json:"identity,omitempty"`
+	IdentityHex string `json:"identity_hex,omitempty"`
+	Reason      string `json:"reason,omitempty"`
 }
 
-// FinalizeRequest is POST /v1/psks/{id}/finalize. ContextsHex lists the
+// FinalizeRequest is POST /v1/psks/finalize. ContextsHex lists the
 // contexts to keep for a PSK without a node-identifier context (default:
 // the empty context only).
 type FinalizeRequest struct {
+	Identity    string   `json:"identity,omitempty"`
+	IdentityHex string   `json:"identity_hex,omitempty"`
 	ContextsHex []string `json:"contexts_hex,omitempty"`
 }
 
@@ -160,9 +124,9 @@ type FinalizeRequest struct {
 // admin endpoints.
 func (s *Server) policyRoutes() {
 	s.mux.HandleFunc("GET /v1/check", s.check)
-	s.mux.HandleFunc("POST /v1/psks/{id}/revoke", s.revoke)
-	s.mux.HandleFunc("POST /v1/psks/{id}/finalize", s.finalize)
-	s.mux.HandleFunc("POST /v1/psks/{id}/rotate", s.rotate)
+	s.mux.HandleFunc("POST /v1/psks/revoke", s.revoke)
+	s.mux.HandleFunc("POST /v1/psks/finalize", s.finalize)
+	s.mux.HandleFunc("POST /v1/psks/rotate", s.rotate)
 	s.mux.HandleFunc("POST /v1/sweep", s.sweep)
 }
 
@@ -191,18 +155,17 @@ func (s *Server) check(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
-	id, err := s.pathIdentity(r)
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	auditOf(r).Identity = hexOf(id)
 	var req RevokeRequest
 	if err := decodeJSON(r, &req); err != nil {
 		s.fail(w, err)
 		return
 	}
-	auditOf(r).Reason = req.Reason
+	id, err := identityOf(req.Identity, req.IdentityHex)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	auditOf(r).Identity, auditOf(r).Reason = hexOf(id), req.Reason
 	p, err := s.v.Revoke(r.Context(), id, req.Reason)
 	if err != nil {
 		s.fail(w, err)
@@ -212,17 +175,17 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) finalize(w http.ResponseWriter, r *http.Request) {
-	id, err := s.pathIdentity(r)
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	auditOf(r).Identity = hexOf(id)
 	var req FinalizeRequest
 	if err := decodeJSON(r, &req); err != nil {
 		s.fail(w, err)
 		return
 	}
+	id, err := identityOf(req.Identity, req.IdentityHex)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	auditOf(r).Identity = hexOf(id)
 	var fr vault.FinalizeRequest
 	for i, h := range req.ContextsHex {
 		c, err := decodeHex(fmt.Sprintf("contexts_hex[%d]", i), h)
@@ -240,81 +203,58 @@ func (s *Server) finalize(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, FromRecord(p))
 }
 
-// rotate makes the next generation. Query: identity or identity_hex (the new
-// generation's; omit for a random one when the old identity is random),
-// overlap (Go duration, e.g. 72h), not_after, provenance, allow_low_entropy,
-// allow_identity_warnings. With an application/octet-stream body the body is
-// the new EPSK and the answer is the new record as JSON; without one the
-// vault generates the key and answers like /v1/psks/create.
+// rotate makes the next generation. The body is a RotateSpec: as JSON
+// (application/json) the vault generates the key and the answer is the raw
+// key, like /v1/psks/create; in an envelope the key follows the spec and
+// the answer is the new record as JSON.
 func (s *Server) rotate(w http.ResponseWriter, r *http.Request) {
-	id, err := s.pathIdentity(r)
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	auditOf(r).Identity = hexOf(id)
-	q := r.URL.Query()
-	allowed := map[string]bool{"identity": true, "identity_hex": true, "overlap": true, "not_after": true, "provenance": true, "allow_low_entropy": true, "allow_identity_warnings": true}
-	for k, vs := range q {
-		if !allowed[k] || len(vs) != 1 {
-			s.fail(w, badRequest("unknown or repeated query parameter %q", k))
-			return
-		}
-	}
-	var req vault.RotateRequest
-	if q.Get("identity") != "" || q.Get("identity_hex") != "" {
-		if req.NewIdentity, err = identityOf(q.Get("identity"), q.Get("identity_hex")); err != nil {
-			s.fail(w, err)
-			return
-		}
-	}
-	if o := q.Get("overlap"); o != "" {
-		if req.Overlap, err = time.ParseDuration(o); err != nil || req.Overlap < 0 {
-			s.fail(w, badRequest("overlap: want a non-negative duration, e.g. 72h"))
-			return
-		}
-	}
-	if na := q.Get("not_after"); na != "" {
-		if req.NotAfter, err = time.Parse(time.RFC3339, na); err != nil {
-			s.fail(w, badRequest("not_after: want RFC 3339 time, e.g. 2027-01-02T15:04:05Z"))
-			return
-		}
-	}
-	req.Provenance = q.Get("provenance")
-	if req.AllowLowEntropy, err = boolParam(q, "allow_low_entropy"); err == nil {
-		req.AllowIdentityWarnings, err = boolParam(q, "allow_identity_warnings")
-	}
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	if r.Header.Get("Content-Type") == ContentTypeKey {
-		var body bytes.Buffer
-		_, err := body.ReadFrom(r.Body)
-		defer clear(body.Bytes()[:body.Cap()])
+	var spec RotateSpec
+	var key []byte
+	switch ct := r.Header.Get("Content-Type"); ct {
+	case ContentTypeEnvelope:
+		body, err := readBody(r)
 		if err != nil {
 			s.fail(w, err)
 			return
 		}
-		if body.Len() == 0 {
-			s.fail(w, badRequest("empty key body (omit the body and the Content-Type to have the vault generate the key)"))
+		defer clear(body[:cap(body)])
+		if key, err = ParseEnvelope(body, &spec); err != nil {
+			s.fail(w, err)
 			return
 		}
-		req.Key = body.Bytes()
+		if len(key) == 0 {
+			s.fail(w, badRequest("empty key in the envelope (send the spec as application/json to have the vault generate the key)"))
+			return
+		}
+	case "application/json", "":
+		if err := decodeJSON(r, &spec); err != nil {
+			s.fail(w, err)
+			return
+		}
+	default:
+		s.fail(w, badRequest("Content-Type must be application/json or %s", ContentTypeEnvelope))
+		return
 	}
-	p, key, err := s.v.Rotate(r.Context(), id, req)
+	id, req, err := spec.request()
+	auditOf(r).Identity = hexOf(id)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	if key == nil {
+	req.Key = key
+	p, newKey, err := s.v.Rotate(r.Context(), id, req)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	if newKey == nil {
 		writeJSON(w, http.StatusCreated, FromRecord(p))
 		return
 	}
-	defer clear(key)
+	defer clear(newKey)
 	w.Header().Set("Content-Type", ContentTypeKey)
 	w.Header().Set(HeaderIdentity, hex.EncodeToString(p.Identity))
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusCreated)
-	w.Write(key)
+	w.Write(newKey)
 }

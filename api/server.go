@@ -7,12 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -86,8 +83,8 @@ func NewServerWith(v *vault.Vault, o Options) *Server {
 	s := &Server{v: v, log: o.Log, audit: o.Audit, opts: o, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /v1/status", s.status)
 	s.mux.HandleFunc("GET /v1/psks", s.list)
-	s.mux.HandleFunc("GET /v1/psks/{id}", s.show)
-	s.mux.HandleFunc("DELETE /v1/psks/{id}", s.delete)
+	s.mux.HandleFunc("POST /v1/psks/show", s.show)
+	s.mux.HandleFunc("POST /v1/psks/delete", s.delete)
 	s.mux.HandleFunc("POST /v1/psks/import", s.importPSK)
 	s.mux.HandleFunc("POST /v1/psks/create", s.createPSK)
 	s.mux.HandleFunc("POST /v1/derive", s.derive)
@@ -195,6 +192,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ae.Op = ""
 		writeError(rec, http.StatusNotFound, CodeNotFound, fmt.Sprintf("no endpoint %s %s on the %s socket (see docs/API.md)", r.Method, r.URL.Path, sock))
 		return
+	case r.URL.RawQuery != "":
+		writeError(rec, http.StatusBadRequest, CodeBadRequest, "query parameters are not used: identities, contexts and every other field go in the request body (docs/API.md)")
+		return
 	case caller == unknownCaller:
 		ae.Reason = "no peer credentials"
 		writeError(rec, http.StatusForbidden, CodeForbidden, "caller unknown: connect over the daemon's Unix socket")
@@ -216,17 +216,9 @@ func opName(pattern string, r *http.Request) string {
 		return "status"
 	case "GET /v1/psks":
 		return "list"
-	case "GET /v1/psks/{id}":
-		return "show"
-	case "DELETE /v1/psks/{id}":
-		return "delete"
-	case "POST /v1/psks/import":
-		return "import"
-	case "POST /v1/psks/create":
-		return "create"
 	}
 	if _, rest, ok := strings.Cut(pattern, "/v1/"); ok {
-		return strings.ReplaceAll(strings.TrimPrefix(rest, "psks/{id}/"), "/", "-")
+		return strings.ReplaceAll(strings.TrimPrefix(rest, "psks/"), "/", "-")
 	}
 	return pattern
 }
@@ -284,6 +276,7 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		code   string
 	}
 	table := []m{
+		{importer.ErrIdentityTooLong, http.StatusBadRequest, CodeIdentityTooLong},
 		{vault.ErrNotFound, http.StatusNotFound, CodeNotFound},
 		{vault.ErrExists, http.StatusConflict, CodeExists},
 		{vault.ErrKeyTooShort, http.StatusBadRequest, CodeKeyTooShort},
@@ -353,24 +346,7 @@ func badRequest(format string, args ...any) error {
 }
 
 // decodeJSON reads a JSON body strictly: one object, no unknown fields.
-func decodeJSON(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return err
-		}
-		return badRequest("malformed JSON body: %v", err)
-	}
-	if dec.More() {
-		return badRequest("malformed JSON body: trailing data after the object")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return badRequest("malformed JSON body: trailing data after the object")
-	}
-	return nil
-}
+func decodeJSON(r *http.Request, v any) error { return decodeStrict(r.Body, v) }
 
 // decodeHex decodes a named hex field, saying which field was bad.
 func decodeHex(field, s string) ([]byte, error) {
@@ -431,17 +407,20 @@ func (s *Server) list(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Server) pathIdentity(r *http.Request) ([]byte, error) {
-	id, err := decodeHex("identity in path", r.PathValue("id"))
-	if err == nil && len(id) == 0 {
-		err = badRequest("empty identity in path")
+// refIdentity reads the body of an endpoint that names one PSK and notes
+// the identity in the audit line.
+func (s *Server) refIdentity(r *http.Request) ([]byte, error) {
+	var ref IdentityRef
+	if err := decodeJSON(r, &ref); err != nil {
+		return nil, err
 	}
+	id, err := ref.bytes()
 	auditOf(r).Identity = hexOf(id)
 	return id, err
 }
 
 func (s *Server) show(w http.ResponseWriter, r *http.Request) {
-	id, err := s.pathIdentity(r)
+	id, err := s.refIdentity(r)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -455,7 +434,7 @@ func (s *Server) show(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
-	id, err := s.pathIdentity(r)
+	id, err := s.refIdentity(r)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -467,88 +446,32 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// importQuery parses the query of POST /v1/psks/import and /create.
-func importQuery(q url.Values, create bool) (vault.ImportRequest, error) {
-	var req vault.ImportRequest
-	allowed := map[string]bool{"identity": true, "identity_hex": true, "client": true, "server": true, "hash": true, "target": true, "not_after": true, "param": true}
-	if !create {
-		allowed["wrapped_key_bits"] = true
-	}
-	for k := range policyParams {
-		allowed[k] = true
-	}
-	for k, vs := range q {
-		if !allowed[k] {
-			return req, badRequest("unknown query parameter %q", k)
-		}
-		if k != "target" && k != "param" && len(vs) != 1 {
-			return req, badRequest("query parameter %q given %d times", k, len(vs))
-		}
-	}
-	var err error
-	if err = policyQuery(q, &req); err != nil {
-		return req, err
-	}
-	if req.RandomIdentity && q.Get("identity") == "" && q.Get("identity_hex") == "" {
-		// the vault generates the identity
-	} else if req.Identity, err = identityOf(q.Get("identity"), q.Get("identity_hex")); err != nil {
-		return req, err
-	}
-	req.ClientNode, req.ServerNode = q.Get("client"), q.Get("server")
-	if req.Hash, err = importer.ParseHash(q.Get("hash")); err != nil {
-		return req, err
-	}
-	if req.Targets, err = vault.ParseTargets(q["target"]); err != nil {
-		return req, err
-	}
-	if na := q.Get("not_after"); na != "" {
-		if req.NotAfter, err = time.Parse(time.RFC3339, na); err != nil {
-			return req, badRequest("not_after: want RFC 3339 time, e.g. 2027-01-02T15:04:05Z")
-		}
-	}
-	for _, kv := range q["param"] {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
-			return req, badRequest("param %q: want NAME=VALUE", kv)
-		}
-		if req.Params == nil {
-			req.Params = map[string]string{}
-		}
-		if _, dup := req.Params[k]; dup {
-			return req, badRequest("param %q given twice", k)
-		}
-		req.Params[k] = v
-	}
-	if wb := q.Get("wrapped_key_bits"); wb != "" {
-		n, err := strconv.Atoi(wb)
-		if err != nil || n <= 0 {
-			return req, badRequest("wrapped_key_bits: want a positive number of bits")
-		}
-		req.Wrapped, req.WrappedKeyBits = true, n
-	}
-	return req, nil
-}
-
+// importPSK stores an EPSK (or a wrapped PRK). The body is an envelope:
+// the PSKSpec as JSON, then the raw key.
 func (s *Server) importPSK(w http.ResponseWriter, r *http.Request) {
-	req, err := importQuery(r.URL.Query(), false)
+	if ct := r.Header.Get("Content-Type"); ct != ContentTypeEnvelope {
+		s.fail(w, badRequest("Content-Type must be %s (metadata and raw key, docs/API.md)", ContentTypeEnvelope))
+		return
+	}
+	body, err := readBody(r)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	defer clear(body[:cap(body)])
+	var spec PSKSpec
+	key, err := ParseEnvelope(body, &spec)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	req, err := spec.request(false)
 	auditOf(r).Identity = hexOf(req.Identity)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	if ct := r.Header.Get("Content-Type"); ct != ContentTypeKey {
-		s.fail(w, badRequest("Content-Type must be %s (the body is the raw key)", ContentTypeKey))
-		return
-	}
-	var body bytes.Buffer
-	body.Grow(512)
-	_, err = body.ReadFrom(r.Body)
-	defer clear(body.Bytes()[:body.Cap()])
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	req.Key = body.Bytes()
+	req.Key = key
 	p, err := s.v.Import(r.Context(), req)
 	if err != nil {
 		s.fail(w, err)
@@ -557,8 +480,15 @@ func (s *Server) importPSK(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, FromRecord(p))
 }
 
+// createPSK generates an EPSK. The body is a PSKSpec as JSON; the answer
+// is the raw key, its identity in the Pskvault-Identity-Hex header.
 func (s *Server) createPSK(w http.ResponseWriter, r *http.Request) {
-	req, err := importQuery(r.URL.Query(), true)
+	var spec PSKSpec
+	if err := decodeJSON(r, &spec); err != nil {
+		s.fail(w, err)
+		return
+	}
+	req, err := spec.request(true)
 	auditOf(r).Identity = hexOf(req.Identity)
 	if err != nil {
 		s.fail(w, err)
@@ -569,6 +499,7 @@ func (s *Server) createPSK(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
+	auditOf(r).Identity = p.IdentityHex()
 	defer clear(key)
 	w.Header().Set("Content-Type", ContentTypeKey)
 	w.Header().Set(HeaderIdentity, p.IdentityHex())
@@ -602,6 +533,9 @@ func parseDerive(r *http.Request) (vault.DeriveRequest, error) {
 	if err != nil {
 		return vault.DeriveRequest{}, err
 	}
+	if err := checkImportedLen(len(id), len(ctxBytes)); err != nil {
+		return vault.DeriveRequest{}, err
+	}
 	proto, err := importer.ParseProtocol(req.Protocol)
 	if err != nil {
 		return vault.DeriveRequest{}, err
@@ -611,6 +545,15 @@ func parseDerive(r *http.Request) (vault.DeriveRequest, error) {
 		return vault.DeriveRequest{}, err
 	}
 	return vault.DeriveRequest{Identity: id, Context: ctxBytes, Target: vault.Target{Protocol: proto, KDF: kdf}, Peer: req.Peer, Role: req.Role}, nil
+}
+
+// checkImportedLen refuses, before anything about a PSK is looked up, an
+// identity and context whose ImportedIdentity would exceed 65535 bytes.
+func checkImportedLen(idLen, ctxLen int) error {
+	if n := 2 + idLen + 2 + ctxLen + 4; n > importer.MaxIdentityLen {
+		return fmt.Errorf("%w: the ImportedIdentity of a %d-byte identity and a %d-byte context would be %d bytes: %w", errBadRequest, idLen, ctxLen, n, importer.ErrIdentityTooLong)
+	}
+	return nil
 }
 
 // deriveFor runs a derivation for the request's caller. The vault checks the

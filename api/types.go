@@ -4,8 +4,8 @@
 // client), and the server that turns requests into vault calls.
 //
 // Key material crosses the socket in exactly two places, never as JSON except
-// the derived key: an EPSK being imported travels as the raw
-// application/octet-stream body of POST /v1/psks/import, a generated EPSK as
+// the derived key: an EPSK being imported travels raw after the JSON
+// metadata of POST /v1/psks/import's envelope body (bodies.go), a generated EPSK as
 // the raw body of the POST /v1/psks/create response, and a derived key as the
 // "ipskx" field of a derive response.
 package api
@@ -21,8 +21,14 @@ import (
 // Version is pskvault's version.
 const Version = "0.1.0-dev"
 
-// MaxBody is the largest request body the server reads.
-const MaxBody = 64 << 10
+// MaxBody is the largest request body the server reads: 288 KiB. RFC 9258
+// allows an external identity of 65535 bytes, 131070 hex digits; the
+// largest body names two of them (a rotate: the old generation and the
+// new), and 32 KiB are left for every other field (group members,
+// provenance, backend parameters) and the key or wrapped blob. A derive,
+// lookup or offers whose identity and context fill a 65535-byte
+// ImportedIdentity needs about 131 KB.
+const MaxBody = 288 << 10
 
 // ContentTypeKey marks a body that is raw key material.
 const ContentTypeKey = "application/octet-stream"
@@ -143,8 +149,9 @@ const (
 	CodeCompact          = "compaction_failed"    // 500, or 507 on a full disk: the change is done; destroyed records may linger in freed pages until the next compaction
 	CodeNoSpace          = "insufficient_storage" // 507: the state file system is full; nothing was changed
 	CodeInternal         = "internal"
-	CodeForbidden        = "forbidden" // the admin socket refused the caller
-	CodeNoKey            = "no_key"    // lookup or offers: nothing for this caller and identity
+	CodeForbidden        = "forbidden"         // the admin socket refused the caller
+	CodeNoKey            = "no_key"            // lookup or offers: nothing for this caller and identity
+	CodeIdentityTooLong  = "identity_too_long" // RFC 9258 limits: ImportedIdentity or external identity over 65535 bytes
 )
 
 func hexOf(b []byte) string { return hex.EncodeToString(b) }

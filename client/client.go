@@ -128,7 +128,7 @@ func (c *Client) doAccept(ctx context.Context, method, path string, q url.Values
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
 		e := &Error{Status: resp.StatusCode}
-		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4*api.MaxBody)) // a message may name two long identities
 		var ae api.Error
 		if json.Unmarshal(raw, &ae) != nil || ae.Code == "" {
 			ae.Code, ae.Message = "http_"+strconv.Itoa(resp.StatusCode), "daemon answered "+resp.Status
@@ -166,15 +166,21 @@ func (c *Client) List(ctx context.Context) ([]api.PSK, error) {
 	return l.PSKs, c.getJSON(ctx, http.MethodGet, "/v1/psks", nil, "", nil, &l)
 }
 
+// ref is the JSON body naming one PSK.
+func ref(identity []byte) []byte {
+	b, _ := json.Marshal(api.IdentityRef{IdentityHex: hex.EncodeToString(identity)})
+	return b
+}
+
 // Get returns one PSK record.
 func (c *Client) Get(ctx context.Context, identity []byte) (*api.PSK, error) {
 	var p api.PSK
-	return &p, c.getJSON(ctx, http.MethodGet, "/v1/psks/"+hex.EncodeToString(identity), nil, "", nil, &p)
+	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/show", nil, "application/json", ref(identity), &p)
 }
 
 // Delete destroys a PSK.
 func (c *Client) Delete(ctx context.Context, identity []byte) error {
-	return c.getJSON(ctx, http.MethodDelete, "/v1/psks/"+hex.EncodeToString(identity), nil, "", nil, nil)
+	return c.getJSON(ctx, http.MethodPost, "/v1/psks/delete", nil, "application/json", ref(identity), nil)
 }
 
 // PSKSpec describes a PSK to import or create.
@@ -189,46 +195,53 @@ type PSKSpec struct {
 	Policy     PolicySpec        // RFC 9257 options (policy.go)
 }
 
-func (s PSKSpec) query() url.Values {
-	q := url.Values{}
-	q.Set("identity_hex", hex.EncodeToString(s.Identity))
-	q.Set("client", s.ClientNode)
-	q.Set("server", s.ServerNode)
-	if s.Hash != "" {
-		q.Set("hash", s.Hash)
-	}
-	for _, t := range s.Targets {
-		q.Add("target", t)
+func (s PSKSpec) wire() api.PSKSpec {
+	w := api.PSKSpec{Client: s.ClientNode, Server: s.ServerNode, Hash: s.Hash, Targets: s.Targets, Params: s.Params}
+	if len(s.Identity) > 0 {
+		w.IdentityHex = hex.EncodeToString(s.Identity)
 	}
 	if !s.NotAfter.IsZero() {
-		q.Set("not_after", s.NotAfter.UTC().Format(time.RFC3339))
+		w.NotAfter = s.NotAfter.UTC().Format(time.RFC3339)
 	}
-	for k, v := range s.Params {
-		q.Add("param", k+"="+v)
-	}
-	s.Policy.addTo(q)
-	return q
+	s.Policy.addTo(&w)
+	return w
 }
 
-// Import stores an EPSK. key is sent as the raw request body, never JSON.
+// Import stores an EPSK. key is sent raw after the metadata in the
+// request's envelope body, never as JSON.
 func (c *Client) Import(ctx context.Context, spec PSKSpec, key []byte) (*api.PSK, error) {
+	return c.importEnvelope(ctx, spec.wire(), key)
+}
+
+func (c *Client) importEnvelope(ctx context.Context, w api.PSKSpec, key []byte) (*api.PSK, error) {
+	body, err := api.MarshalEnvelope(w, key)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(body)
 	var p api.PSK
-	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/import", spec.query(), api.ContentTypeKey, key, &p)
+	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/import", nil, api.ContentTypeEnvelope, body, &p)
 }
 
 // ImportWrapped stores a PRK wrapped for the daemon's hardware; keyBits is
 // the EPSK size the provisioning side attests.
 func (c *Client) ImportWrapped(ctx context.Context, spec PSKSpec, blob []byte, keyBits int) (*api.PSK, error) {
-	q := spec.query()
-	q.Set("wrapped_key_bits", strconv.Itoa(keyBits))
-	var p api.PSK
-	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/import", q, api.ContentTypeKey, blob, &p)
+	if keyBits <= 0 {
+		return nil, fmt.Errorf("wrapped key bits must be positive, got %d", keyBits)
+	}
+	w := spec.wire()
+	w.WrappedKeyBits = keyBits
+	return c.importEnvelope(ctx, w, blob)
 }
 
 // Create has the daemon generate a 256-bit EPSK, store it, and return it for
 // the peer. The caller delivers the key and then zeroes it.
 func (c *Client) Create(ctx context.Context, spec PSKSpec) (identity, key []byte, err error) {
-	resp, err := c.do(ctx, http.MethodPost, "/v1/psks/create", spec.query(), "", nil)
+	body, err := json.Marshal(spec.wire())
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := c.do(ctx, http.MethodPost, "/v1/psks/create", nil, "application/json", body)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -7,9 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/pskvault/pskvault/api"
@@ -31,28 +28,11 @@ type PolicySpec struct {
 	Stack                 string   // check against a TLS stack's limits
 }
 
-func (p PolicySpec) addTo(q url.Values) {
-	for k, b := range map[string]bool{
-		"allow_low_entropy": p.AllowLowEntropy, "allow_psk_ke": p.AllowPSKKE, "allow_early_data": p.AllowEarlyData,
-		"node_context": p.NodeContext, "random_identity": p.RandomIdentity,
-		"allow_identity_warnings": p.AllowIdentityWarnings, "finalize": p.Finalize,
-	} {
-		if b {
-			q.Set(k, "true")
-		}
-	}
-	if len(p.Group) > 0 {
-		q.Set("group", strings.Join(p.Group, ","))
-	}
-	if p.Provenance != "" {
-		q.Set("provenance", p.Provenance)
-	}
-	if p.Stack != "" {
-		q.Set("stack", p.Stack)
-	}
-	if p.RandomIdentity && q.Get("identity_hex") == "" {
-		q.Del("identity_hex")
-	}
+func (p PolicySpec) addTo(w *api.PSKSpec) {
+	w.AllowLowEntropy, w.AllowPSKKE, w.AllowEarlyData = p.AllowLowEntropy, p.AllowPSKKE, p.AllowEarlyData
+	w.NodeContext, w.RandomIdentity = p.NodeContext, p.RandomIdentity
+	w.AllowIdentityWarnings, w.Finalize = p.AllowIdentityWarnings, p.Finalize
+	w.Group, w.Provenance, w.Stack = p.Group, p.Provenance, p.Stack
 }
 
 // Check audits the vault against RFC 9257.
@@ -69,21 +49,21 @@ func (c *Client) Sweep(ctx context.Context) ([]string, error) {
 
 // Revoke stops a PSK now and destroys its key; the record stays.
 func (c *Client) Revoke(ctx context.Context, identity []byte, reason string) (*api.PSK, error) {
-	body, _ := json.Marshal(api.RevokeRequest{Reason: reason})
+	body, _ := json.Marshal(api.RevokeRequest{IdentityHex: hex.EncodeToString(identity), Reason: reason})
 	var p api.PSK
-	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/"+hex.EncodeToString(identity)+"/revoke", nil, "application/json", body, &p)
+	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/revoke", nil, "application/json", body, &p)
 }
 
 // Finalize keeps the imported keys for the PSK's targets (and contexts) and
 // destroys its main key.
 func (c *Client) Finalize(ctx context.Context, identity []byte, contexts [][]byte) (*api.PSK, error) {
-	var req api.FinalizeRequest
+	req := api.FinalizeRequest{IdentityHex: hex.EncodeToString(identity)}
 	for _, x := range contexts {
 		req.ContextsHex = append(req.ContextsHex, hex.EncodeToString(x))
 	}
 	body, _ := json.Marshal(req)
 	var p api.PSK
-	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/"+hex.EncodeToString(identity)+"/finalize", nil, "application/json", body, &p)
+	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/finalize", nil, "application/json", body, &p)
 }
 
 // RotateSpec describes the next generation of a PSK.
@@ -99,35 +79,35 @@ type RotateSpec struct {
 // Rotate makes the next generation. With key nil the daemon generates it and
 // Rotate returns it for the peer (the caller zeroes it).
 func (c *Client) Rotate(ctx context.Context, identity []byte, spec RotateSpec, key []byte) (newIdentity, newKey []byte, err error) {
-	q := url.Values{}
-	if len(spec.NewIdentity) > 0 {
-		q.Set("identity_hex", hex.EncodeToString(spec.NewIdentity))
+	w := api.RotateSpec{
+		IdentityHex:           hex.EncodeToString(identity),
+		Overlap:               spec.Overlap.String(),
+		Provenance:            spec.Provenance,
+		AllowLowEntropy:       spec.AllowLowEntropy,
+		AllowIdentityWarnings: spec.AllowIdentityWarnings,
 	}
-	if spec.Overlap > 0 {
-		q.Set("overlap", spec.Overlap.String())
+	if len(spec.NewIdentity) > 0 {
+		w.NewIdentityHex = hex.EncodeToString(spec.NewIdentity)
 	}
 	if !spec.NotAfter.IsZero() {
-		q.Set("not_after", spec.NotAfter.UTC().Format(time.RFC3339))
+		w.NotAfter = spec.NotAfter.UTC().Format(time.RFC3339)
 	}
-	if spec.Provenance != "" {
-		q.Set("provenance", spec.Provenance)
-	}
-	if spec.AllowLowEntropy {
-		q.Set("allow_low_entropy", strconv.FormatBool(true))
-	}
-	if spec.AllowIdentityWarnings {
-		q.Set("allow_identity_warnings", strconv.FormatBool(true))
-	}
-	path := "/v1/psks/" + hex.EncodeToString(identity) + "/rotate"
+	const path = "/v1/psks/rotate"
 	if key != nil {
+		body, err := api.MarshalEnvelope(w, key)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer clear(body)
 		var p api.PSK
-		if err := c.getJSON(ctx, http.MethodPost, path, q, api.ContentTypeKey, key, &p); err != nil {
+		if err := c.getJSON(ctx, http.MethodPost, path, nil, api.ContentTypeEnvelope, body, &p); err != nil {
 			return nil, nil, err
 		}
 		id, err := hex.DecodeString(p.IdentityHex)
 		return id, nil, err
 	}
-	resp, err := c.do(ctx, http.MethodPost, path, q, "", nil)
+	body, _ := json.Marshal(w)
+	resp, err := c.do(ctx, http.MethodPost, path, nil, "application/json", body)
 	if err != nil {
 		return nil, nil, err
 	}

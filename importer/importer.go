@@ -28,6 +28,10 @@ var (
 	// ErrMalformedIdentity reports an ImportedIdentity that does not parse or
 	// cannot be serialized (bad lengths, trailing bytes, empty identity).
 	ErrMalformedIdentity = errors.New("malformed ImportedIdentity")
+	// ErrIdentityTooLong reports an ImportedIdentity whose serialization
+	// would exceed MaxIdentityLen bytes, or an external identity or
+	// context over it. It is always wrapped with ErrMalformedIdentity.
+	ErrIdentityTooLong = errors.New("over 65535 bytes (RFC 9258: u16 lengths)")
 	// ErrUnknownProtocol reports a target_protocol this importer does not
 	// support. Never defaulted.
 	ErrUnknownProtocol = errors.New("unknown target protocol")
@@ -216,7 +220,7 @@ func (id Identity) Check() error {
 		return fmt.Errorf("%w: external identity is empty", ErrMalformedIdentity)
 	}
 	if n := 2 + len(id.External) + 2 + len(id.Context) + 4; len(id.External) > MaxIdentityLen || len(id.Context) > MaxIdentityLen || n > MaxIdentityLen {
-		return fmt.Errorf("%w: serialization would be %d bytes, limit %d", ErrMalformedIdentity, n, MaxIdentityLen)
+		return fmt.Errorf("%w: serialization would be %d bytes: %w", ErrMalformedIdentity, n, ErrIdentityTooLong)
 	}
 	if err := id.Protocol.Check(); err != nil {
 		return err
@@ -246,7 +250,7 @@ func (id Identity) Marshal() ([]byte, error) {
 func ParseIdentity(b []byte) (Identity, error) {
 	var id Identity
 	if len(b) > MaxIdentityLen {
-		return id, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformedIdentity, len(b), MaxIdentityLen)
+		return id, fmt.Errorf("%w: %d bytes: %w", ErrMalformedIdentity, len(b), ErrIdentityTooLong)
 	}
 	rest := b
 	read16 := func(what string) (uint16, error) {

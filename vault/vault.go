@@ -8,6 +8,7 @@
 package vault
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -255,8 +256,14 @@ func (v *Vault) checkImport(req *ImportRequest) error {
 	if err := v.prepareIdentity(req); err != nil {
 		return err
 	}
-	if len(req.Identity) == 0 || len(req.Identity) > importer.MaxIdentityLen-8 {
-		return fmt.Errorf("%w: identity must be 1..%d bytes, got %d", ErrInvalid, importer.MaxIdentityLen-8, len(req.Identity))
+	// RFC 9258: external_identity<1..2^16-1>. An identity over
+	// MaxDerivableIdentity bytes is kept but can never be derived (its
+	// ImportedIdentity would exceed 65535 bytes); PolicyOf warns of it.
+	if len(req.Identity) == 0 {
+		return fmt.Errorf("%w: identity is empty", ErrInvalid)
+	}
+	if len(req.Identity) > importer.MaxIdentityLen {
+		return fmt.Errorf("%w: identity is %d bytes: %w", ErrInvalid, len(req.Identity), importer.ErrIdentityTooLong)
 	}
 	if !req.Hash.Valid() {
 		return fmt.Errorf("%w: %w", ErrInvalid, importer.ErrUnknownHash)
@@ -445,7 +452,7 @@ func (v *Vault) put(p *PSK, mustBeNew bool) error {
 		return fmt.Errorf("%w: %x", ErrExists, p.Identity)
 	}
 	err = v.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPSKs).Put(p.Identity, raw)
+		return tx.Bucket(bucketPSKs).Put(recordKey(p.Identity), raw)
 	})
 	if err != nil {
 		return fmt.Errorf("write PSK record: %w", err)
@@ -477,7 +484,7 @@ func (v *Vault) replace(prev, next *PSK) error {
 		return fmt.Errorf("%w: PSK %x was changed by another operation meanwhile; try again", ErrInvalid, prev.Identity)
 	}
 	err = v.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPSKs).Put(next.Identity, raw)
+		return tx.Bucket(bucketPSKs).Put(recordKey(next.Identity), raw)
 	})
 	if err != nil {
 		return fmt.Errorf("write PSK record: %w", err)
@@ -485,6 +492,19 @@ func (v *Vault) replace(prev, next *PSK) error {
 	v.indexKey(cur, next)
 	v.psks[string(next.Identity)] = next
 	return nil
+}
+
+// recordKey is the bbolt key of a PSK record: the identity itself when it
+// is shorter than bbolt's 32768-byte key limit, else its first 32736 bytes
+// and its SHA-256 (32768 bytes in all, a length no identity stored as
+// itself has). Records are read back by the identity inside them, so the
+// key only has to be unique.
+func recordKey(identity []byte) []byte {
+	if len(identity) < bolt.MaxKeySize {
+		return identity
+	}
+	sum := sha256.Sum256(identity)
+	return append(bytes.Clone(identity[:bolt.MaxKeySize-len(sum)]), sum[:]...)
 }
 
 // Get returns a copy of the PSK with this identity.
@@ -537,7 +557,7 @@ func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
 			return fmt.Errorf("delete key in %s backend: %w", p.Backend, err)
 		}
 	}
-	if err := v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPSKs).Delete(identity) }); err != nil {
+	if err := v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPSKs).Delete(recordKey(identity)) }); err != nil {
 		return fmt.Errorf("delete PSK record: %w", err)
 	}
 	v.indexKey(p, nil)

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pskvault/pskvault/api"
 	"github.com/pskvault/pskvault/importer"
 	"github.com/pskvault/pskvault/internal/squatter"
 )
@@ -247,10 +248,13 @@ func TestEndToEnd(t *testing.T) {
 			{"unknown protocol", "POST", "/v1/derive", "application/json", `{"identity":"edge-1","protocol":"tls9","kdf":"sha256"}`, 400, "unknown_protocol"},
 			{"TLS 1.2", "POST", "/v1/derive", "application/json", `{"identity":"edge-1","protocol":"tls1.2","kdf":"sha256"}`, 400, "legacy_protocol"},
 			{"unknown KDF", "POST", "/v1/derive", "application/json", `{"identity":"edge-1","protocol":"tls1.3","kdf":"md5"}`, 400, "unknown_kdf"},
-			{"oversized body", "POST", "/v1/derive", "application/json", `{"identity":"` + strings.Repeat("a", 70<<10) + `"}`, 413, "too_large"},
+			{"oversized body", "POST", "/v1/derive", "application/json", `{"identity":"` + strings.Repeat("a", api.MaxBody) + `"}`, 413, "too_large"},
 			{"unknown endpoint", "GET", "/v1/nope", "", "", 404, "not_found"},
-			{"import without content type", "POST", "/v1/psks/import?identity=z&client=node-a&server=node-b", "", "0123456789abcdef", 400, "bad_request"},
-			{"import unknown query", "POST", "/v1/psks/import?identity=z&client=node-a&server=node-b&bogus=1", "application/octet-stream", "0123456789abcdef", 400, "bad_request"},
+			{"import without content type", "POST", "/v1/psks/import", "", "\x00\x00\x00\x02{}0123456789abcdef", 400, "bad_request"},
+			{"import as octet-stream", "POST", "/v1/psks/import", "application/octet-stream", "0123456789abcdef", 400, "bad_request"},
+			{"import unknown field", "POST", "/v1/psks/import", api.ContentTypeEnvelope, "\x00\x00\x00\x0b{\"bogus\":1}0123456789abcdef", 400, "bad_request"},
+			{"import short envelope", "POST", "/v1/psks/import", api.ContentTypeEnvelope, "\x00\x00\x01\x00{}", 400, "bad_request"},
+			{"import query parameter", "POST", "/v1/psks/import?identity=z", api.ContentTypeEnvelope, "\x00\x00\x00\x02{}0123456789abcdef", 400, "bad_request"},
 		}
 		for _, c := range cases {
 			status, body := a.http(c.method, c.path, c.ctype, strings.NewReader(c.body))
