@@ -56,6 +56,10 @@ type SocketServer struct {
 	done    sync.WaitGroup
 	base    context.Context
 	cancel  context.CancelFunc
+	// stopping is closed when Shutdown or Close begins: it ends the
+	// long-polls of GET /v1/watch at once.
+	stopping chan struct{}
+	stopOnce sync.Once
 
 	// testHookRequestDone, when a test sets it, sees each connection's
 	// read buffer after each request.
@@ -64,7 +68,7 @@ type SocketServer struct {
 
 func newSocketServer(s *Server, sock Socket, l net.Listener) *SocketServer {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &SocketServer{s: s, sock: sock, l: l, conns: map[net.Conn]bool{}, base: ctx, cancel: cancel}
+	return &SocketServer{s: s, sock: sock, l: l, conns: map[net.Conn]bool{}, base: ctx, cancel: cancel, stopping: make(chan struct{})}
 }
 
 // serve accepts connections until the listener is closed. It returns
@@ -133,6 +137,7 @@ func (ss *SocketServer) isClosing() bool {
 // as soon as their answer is out, and waits for them until ctx ends; then
 // it closes whatever is left.
 func (ss *SocketServer) Shutdown(ctx context.Context) error {
+	ss.stopOnce.Do(func() { close(ss.stopping) })
 	ss.mu.Lock()
 	ss.closing = true
 	lerr := ss.l.Close()
@@ -160,6 +165,7 @@ func (ss *SocketServer) Shutdown(ctx context.Context) error {
 
 // Close stops accepting and closes every connection at once.
 func (ss *SocketServer) Close() error {
+	ss.stopOnce.Do(func() { close(ss.stopping) })
 	ss.mu.Lock()
 	ss.closing = true
 	err := ss.l.Close()
@@ -210,7 +216,7 @@ func (ss *SocketServer) serveConn(c net.Conn) {
 		ss.mu.Unlock()
 		ss.done.Done()
 	}()
-	ctx := ss.s.connContext(ss.base, ss.sock, c)
+	ctx := stoppingContext(ss.s.connContext(ss.base, ss.sock, c), ss.stopping)
 	cr := &connReader{c: c}
 	br := bufio.NewReaderSize(cr, 4096)
 	defer func() { clear(cr.buf) }()

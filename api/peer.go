@@ -141,6 +141,7 @@ const (
 	keyCaller ctxKey = iota
 	keyAudit
 	keySocket
+	keyStopping
 )
 
 // unknownCaller stands for a connection whose peer credentials could not be

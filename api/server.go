@@ -40,6 +40,10 @@ type Options struct {
 	// MaxConns caps open connections per socket (default 128); MaxConnsPerUID
 	// caps them per caller uid other than root and the daemon's (default 16).
 	MaxConns, MaxConnsPerUID int
+	// MaxWatches caps the long-polls of GET /v1/watch held at once
+	// (default 64), MaxWatchesPerUID those of one uid (default 4), so
+	// watches never take all of a caller's connections.
+	MaxWatches, MaxWatchesPerUID int
 }
 
 // Server answers the socket protocol for one vault.
@@ -49,6 +53,8 @@ type Server struct {
 	audit *Audit
 	opts  Options
 	mux   *http.ServeMux
+
+	watchers *watchers // GET /v1/watch (watch.go)
 }
 
 // dataRoutes are the endpoints the data socket serves.
@@ -57,6 +63,7 @@ var dataRoutes = map[string]bool{
 	"POST /v1/derive": true,
 	"POST /v1/lookup": true,
 	"POST /v1/offers": true,
+	"GET /v1/watch":   true,
 }
 
 // NewServer returns a server for v. log receives one line per request (at
@@ -80,7 +87,13 @@ func NewServerWith(v *vault.Vault, o Options) *Server {
 	if o.MaxConnsPerUID <= 0 {
 		o.MaxConnsPerUID = 16
 	}
-	s := &Server{v: v, log: o.Log, audit: o.Audit, opts: o, mux: http.NewServeMux()}
+	if o.MaxWatches <= 0 {
+		o.MaxWatches = 64
+	}
+	if o.MaxWatchesPerUID <= 0 {
+		o.MaxWatchesPerUID = 4
+	}
+	s := &Server{v: v, log: o.Log, audit: o.Audit, opts: o, mux: http.NewServeMux(), watchers: newWatchers()}
 	s.mux.HandleFunc("GET /v1/status", s.status)
 	s.mux.HandleFunc("GET /v1/psks", s.list)
 	s.mux.HandleFunc("POST /v1/psks/show", s.show)
@@ -91,6 +104,7 @@ func NewServerWith(v *vault.Vault, o Options) *Server {
 	s.policyRoutes()
 	s.mux.HandleFunc("POST /v1/lookup", s.lookup)
 	s.mux.HandleFunc("POST /v1/offers", s.offers)
+	s.mux.HandleFunc("GET /v1/watch", s.watch)
 	return s
 }
 

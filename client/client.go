@@ -377,3 +377,25 @@ func derivedFrom(resp api.DeriveResponse) (*Derived, error) {
 	d.Response.IPSKX = ""
 	return d, nil
 }
+
+// Watch waits until the caller's view (the PSKs it may derive now, and
+// their policy) differs from the one named by since, or until wait ends
+// (0: the daemon's default, 25 s; at most 50 s), and returns the view's
+// current token and whether it changed. An empty since answers at once
+// with the current token. The token is opaque: keep it for the next call.
+// Changes to PSKs the caller may not derive are invisible: the answer
+// then comes when wait ends, unchanged.
+func (c *Client) Watch(ctx context.Context, since string, wait time.Duration) (token string, changed bool, err error) {
+	q := url.Values{}
+	if since != "" {
+		q.Set("since", since)
+	}
+	if wait > 0 {
+		q.Set("wait", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
+	}
+	var resp api.WatchResponse
+	if err := c.getJSON(ctx, http.MethodGet, "/v1/watch", q, "", nil, &resp); err != nil {
+		return "", false, err
+	}
+	return resp.Token, resp.Changed, nil
+}

@@ -171,7 +171,10 @@ func (v *Vault) allows(c *Caller, p *PSK, role string) bool {
 
 // SetAccess replaces the vault's access lists; the default trusts root and
 // the process's own uid only.
-func (v *Vault) SetAccess(a *Access) { v.access.Store(a) }
+func (v *Vault) SetAccess(a *Access) {
+	v.access.Store(a)
+	v.changes.notify()
+}
 
 // Access returns the vault's access lists.
 func (v *Vault) Access() *Access { return v.access.Load() }

@@ -103,6 +103,8 @@ type Vault struct {
 	aux auxKey // the auxiliary backend key (aux.go)
 
 	access atomic.Pointer[Access] // who may derive what (access.go)
+
+	changes changes // wakes watchers after each change (watch.go)
 }
 
 // Init creates a vault in dir (created 0700 if missing) for nodeID on the
@@ -459,6 +461,7 @@ func (v *Vault) put(p *PSK, mustBeNew bool) error {
 	}
 	v.indexKey(v.psks[string(p.Identity)], p)
 	v.psks[string(p.Identity)] = p
+	v.changes.notify()
 	return nil
 }
 
@@ -491,6 +494,7 @@ func (v *Vault) replace(prev, next *PSK) error {
 	}
 	v.indexKey(cur, next)
 	v.psks[string(next.Identity)] = next
+	v.changes.notify()
 	return nil
 }
 
@@ -562,6 +566,7 @@ func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
 	}
 	v.indexKey(p, nil)
 	delete(v.psks, string(identity))
+	v.changes.notify()
 	return nil
 }
 
