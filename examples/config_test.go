@@ -29,7 +29,7 @@ func TestConfigCheck(t *testing.T) {
 	if err == nil {
 		t.Fatal("bad file passed")
 	}
-	for _, want := range []string{bad + ":2: unknown key \"socket\"", bad + ":5: client: access entry \"uzer:1\"", bad + ":6: unknown key \"mlock\" in [access]"} {
+	for _, want := range []string{bad + ":2: unknown key (not repeated here; known: node_id,", bad + ":5: client: entry 1: want user:NAME", bad + ":6: unknown key in [access] (not repeated here; known: client, server)"} {
 		if !strings.Contains(e, want) {
 			t.Errorf("missing %q in:\n%s", want, e)
 		}

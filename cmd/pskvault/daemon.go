@@ -257,11 +257,12 @@ func loadSettings(g *globals, f *serveFlags) (*settings, error) {
 
 // checkVault checks what the file says about the vault against the vault.
 func (st *settings) checkVault(v *vault.Vault) error {
+	// The file's values are not repeated: only what the vault says.
 	if st.cfgNodeID != "" && st.cfgNodeID != v.NodeID() {
-		return fmt.Errorf("configuration says node_id %q, the vault in %s is node %q", st.cfgNodeID, st.stateDir, v.NodeID())
+		return fmt.Errorf("%s: node_id differs from the vault's: the vault in %s is node %q", st.configFile, st.stateDir, v.NodeID())
 	}
 	if st.cfgBackend != "" && st.cfgBackend != v.Config().Backend {
-		return fmt.Errorf("configuration says backend %q, the vault in %s uses %q", st.cfgBackend, st.stateDir, v.Config().Backend)
+		return fmt.Errorf("%s: backend differs from the vault's: the vault in %s uses %q", st.configFile, st.stateDir, v.Config().Backend)
 	}
 	return nil
 }

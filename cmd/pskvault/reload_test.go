@@ -170,7 +170,7 @@ func TestReloadAccess(t *testing.T) {
 		`identity = "web-1"`,
 		`client = ["user:65533"]`)
 	a.reload(out, 2)
-	if !strings.Contains(out.String(), cfg+`:3: unknown key \"acess_log\"`) {
+	if !strings.Contains(out.String(), cfg+`:3: unknown key (not repeated here; known: node_id,`) {
 		t.Fatalf("the log does not name the bad line:\n%s", out)
 	}
 	if o, code := derive(nobody); code != 0 {

@@ -3,6 +3,11 @@
 // integers, booleans, one-line arrays of strings, # comments). Every problem
 // is reported with its line, unknown keys and duplicate keys included; no
 // value silently defaults.
+//
+// A problem names the line and what is wrong, never what the line holds:
+// the wrong file given as --config (a key file, a PIN file) must not end up
+// on a terminal, in the log or in the audit log. Only the names of known
+// keys and tables, which are this package's own words, are quoted.
 package config
 
 import (
@@ -116,26 +121,26 @@ func (p *parser) parse(data []byte) {
 		switch {
 		case strings.HasPrefix(s, "[["):
 			if !strings.HasSuffix(s, "]]") {
-				p.errorf(line, "malformed table header %q", s)
+				p.errorf(line, "malformed table header (want [[psk]])")
 				continue
 			}
 			p.endPSK(identities)
 			name := strings.TrimSpace(s[2 : len(s)-2])
 			if name != "psk" {
-				p.errorf(line, "unknown array of tables [[%s]] (known: [[psk]])", name)
+				p.errorf(line, "unknown array of tables (known: [[psk]])")
 				p.section = "?"
 				continue
 			}
 			p.section, p.psk, p.seen = "psk", &PSKRule{Line: line}, map[string]int{}
 		case strings.HasPrefix(s, "["):
 			if !strings.HasSuffix(s, "]") {
-				p.errorf(line, "malformed table header %q", s)
+				p.errorf(line, "malformed table header (want [access] or [[psk]])")
 				continue
 			}
 			p.endPSK(identities)
 			name := strings.TrimSpace(s[1 : len(s)-1])
 			if name != "access" {
-				p.errorf(line, "unknown table [%s] (known: [access], [[psk]])", name)
+				p.errorf(line, "unknown table (known: [access], [[psk]])")
 				p.section = "?"
 				continue
 			}
@@ -150,18 +155,18 @@ func (p *parser) parse(data []byte) {
 		default:
 			k, v, ok := strings.Cut(s, "=")
 			if !ok {
-				p.errorf(line, "want key = value, got %q", s)
+				p.errorf(line, "want key = value, a [table] or a # comment")
 				continue
 			}
 			key := strings.TrimSpace(k)
 			if l, dup := p.seen[key]; dup {
-				p.errorf(line, "key %q given twice (first on line %d)", key, l)
+				p.errorf(line, "%s given twice (first on line %d)", quotedKey(key), l)
 				continue
 			}
 			p.seen[key] = line
 			val, err := parseValue(strings.TrimSpace(v))
 			if err != nil {
-				p.errorf(line, "%s: %v", key, err)
+				p.errorf(line, "%s: %v", valueOf(key), err)
 				continue
 			}
 			val.line = line
@@ -206,10 +211,10 @@ func (p *parser) set(key string, v value) {
 			p.errorf(v.line, "%s: want an array of \"user:NAME\" / \"group:NAME\" strings, got %s", key, v.kind)
 			return
 		}
-		for _, e := range v.list {
-			pr, err := vault.ParsePrincipal(e)
+		for i, e := range v.list {
+			pr, err := parsePrincipal(e)
 			if err != nil {
-				p.errorf(v.line, "%s: %v", key, strings.TrimPrefix(err.Error(), vault.ErrInvalid.Error()+": "))
+				p.errorf(v.line, "%s: entry %d: %v", key, i+1, err)
 				continue
 			}
 			*dst = append(*dst, pr)
@@ -225,7 +230,7 @@ func (p *parser) set(key string, v value) {
 			str(&c.NodeID)
 			if c.NodeID != "" {
 				if err := vault.CheckNodeID(c.NodeID); err != nil {
-					p.errorf(v.line, "node_id: %v", strings.TrimPrefix(err.Error(), vault.ErrInvalid.Error()+": "))
+					p.errorf(v.line, "node_id: want 1-64 characters of A-Z a-z 0-9 . _ : -, starting with a letter or digit")
 				}
 			}
 		case "backend":
@@ -240,7 +245,7 @@ func (p *parser) set(key string, v value) {
 			str(&c.AdminGroup)
 			if c.AdminGroup != "" {
 				if _, err := vault.ParsePrincipal("group:" + c.AdminGroup); err != nil {
-					p.errorf(v.line, "admin_group: no such group %q", c.AdminGroup)
+					p.errorf(v.line, "admin_group: no such group")
 				}
 			}
 		case "audit_log":
@@ -250,7 +255,7 @@ func (p *parser) set(key string, v value) {
 			switch c.LogLevel {
 			case "debug", "info", "warn", "error":
 			default:
-				p.errorf(v.line, "log_level %q: want debug, info, warn or error", c.LogLevel)
+				p.errorf(v.line, "log_level: want debug, info, warn or error")
 			}
 		case "max_conns":
 			num(&c.MaxConns)
@@ -261,10 +266,10 @@ func (p *parser) set(key string, v value) {
 			switch c.Mlock {
 			case "auto", "require", "off":
 			default:
-				p.errorf(v.line, "mlock %q: want auto, require or off", c.Mlock)
+				p.errorf(v.line, "mlock: want auto, require or off")
 			}
 		default:
-			p.errorf(v.line, "unknown key %q", key)
+			p.unknownKey(v.line, key, topKeys)
 		}
 	case "access":
 		switch key {
@@ -273,7 +278,7 @@ func (p *parser) set(key string, v value) {
 		case "server":
 			principals(&c.Access.Server)
 		default:
-			p.errorf(v.line, "unknown key %q in [access] (known: client, server)", key)
+			p.unknownKey(v.line, key, accessKeys)
 		}
 	case "psk":
 		switch key {
@@ -296,7 +301,7 @@ func (p *parser) set(key string, v value) {
 		case "server":
 			principals(&p.psk.Rule.Server)
 		default:
-			p.errorf(v.line, "unknown key %q in [[psk]] (known: identity, identity_hex, client, server)", key)
+			p.unknownKey(v.line, key, pskKeys)
 		}
 	}
 }
@@ -347,7 +352,7 @@ func parseValue(s string) (value, error) {
 			return value{}, err
 		}
 		if strings.TrimSpace(rest) != "" {
-			return value{}, fmt.Errorf("unexpected %q after the string", rest)
+			return value{}, fmt.Errorf("unexpected text after the closing quote")
 		}
 		return value{str: &str, kind: "string"}, nil
 	case s[0] == '[':
@@ -378,7 +383,7 @@ func parseValue(s string) (value, error) {
 	}
 	n, err := strconv.ParseInt(strings.ReplaceAll(s, "_", ""), 10, 64)
 	if err != nil {
-		return value{}, fmt.Errorf("unsupported value %q (strings need double quotes)", s)
+		return value{}, fmt.Errorf("unsupported value (strings need double quotes)")
 	}
 	return value{num: &n, kind: "integer"}, nil
 }
@@ -404,7 +409,7 @@ func parseString(s string) (string, string, error) {
 			case 't':
 				b.WriteByte('\t')
 			default:
-				return "", "", fmt.Errorf("unsupported escape \\%c", s[i])
+				return "", "", fmt.Errorf("unsupported escape (known: \\\" \\\\ \\n \\t)")
 			}
 		case c < 0x20:
 			return "", "", fmt.Errorf("control character in string")
@@ -413,4 +418,112 @@ func parseString(s string) (string, string, error) {
 		}
 	}
 	return "", "", fmt.Errorf("unterminated string")
+}
+
+// The keys each section knows: the only words of the file that problems
+// quote.
+var (
+	topKeys    = []string{"node_id", "backend", "state_dir", "admin_socket", "data_socket", "admin_group", "audit_log", "log_level", "max_conns", "max_conns_per_uid", "mlock"}
+	accessKeys = []string{"client", "server"}
+	pskKeys    = []string{"identity", "identity_hex", "client", "server"}
+)
+
+func known(key string) bool {
+	for _, l := range [][]string{topKeys, accessKeys, pskKeys} {
+		for _, k := range l {
+			if k == key {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// quotedKey quotes key when it is one of the file's known keys, and says
+// "a key" otherwise: an unknown key may be anything, a secret included.
+func quotedKey(key string) string {
+	if known(key) {
+		return fmt.Sprintf("key %q", key)
+	}
+	return "a key"
+}
+
+// valueOf names the value of key in a problem with it.
+func valueOf(key string) string {
+	if known(key) {
+		return key
+	}
+	return "the value of an unknown key"
+}
+
+// unknownKey reports a key the section does not know, without repeating
+// it, and suggests the known key it is closest to (a typo) when there is
+// one within two edits.
+func (p *parser) unknownKey(line int, key string, known []string) {
+	where := ""
+	switch p.section {
+	case "access":
+		where = " in [access]"
+	case "psk":
+		where = " in [[psk]]"
+	}
+	best, bestD := "", 3
+	for _, k := range known {
+		if d := editDistance(key, k, bestD); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	if best != "" {
+		p.errorf(line, "unknown key%s (not repeated here); did you mean %q?", where, best)
+		return
+	}
+	p.errorf(line, "unknown key%s (not repeated here; known: %s)", where, strings.Join(known, ", "))
+}
+
+// editDistance is the Levenshtein distance of a and b, or max when it is
+// max or more (long inputs stop early).
+func editDistance(a, b string, max int) int {
+	if d := len(a) - len(b); d >= max || -d >= max {
+		return max
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		low := cur[0]
+		for j := 1; j <= len(b); j++ {
+			c := prev[j-1]
+			if a[i-1] != b[j-1] {
+				c++
+			}
+			c = min(c, prev[j]+1, cur[j-1]+1)
+			cur[j] = c
+			low = min(low, c)
+		}
+		if low >= max {
+			return max
+		}
+		prev, cur = cur, prev
+	}
+	return min(prev[len(b)], max)
+}
+
+// parsePrincipal is vault.ParsePrincipal with errors that do not repeat
+// the entry.
+func parsePrincipal(e string) (vault.Principal, error) {
+	kind, name, ok := strings.Cut(e, ":")
+	if !ok || name == "" || (kind != "user" && kind != "group") {
+		return vault.Principal{}, fmt.Errorf("want user:NAME, user:UID, group:NAME or group:GID")
+	}
+	pr, err := vault.ParsePrincipal(e)
+	if err != nil {
+		if n, nerr := strconv.ParseUint(name, 10, 32); nerr == nil && n == 1<<32-1 {
+			return vault.Principal{}, fmt.Errorf("id 4294967295 is reserved (it stands for a caller whose credentials are unknown)")
+		}
+		return vault.Principal{}, fmt.Errorf("no such %s", kind)
+	}
+	return pr, nil
 }
