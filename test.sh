@@ -48,6 +48,17 @@ fi
 # Tests that need a simulator or a TLS binary fail instead of skipping.
 export PSKVAULT_REQUIRE_SIMULATORS=1
 
+# The RFC 9258-native stacks (Botan 3.13, GnuTLS 3.8) that clients/botan is
+# tested against live in a Debian forky chroot, built here when it is missing
+# or incomplete (a few minutes; cached in /var/cache/pskvault/forky, or
+# $PSKVAULT_FORKY_CHROOT) and reused after. One line says which versions.
+echo "== native RFC 9258 stacks (Debian forky chroot for clients/botan)"
+if [ "$(id -u)" = 0 ]; then
+	clients/botan/chroot.sh >/dev/null
+else
+	echo "not root: clients/botan's interop tests cannot build or enter the chroot (they will fail)"
+fi
+
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
