@@ -332,3 +332,43 @@ func TestBotanPolicyRefuses(t *testing.T) {
 		t.Fatalf("control handshake failed: %v\n%s", err, out)
 	}
 }
+
+// BenchmarkBotanHandshake measures, in one run of pskvault-botan-tool bench,
+// TLS 1.3 psk_dhe_ke handshakes per second of a Botan server asking the
+// vault's lookup at every handshake against the same server holding the same
+// ipskx in memory (client and server in one process over memory, so the
+// figure is the pair's CPU cost; soft backend; SHA-256 and SHA-384 targets).
+// The tool alternates rounds and reports medians; b.N is not used, run with
+// -benchtime 1x:
+//
+//	go test -run '^$' -bench BotanHandshake -benchtime 1x ./clients/botan
+func BenchmarkBotanHandshake(b *testing.B) {
+	requireEnv(b)
+	for _, kdf := range []string{"sha256", "sha384"} {
+		b.Run(kdf, func(b *testing.B) {
+			args := []string{}
+			if kdf == "sha384" {
+				args = []string{"--hash", "sha384"}
+			}
+			p := newPair(b, []byte("bench-"+kdf), args...)
+			out, err := run(b, prog("pskvault-botan-tool"), "bench", "--server-socket", p.b.inData, "--client-socket", p.a.inData,
+				"--server-node", "node-b", "--kdf", kdf, "--rounds", "5", "--handshakes", "300")
+			if err != nil {
+				b.Fatalf("bench: %v\n%s", err, out)
+			}
+			var vault, memory, ratio float64
+			for _, l := range strings.Split(out, "\n") {
+				if strings.HasPrefix(l, "vault=") {
+					fmt.Sscanf(l, "vault=%f/s memory=%f/s ratio=%f", &vault, &memory, &ratio)
+				}
+			}
+			if vault == 0 || memory == 0 {
+				b.Fatalf("no summary line:\n%s", out)
+			}
+			b.Logf("\n%s", out)
+			b.ReportMetric(vault, "vault-hs/s")
+			b.ReportMetric(memory, "memory-hs/s")
+			b.ReportMetric(ratio, "ratio")
+		})
+	}
+}

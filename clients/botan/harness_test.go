@@ -143,7 +143,7 @@ func prog(name string) string { return env.inBuild + "/build/" + name }
 // node is one vault on the soft backend with its daemon; its data socket is
 // inside the chroot.
 type node struct {
-	t        *testing.T
+	t        testing.TB
 	id       string
 	stateDir string
 	admin    string
@@ -154,7 +154,7 @@ type node struct {
 	stderr   *syncBuffer
 }
 
-func newNode(t *testing.T, id string) *node {
+func newNode(t testing.TB, id string) *node {
 	t.Helper()
 	base := t.TempDir()
 	sock, err := os.MkdirTemp(env.runDir, id+"-")
@@ -260,7 +260,7 @@ type pair struct {
 	epsk     string // path inside the chroot
 }
 
-func newPair(t *testing.T, identity []byte, createArgs ...string) *pair {
+func newPair(t testing.TB, identity []byte, createArgs ...string) *pair {
 	t.Helper()
 	p := &pair{a: newNode(t, "node-a"), b: newNode(t, "node-b"), identity: identity}
 	p.addPSK(t, identity, createArgs...)
@@ -269,7 +269,7 @@ func newPair(t *testing.T, identity []byte, createArgs ...string) *pair {
 
 // addPSK creates one more PSK on node-a, imports it on node-b, and leaves
 // its EPSK in the chroot for the native peer (p.epsk).
-func (p *pair) addPSK(t *testing.T, identity []byte, createArgs ...string) {
+func (p *pair) addPSK(t testing.TB, identity []byte, createArgs ...string) {
 	t.Helper()
 	f, err := os.CreateTemp(env.build, "epsk-")
 	if err != nil {
@@ -306,7 +306,7 @@ type proc struct {
 	err   error
 }
 
-func spawn(t *testing.T, timeout time.Duration, name string, args ...string) *proc {
+func spawn(t testing.TB, timeout time.Duration, name string, args ...string) *proc {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	cmd := exec.CommandContext(ctx, "chroot", append([]string{env.chroot, name}, args...)...)
@@ -361,7 +361,7 @@ func (p *proc) waitFor(prefix string, timeout time.Duration) (string, bool) {
 }
 
 // run runs a program in the chroot to its end and returns its output.
-func run(t *testing.T, name string, args ...string) (string, error) {
+func run(t testing.TB, name string, args ...string) (string, error) {
 	t.Helper()
 	p := spawn(t, 60*time.Second, name, args...)
 	select {
@@ -375,7 +375,7 @@ func run(t *testing.T, name string, args ...string) (string, error) {
 }
 
 // listening starts a server program and returns it with its port.
-func listening(t *testing.T, name string, args ...string) (*proc, string) {
+func listening(t testing.TB, name string, args ...string) (*proc, string) {
 	t.Helper()
 	p := spawn(t, 5*time.Minute, name, args...)
 	l, ok := p.waitFor("listening on ", 30*time.Second)
