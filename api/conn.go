@@ -57,7 +57,7 @@ type SocketServer struct {
 	base    context.Context
 	cancel  context.CancelFunc
 	// stopping is closed when Shutdown or Close begins: it ends the
-	// long-polls of GET /v1/watch at once.
+	// long-polls of POST /v1/watch at once.
 	stopping chan struct{}
 	stopOnce sync.Once
 

@@ -40,7 +40,7 @@ type Options struct {
 	// MaxConns caps open connections per socket (default 128); MaxConnsPerUID
 	// caps them per caller uid other than root and the daemon's (default 16).
 	MaxConns, MaxConnsPerUID int
-	// MaxWatches caps the long-polls of GET /v1/watch held at once
+	// MaxWatches caps the long-polls of POST /v1/watch held at once
 	// (default 64), MaxWatchesPerUID those of one uid (default 4), so
 	// watches never take all of a caller's connections.
 	MaxWatches, MaxWatchesPerUID int
@@ -54,7 +54,7 @@ type Server struct {
 	opts  Options
 	mux   *http.ServeMux
 
-	watchers *watchers // GET /v1/watch (watch.go)
+	watchers *watchers // POST /v1/watch (watch.go)
 }
 
 // dataRoutes are the endpoints the data socket serves.
@@ -63,7 +63,7 @@ var dataRoutes = map[string]bool{
 	"POST /v1/derive": true,
 	"POST /v1/lookup": true,
 	"POST /v1/offers": true,
-	"GET /v1/watch":   true,
+	"POST /v1/watch":  true,
 }
 
 // NewServer returns a server for v. log receives one line per request (at
@@ -104,7 +104,7 @@ func NewServerWith(v *vault.Vault, o Options) *Server {
 	s.policyRoutes()
 	s.mux.HandleFunc("POST /v1/lookup", s.lookup)
 	s.mux.HandleFunc("POST /v1/offers", s.offers)
-	s.mux.HandleFunc("GET /v1/watch", s.watch)
+	s.mux.HandleFunc("POST /v1/watch", s.watch)
 	return s
 }
 

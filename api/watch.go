@@ -9,14 +9,13 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/pskvault/pskvault/vault"
 )
 
-// Watch limits (docs/API.md, "GET /v1/watch").
+// Watch limits (docs/API.md, "POST /v1/watch").
 const (
 	DefaultWatchWait = 25 * time.Second // how long a watch waits when wait is not given
 	MaxWatchWait     = 50 * time.Second // the longest wait served (under the client's 60 s timeout)
@@ -25,7 +24,7 @@ const (
 // CodeTooManyWatches answers a watch over the caps.
 const CodeTooManyWatches = "too_many_watches"
 
-// WatchResponse answers GET /v1/watch. Token is opaque: it names the
+// WatchResponse answers POST /v1/watch. Token is opaque: it names the
 // caller's view (what it may derive, under which policy), and nothing
 // else; Changed reports whether it differs from the since token given.
 type WatchResponse struct {
@@ -88,29 +87,33 @@ func (w *watchers) token(c *vault.Caller, digest [32]byte) string {
 	return hex.EncodeToString(m.Sum(nil)[:16])
 }
 
-// parseWatch reads since and wait from the query; nothing else is allowed.
+// WatchRequest is POST /v1/watch: Since is the token of the view the
+// caller has ("" answers at once with the current one); WaitSeconds how
+// long to wait for a change (0 or absent: DefaultWatchWait; at most
+// MaxWatchWait; -1 answers at once).
+type WatchRequest struct {
+	Since       string `json:"since,omitempty"`
+	WaitSeconds *int   `json:"wait_seconds,omitempty"`
+}
+
+// parseWatch reads a watch request body.
 func parseWatch(r *http.Request) (since string, wait time.Duration, err error) {
-	q := r.URL.Query()
-	for k, vs := range q {
-		if k != "since" && k != "wait" {
-			return "", 0, badRequest("unknown query parameter %q", k)
-		}
-		if len(vs) != 1 {
-			return "", 0, badRequest("query parameter %q given %d times", k, len(vs))
-		}
+	var req WatchRequest
+	if err := decodeJSON(r, &req); err != nil {
+		return "", 0, err
 	}
-	since, wait = q.Get("since"), DefaultWatchWait
-	if len(since) > 64 {
+	if len(req.Since) > 64 {
 		return "", 0, badRequest("since: not a token this daemon gave")
 	}
-	if ws := q.Get("wait"); ws != "" {
-		n, err := strconv.Atoi(ws)
-		if err != nil || n < 0 || n > int(MaxWatchWait/time.Second) {
-			return "", 0, badRequest("wait: want whole seconds from 0 to %d", int(MaxWatchWait/time.Second))
+	wait = DefaultWatchWait
+	if req.WaitSeconds != nil {
+		n := *req.WaitSeconds
+		if n < 0 || n > int(MaxWatchWait/time.Second) {
+			return "", 0, badRequest("wait_seconds: want whole seconds from 0 to %d", int(MaxWatchWait/time.Second))
 		}
 		wait = time.Duration(n) * time.Second
 	}
-	return since, wait, nil
+	return req.Since, wait, nil
 }
 
 // watch is the long-poll of consumers that keep files or caches of keys

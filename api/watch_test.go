@@ -8,13 +8,14 @@ import (
 	"net/http"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
 
-func getWatch(t *testing.T, c *http.Client, query string) (int, WatchResponse) {
+func getWatch(t *testing.T, c *http.Client, body string) (int, WatchResponse) {
 	t.Helper()
-	resp, err := c.Get("http://pskvault/v1/watch" + query)
+	resp, err := c.Post("http://pskvault/v1/watch", "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,21 +46,21 @@ func TestWatchLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := unixHTTP(sock)
-	for _, q := range []string{"?wait=51", "?wait=-1", "?wait=x", "?since=a&since=b", "?other=1"} {
+	for _, q := range []string{`{"wait_seconds":51}`, `{"wait_seconds":-1}`, `{"wait_seconds":"x"}`, `{"since":1}`, `{"other":1}`, ``, `{}{}`} {
 		if code, _ := getWatch(t, c, q); code != http.StatusBadRequest {
-			t.Errorf("watch%s: status %d, want 400", q, code)
+			t.Errorf("watch %s: status %d, want 400", q, code)
 		}
 	}
-	_, first := getWatch(t, c, "")
+	_, first := getWatch(t, c, `{}`)
 	if first.Token == "" || first.Changed {
 		t.Fatalf("first watch: %+v", first)
 	}
 	start := time.Now()
-	if _, w := getWatch(t, c, "?wait=1&since="+first.Token); w.Changed || w.Token != first.Token || time.Since(start) < time.Second {
+	if _, w := getWatch(t, c, `{"wait_seconds":1,"since":"`+first.Token+`"}`); w.Changed || w.Token != first.Token || time.Since(start) < time.Second {
 		t.Fatalf("unchanged watch: %+v after %v", w, time.Since(start))
 	}
 	// A token from elsewhere is simply not the current one.
-	if _, w := getWatch(t, c, "?wait=1&since=00"); !w.Changed || w.Token != first.Token {
+	if _, w := getWatch(t, c, `{"wait_seconds":1,"since":"00"}`); !w.Changed || w.Token != first.Token {
 		t.Fatalf("watch with a foreign token: %+v", w)
 	}
 
@@ -67,7 +68,7 @@ func TestWatchLimits(t *testing.T) {
 	for range 2 {
 		go func() {
 			cc := unixHTTP(sock)
-			resp, err := cc.Get("http://pskvault/v1/watch?wait=50&since=" + first.Token)
+			resp, err := cc.Post("http://pskvault/v1/watch", "application/json", strings.NewReader(`{"wait_seconds":50,"since":"`+first.Token+`"}`))
 			if err == nil {
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
@@ -77,7 +78,7 @@ func TestWatchLimits(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if code, _ := getWatch(t, c, "?wait=0&since="+first.Token); code == http.StatusTooManyRequests {
+		if code, _ := getWatch(t, c, `{"wait_seconds":0,"since":"`+first.Token+`"}`); code == http.StatusTooManyRequests {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -386,15 +386,14 @@ func derivedFrom(resp api.DeriveResponse) (*Derived, error) {
 // Changes to PSKs the caller may not derive are invisible: the answer
 // then comes when wait ends, unchanged.
 func (c *Client) Watch(ctx context.Context, since string, wait time.Duration) (token string, changed bool, err error) {
-	q := url.Values{}
-	if since != "" {
-		q.Set("since", since)
-	}
+	req := api.WatchRequest{Since: since}
 	if wait > 0 {
-		q.Set("wait", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
+		n := int((wait + time.Second - 1) / time.Second)
+		req.WaitSeconds = &n
 	}
+	body, _ := json.Marshal(req)
 	var resp api.WatchResponse
-	if err := c.getJSON(ctx, http.MethodGet, "/v1/watch", q, "", nil, &resp); err != nil {
+	if err := c.getJSON(ctx, http.MethodPost, "/v1/watch", nil, "application/json", body, &resp); err != nil {
 		return "", false, err
 	}
 	return resp.Token, resp.Changed, nil

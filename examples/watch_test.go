@@ -26,11 +26,9 @@ type watchResult struct {
 func startWatch(t *testing.T, n *node, cred *syscall.Credential, since string, wait int) <-chan watchResult {
 	t.Helper()
 	curl := requireTool(t, "curl")
-	url := fmt.Sprintf("http://pskvault/v1/watch?wait=%d", wait)
-	if since != "" {
-		url += "&since=" + since
-	}
-	cmd := exec.Command(curl, "-s", "-f", "--max-time", "70", "--unix-socket", n.data, url)
+	body := fmt.Sprintf(`{"since":%q,"wait_seconds":%d}`, since, wait)
+	cmd := exec.Command(curl, "-s", "-f", "--max-time", "70", "--unix-socket", n.data,
+		"-H", "Content-Type: application/json", "-d", body, "http://pskvault/v1/watch")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	out := make(chan watchResult, 1)
 	go func() {
