@@ -13,15 +13,21 @@ import (
 // Audit is one PSK's RFC 9257 audit: the facts `pskvault check` tabulates
 // and the findings against them.
 type Audit struct {
-	IdentityHex  string    `json:"identity_hex"`
-	Identity     string    `json:"identity,omitempty"`
-	Kind         string    `json:"kind"` // "pairwise" or "group"
-	Nodes        string    `json:"nodes"`
-	KeyBits      int       `json:"key_bits"`
-	Entropy      string    `json:"entropy"` // where the key's entropy comes from
-	DHERequired  bool      `json:"psk_dhe_ke_required"`
-	EarlyData    bool      `json:"early_data_allowed"`
-	ImporterOnly bool      `json:"importer_only"` // only imported PSKs leave the vault
+	IdentityHex string `json:"identity_hex"`
+	Identity    string `json:"identity,omitempty"`
+	Kind        string `json:"kind"` // "pairwise" or "group"
+	Nodes       string `json:"nodes"`
+	KeyBits     int    `json:"key_bits"`
+	Entropy     string `json:"entropy"` // where the key's entropy comes from
+	DHERequired bool   `json:"psk_dhe_ke_required"`
+	EarlyData   bool   `json:"early_data_allowed"`
+	// ImporterOnly: the vault hands this PSK to TLS stacks only as RFC 9258
+	// imported keys (ipskx), never the EPSK or the PRK: true for every
+	// record that can still be derived, by construction, false for a
+	// revoked one (nothing is handed out). It is about this vault only: the
+	// peer holds the EPSK too, and a stack without an importer uses the
+	// imported key as a plain external PSK ("ext binder").
+	ImporterOnly bool      `json:"importer_only"`
 	NodeContext  bool      `json:"node_context"`
 	Finalized    bool      `json:"finalized"`
 	State        string    `json:"state"`
@@ -82,7 +88,7 @@ func (v *Vault) audit(p *PSK, fps map[string][][]byte, known skeletons, now time
 		KeyBits:      p.KeyBits,
 		DHERequired:  !p.PSKKE,
 		EarlyData:    p.EarlyData,
-		ImporterOnly: true,
+		ImporterOnly: p.State != StateRevoked,
 		NodeContext:  p.NodeContext,
 		Finalized:    p.IsFinalized(),
 		State:        string(p.State),
@@ -162,7 +168,7 @@ func (v *Vault) audit(p *PSK, fps map[string][][]byte, known skeletons, now time
 	// Identities, re-checked now against the whole vault.
 	f, err := checkIdentity(p.Identity, known, true)
 	if err != nil {
-		add("identity", "6.1.2", LevelShould, "%v", err)
+		add("identity", "6.1.1", LevelShould, "%v", err)
 	}
 	for _, x := range f {
 		if x.Level != LevelInfo && !slices.Contains(a.Findings, x) {

@@ -40,13 +40,21 @@ func (f Finding) String() string {
 //
 // Generated identities are "pskv1-" followed by 26 characters of lowercase
 // base32 (RFC 4648 alphabet, no padding) holding 128 random bits: 32
-// printable ASCII bytes. TLS stacks' resumption identities are binary
-// tickets or session ids (OpenSSL, BoringSSL, GnuTLS, wolfSSL and mbedTLS
-// tickets start with a random key name or IV and carry ciphertext and a
-// MAC), so a ticket would have to consist of exactly these 32 bytes from a
-// 32-symbol set to collide; and on the wire an imported identity is an
-// ImportedIdentity struct whose first byte is a zero length byte, which no
-// printable identity is (RFC 9257 section 6.1.2).
+// printable ASCII bytes. They are unique, opaque and say nothing about the
+// nodes (RFC 9257 section 7).
+//
+// What goes on the wire is not this identity but an RFC 9258
+// ImportedIdentity built from it (native importers send the struct; stacks
+// fed by pskvault without an importer send its hex as a plain identity).
+// Nothing in that encoding keeps it apart from a stack's resumption
+// identities (RFC 9257 section 6.1.2): the struct starts with the
+// identity's 16-bit length, whose first byte is zero only for identities
+// under 256 bytes, and a ticket starts with a zero byte one time in 256
+// anyway; the hex form starts with ASCII digits. What makes a collision
+// improbable is that tickets are long random-looking strings (key name or
+// IV, ciphertext, MAC) chosen by the stack; what would rule it out is the
+// stack tagging its resumption identities, which RFC 9257 section 6.1.2
+// recommends to stacks and pskvault cannot do for them.
 const RandomIdentityPrefix = "pskv1-"
 
 var randomIdentityRe = regexp.MustCompile(`^pskv1-[a-z2-7]{26}$`)
@@ -73,8 +81,9 @@ func IsRandomIdentity(id []byte) bool { return randomIdentityRe.Match(id) }
 //     identities that are not UTF-8 get no text checks.
 //   - Refused outright: ASCII/C1 control characters (they corrupt configs
 //     and logs), and a text identity whose Unicode skeleton (UTS #39) equals
-//     that of an identity already held (section 6.1.2: an operator cannot
-//     tell them apart, and a stack that normalizes would collide).
+//     that of an identity already held (section 6.1.1: "visually identical
+//     strings may, in fact, differ"; an operator cannot tell them apart,
+//     and a stack that normalizes would collide).
 //   - Refused unless waived (AllowIdentityWarnings), then recorded: not NFC,
 //     invisible or format characters, leading or trailing white space
 //     (section 6.1.1: peers typing "the same" identity send different
@@ -113,7 +122,7 @@ func checkIdentity(id []byte, known skeletons, allowWarnings bool) (record []Fin
 	}
 	for _, e := range known[confusables.Skeleton(s)] {
 		if !bytes.Equal(e, id) {
-			hard = append(hard, Finding{"identity-confusable", "6.1.2", LevelShould,
+			hard = append(hard, Finding{"identity-confusable", "6.1.1", LevelShould,
 				fmt.Sprintf("identity is visually confusable with identity %x already in the vault", e)})
 		}
 	}

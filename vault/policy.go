@@ -24,7 +24,7 @@ var (
 	// context the PSK requires.
 	ErrContext = errors.New("importer context does not match the PSK's node-identifier context")
 	// ErrIdentity: the identity breaks the vault's identity rules (RFC 9257
-	// sections 6.1.1, 6.1.2); see CheckIdentity.
+	// section 6.1.1, and section 7 for privacy warnings); see CheckIdentity.
 	ErrIdentity = errors.New("identity refused")
 	// ErrFinalized: the main key was destroyed by finalize; only the imported
 	// keys kept then can be handed out (RFC 9257 section 6 rec. 4).

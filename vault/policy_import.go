@@ -40,7 +40,7 @@ func (v *Vault) preparePolicy(ctx context.Context, req *ImportRequest) (Policy, 
 		RandomIdentity: req.RandomIdentity,
 		Generation:     1,
 	}
-	// Identities (sections 6.1.1, 6.1.2, 7).
+	// Identities (sections 6.1.1, 7).
 	if !req.RandomIdentity {
 		v.mu.RLock()
 		existing := make([][]byte, 0, len(v.psks))

@@ -418,8 +418,11 @@ func TestRFC9257_Sec6_1_1_IdentityRules(t *testing.T) {
 	}
 }
 
-// RFC 9257 section 6.1.2: an identity confusable with one already held is
-// refused; the vault's random identities have a recognisable shape.
+// Identity collisions: an identity confusable with one already held is
+// refused (RFC 9257 section 6.1.1); the vault's random identities are
+// unique and have a recognisable shape (docs/RFC9257.md, section 6.1.2,
+// says why that does not by itself keep them apart from resumption
+// identities).
 func TestRFC9257_Sec6_1_2_IdentityCollisions(t *testing.T) {
 	v := newVault(t, "node-a")
 	if _, err := v.Import(bg, pairReq("paypal", randKey(t, 32))); err != nil {
@@ -599,5 +602,53 @@ func TestRFC9257_Sec4_1_GroupLookupFromNodeContext(t *testing.T) {
 	x, _ := vault.NodeContext("node-a", "node-c")
 	if _, err := v.Derive(bg, vault.DeriveRequest{Identity: []byte("grp"), Context: x, Target: tls256}); !errors.Is(err, vault.ErrGroup) {
 		t.Fatalf("context between two other members: %v", err)
+	}
+}
+
+// RFC 9257 section 6.1.1 (not 6.1.2, which is about resumption identities)
+// is the section behind the confusable-identity rule, in the refusal and in
+// check; importer_only is true for a PSK that can be derived and false
+// once it is revoked.
+func TestRFC9257_Sec6_1_IdentitySectionsAndImporterOnly(t *testing.T) {
+	if _, err := vault.CheckIdentity([]byte("p\u0430ypal"), [][]byte{[]byte("paypal")}, true); !errors.Is(err, vault.ErrIdentity) || !strings.Contains(err.Error(), "section 6.1.1") || strings.Contains(err.Error(), "6.1.2") {
+		t.Fatalf("confusable identity: %v, want a refusal citing section 6.1.1 only", err)
+	}
+	v := newVault(t, "node-a")
+	p, err := v.Import(bg, pairReq("paypal", randKey(t, 32)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A confusable pair written behind the vault's back: check re-checks
+	// identities against the whole vault.
+	q := *p
+	q.Identity, q.Fingerprint = []byte("p\u0430ypal"), nil
+	if err := vault.PutRecord(v, &q); err != nil {
+		t.Fatal(err)
+	}
+	rep := v.Check()
+	found := false
+	for _, a := range rep.PSKs {
+		if !a.ImporterOnly {
+			t.Errorf("%s: importer_only false for an active PSK", a.IdentityHex)
+		}
+		for _, f := range a.Findings {
+			if f.Rule == "identity" {
+				found = true
+				if f.Section != "6.1.1" || strings.Contains(f.Message, "6.1.2") {
+					t.Errorf("identity finding cites %s: %s", f.Section, f.Message)
+				}
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("check does not report the confusable pair: %+v", rep.PSKs)
+	}
+	if _, err := v.Revoke(bg, p.Identity, "test"); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range v.Check().PSKs {
+		if a.Identity == "paypal" && a.ImporterOnly {
+			t.Error("importer_only true for a revoked PSK, which hands nothing out")
+		}
 	}
 }
