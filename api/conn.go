@@ -114,13 +114,15 @@ func (ss *SocketServer) track(c net.Conn) bool {
 	return true
 }
 
-// setIdle records whether c waits between requests. Leaving idle fails
-// once Shutdown has begun: the connection is then closed unanswered, as a
-// client would see from an idle timeout, and its client retries elsewhere.
+// setIdle records whether c waits between requests. It fails once
+// Shutdown has begun: leaving idle, the connection is then closed
+// unanswered, as a client would see from an idle timeout, and its client
+// retries elsewhere; returning to idle after an answer, it is closed
+// rather than wait for a request (Shutdown closed the idle ones already).
 func (ss *SocketServer) setIdle(c net.Conn, idle bool) bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.closing && !idle {
+	if ss.closing {
 		return false
 	}
 	ss.conns[c] = idle

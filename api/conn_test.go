@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"sync"
 	"testing"
 	"time"
 
@@ -248,6 +249,44 @@ func TestConnShutdown(t *testing.T) {
 	}
 	if _, err := net.Dial("unix", sock); err == nil {
 		t.Fatal("still accepting after Shutdown")
+	}
+}
+
+// TestConnShutdownAnswerInFlight: a connection whose answer goes out just
+// after Shutdown began (past the answer's keep-alive decision) is closed
+// once the answer is out, not left waiting IdleTimeout for another request
+// while Shutdown waits for it.
+func TestConnShutdownAnswerInFlight(t *testing.T) {
+	sock, ss := serveConnTest(t)
+	done := make(chan error, 1)
+	var once sync.Once
+	hook := func([]byte) {
+		once.Do(func() {
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				done <- ss.Shutdown(ctx)
+			}()
+			for !ss.isClosing() {
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	ss.testHookRequestDone.Store(&hook)
+	c := dialRaw(t, sock)
+	if st, _, _ := c.exchange(t, statusReq); st != 200 {
+		t.Fatal(st)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Shutdown still waits for a connection whose answer is out")
+	}
+	if !c.closed() {
+		t.Fatal("connection left open after Shutdown")
 	}
 }
 
