@@ -101,11 +101,11 @@ func TestPKCS11TokenAway(t *testing.T) {
 			t.Fatalf("derive #%d with the token away: %d %s, want 503 backend_unavailable", i, status, code)
 		}
 	}
-	path := "/v1/psks/" + hex.EncodeToString([]byte("away-1"))
-	if status, code := apiCall(t, a, "DELETE", path, nil); status != 503 || code != "backend_unavailable" {
+	away1 := map[string]string{"identity_hex": hex.EncodeToString([]byte("away-1"))}
+	if status, code := apiCall(t, a, "POST", "/v1/psks/delete", away1); status != 503 || code != "backend_unavailable" {
 		t.Fatalf("DELETE with the token away: %d %s, want 503 backend_unavailable", status, code)
 	}
-	if status, _ := apiCall(t, a, "GET", path, nil); status != 200 {
+	if status, _ := apiCall(t, a, "POST", "/v1/psks/show", away1); status != 200 {
 		t.Fatalf("the record of the PSK whose delete failed: GET answers %d, want 200 (record kept)", status)
 	}
 
@@ -128,7 +128,7 @@ func TestPKCS11TokenAway(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	checkDerivations(t, a, psks[1:], "after the token came back", &responses)
-	if status, code := apiCall(t, a, "DELETE", path, nil); status != 204 {
+	if status, code := apiCall(t, a, "POST", "/v1/psks/delete", away1); status != 204 {
 		t.Fatalf("DELETE after the token came back: %d %s, want 204", status, code)
 	}
 	if got := tokenKeyIDs(t, tok); len(got) != len(keysBefore)-1 {
