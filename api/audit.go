@@ -3,6 +3,8 @@ package api
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"sync"
@@ -26,7 +28,11 @@ type AuditEntry struct {
 	Result   string    `json:"result"`           // ok, denied, not_found, forbidden, or an error code
 	Reason   string    `json:"reason,omitempty"` // why a request was refused, for the operator
 	Status   int       `json:"status,omitempty"` // 0 (left out) for a reload
-	Count    int       `json:"count,omitempty"`  // keys handed out by offers
+	Count    int       `json:"count,omitempty"`  // keys handed out by offers; refused requests a refused-summary line stands for
+	// Request pairs the two lines of a change on the admin socket: its
+	// intent ("result":"started"), written before the change is made,
+	// and its outcome.
+	Request uint64 `json:"request,omitempty"`
 }
 
 // Audit writes AuditEntry values as JSON lines. It is safe for concurrent use.
@@ -93,10 +99,16 @@ func (a *Audit) Close() error {
 	return nil
 }
 
-// Write appends one line.
-func (a *Audit) Write(e *AuditEntry) {
+// ErrAudit wraps a failure to write an audit line.
+var ErrAudit = errors.New("audit log write failed")
+
+// Write appends one line. It returns an error wrapping ErrAudit when the
+// line could not be written whole; a partial line (a file system that
+// filled up mid-write) is cut off again, so the file never holds a torn
+// line. A nil Audit, or one whose writer is nil, discards and succeeds.
+func (a *Audit) Write(e *AuditEntry) error {
 	if a == nil {
-		return
+		return nil
 	}
 	buf := auditBufs.Get().(*bytes.Buffer)
 	defer func() {
@@ -106,16 +118,33 @@ func (a *Audit) Write(e *AuditEntry) {
 		}
 	}()
 	if err := json.NewEncoder(buf).Encode(e); err != nil { // Encode adds the newline
-		return
+		return fmt.Errorf("%w: %w", ErrAudit, err)
 	}
 	// One write(2) per line, unbuffered, before the response leaves: a line
 	// is in the kernel's hands before the caller sees its answer, and a
 	// crash of the daemon loses none.
 	a.mu.Lock()
-	if a.w != nil {
-		a.w.Write(buf.Bytes())
+	defer a.mu.Unlock()
+	if a.w == nil {
+		return nil
 	}
-	a.mu.Unlock()
+	n, err := a.w.Write(buf.Bytes())
+	if err == nil && n == buf.Len() {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrShortWrite
+	}
+	if n > 0 && a.f != nil {
+		// O_APPEND put the n bytes at the end: take them back. Lines are
+		// written under a.mu, so the end is still this line's.
+		if fi, serr := a.f.Stat(); serr == nil && fi.Size() >= int64(n) {
+			if terr := a.f.Truncate(fi.Size() - int64(n)); terr != nil {
+				err = errors.Join(err, fmt.Errorf("cut off the partial line: %w", terr))
+			}
+		}
+	}
+	return fmt.Errorf("%w: %w", ErrAudit, err)
 }
 
 var auditBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}

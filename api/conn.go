@@ -364,6 +364,21 @@ func (w *responseWriter) reset() {
 	w.wipe()
 }
 
+// copyTo hands a collected answer to another writer (ServeHTTP called
+// outside the socket server, as in tests), and wipes it.
+func (w *responseWriter) copyTo(dst http.ResponseWriter) {
+	for k, v := range w.header {
+		dst.Header()[k] = v
+	}
+	code := w.code
+	if code == 0 {
+		code = http.StatusOK
+	}
+	dst.WriteHeader(code)
+	dst.Write(w.body.Bytes())
+	w.wipe()
+}
+
 // wipe zeroes the body, which may hold a derived key.
 func (w *responseWriter) wipe() {
 	clear(w.body.Bytes()[:w.body.Cap()])

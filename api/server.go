@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pskvault/pskvault/importer"
@@ -44,6 +45,14 @@ type Options struct {
 	// (default 64), MaxWatchesPerUID those of one uid (default 4), so
 	// watches never take all of a caller's connections.
 	MaxWatches, MaxWatchesPerUID int
+	// AuditFailure is AuditRefuse ("" means it) or AuditLogOnly: what
+	// happens to a request whose audit line cannot be written.
+	AuditFailure string
+	// RefusedAuditRate and RefusedAuditBurst limit the audit lines of
+	// refused requests per caller uid (root and the daemon's exempt);
+	// what is over the limit is summed up in one "refused-summary" line.
+	// Defaults: DefaultRefusedAuditRate, DefaultRefusedAuditBurst.
+	RefusedAuditRate, RefusedAuditBurst int
 }
 
 // Server answers the socket protocol for one vault.
@@ -54,7 +63,11 @@ type Server struct {
 	opts  Options
 	mux   *http.ServeMux
 
-	watchers *watchers // POST /v1/watch (watch.go)
+	watchers    *watchers       // POST /v1/watch (watch.go)
+	refused     *refusalLimiter // audit lines of refused requests, per uid
+	auditBroken atomic.Bool     // the last audit write failed
+	changeSeq   atomic.Uint64   // pairs a change's intent and outcome lines
+	flushOnce   sync.Once
 }
 
 // dataRoutes are the endpoints the data socket serves.
@@ -93,7 +106,13 @@ func NewServerWith(v *vault.Vault, o Options) *Server {
 	if o.MaxWatchesPerUID <= 0 {
 		o.MaxWatchesPerUID = 4
 	}
-	s := &Server{v: v, log: o.Log, audit: o.Audit, opts: o, mux: http.NewServeMux(), watchers: newWatchers()}
+	if o.RefusedAuditRate <= 0 {
+		o.RefusedAuditRate = DefaultRefusedAuditRate
+	}
+	if o.RefusedAuditBurst <= 0 {
+		o.RefusedAuditBurst = DefaultRefusedAuditBurst
+	}
+	s := &Server{v: v, log: o.Log, audit: o.Audit, opts: o, mux: http.NewServeMux(), watchers: newWatchers(), refused: newRefusalLimiter(o.RefusedAuditRate, o.RefusedAuditBurst)}
 	s.mux.HandleFunc("GET /v1/status", s.status)
 	s.mux.HandleFunc("GET /v1/psks", s.list)
 	s.mux.HandleFunc("POST /v1/psks/show", s.show)
@@ -133,6 +152,7 @@ func (s *Server) Serve(l net.Listener, sock Socket) (*SocketServer, <-chan error
 		return nil, nil, err
 	}
 	ss := newSocketServer(s, sock, ll)
+	s.flushOnce.Do(func() { go s.flushRefused(ss.base) })
 	errc := make(chan error, 1)
 	go func() { errc <- ss.serve() }()
 	return ss, errc, nil
@@ -161,7 +181,15 @@ func (r *statusRecorder) WriteHeader(code int) { r.code = code; r.ResponseWriter
 // use this socket and endpoint, logs it and writes its audit line.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+	// The answer is collected whole before it is sent (the socket server's
+	// writer does that anyway), so that a request whose audit line fails
+	// can still be refused and its key wiped unsent.
+	rw, collected := w.(*responseWriter)
+	if !collected {
+		rw = &responseWriter{header: http.Header{}}
+		defer rw.copyTo(w)
+	}
+	rec := &statusRecorder{ResponseWriter: rw, code: http.StatusOK}
 	r.Body = http.MaxBytesReader(rec, r.Body, MaxBody)
 	sock, _ := r.Context().Value(keySocket).(Socket)
 	if sock == "" {
@@ -174,21 +202,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ae.UID, ae.GID, ae.PID = &caller.UID, &caller.GID, &caller.PID
 	}
 	r = r.WithContext(context.WithValue(r.Context(), keyAudit, ae))
+	change := false // an admin change, made or not: its intent line was written
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error("panic serving request", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(p))
+			rw.reset()
 			writeError(rec, http.StatusInternalServerError, CodeInternal, "internal error")
-		}
-		// Successful data-path requests (derive, lookup, offers, status)
-		// log at debug: at thousands per second the info line cost more
-		// than the derivation. The audit line below records every request
-		// whatever the log level.
-		lvl := slog.LevelInfo
-		if rec.code < 400 && dataRoutes[pattern] {
-			lvl = slog.LevelDebug
-		}
-		if s.log.Enabled(r.Context(), lvl) {
-			s.log.Log(r.Context(), lvl, "request", "socket", sock, "method", r.Method, "path", r.URL.Path, "status", rec.code, "duration", time.Since(start))
 		}
 		if ae.Op != "" {
 			ae.Time, ae.Status = time.Now().UTC(), rec.code
@@ -198,7 +217,33 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 					ae.Result = rec.errCode
 				}
 			}
-			s.audit.Write(ae)
+			err := s.writeAudit(ae, caller)
+			switch {
+			case err == nil, s.opts.AuditFailure == AuditLogOnly:
+			case change:
+				// Made (or refused) with its intent line on record: the
+				// caller must learn the real outcome (a created key is
+				// in this answer).
+				s.log.Error("audit: the outcome line of a change could not be written; its intent line was", "op", ae.Op, "request", ae.Request, "status", rec.code)
+			case ae.Op == "status":
+				// Monitoring keeps working; it hands out nothing.
+			default:
+				rw.reset() // wipes a derived key unsent
+				writeError(rec, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit log cannot be written, so nothing is handed out (see the daemon log)")
+			}
+		}
+		// Data-socket requests and anything refused to a non-admin caller
+		// log at debug: at thousands per second the info line cost more
+		// than the derivation, and a local user flooding the socket with
+		// refused requests must not flood the log (the audit line above
+		// records every request whatever the log level, rate-limited for
+		// refused ones). Admin requests, and internal errors, log at info.
+		lvl := slog.LevelDebug
+		if (sock == SocketAdmin && s.isAdmin(caller) && !dataRoutes[pattern]) || rec.code == http.StatusInternalServerError {
+			lvl = slog.LevelInfo
+		}
+		if s.log.Enabled(r.Context(), lvl) {
+			s.log.Log(r.Context(), lvl, "request", "socket", sock, "method", r.Method, "path", r.URL.Path, "status", rec.code, "duration", time.Since(start))
 		}
 	}()
 	switch {
@@ -217,6 +262,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ae.Reason = "not root, the daemon's user or in the admin group"
 		writeError(rec, http.StatusForbidden, CodeForbidden, "the admin socket is for root, the daemon's user and the admin group")
 		return
+	}
+	if isChange(sock, r) && ae.Op != "" {
+		// Write-ahead: a change is made only once its intent is on record.
+		ae.Request = s.changeSeq.Add(1)
+		intent := *ae
+		intent.Time, intent.Result, intent.Identity = time.Now().UTC(), "started", intentIdentity(pattern, r)
+		if err := s.auditResult(s.audit.Write(&intent)); err != nil && s.opts.AuditFailure != AuditLogOnly {
+			ae.Reason = "audit log not writable"
+			writeError(rec, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit log cannot be written, so nothing was changed (see the daemon log)")
+			return
+		}
+		change = true
 	}
 	s.mux.ServeHTTP(rec, r)
 }

@@ -148,6 +148,7 @@ const (
 	CodeKeyMissing       = "key_missing"          // 410: the record names a key the backend no longer holds
 	CodeCompact          = "compaction_failed"    // 500, or 507 on a full disk: the change is done; destroyed records may linger in freed pages until the next compaction
 	CodeNoSpace          = "insufficient_storage" // 507: the state file system is full; nothing was changed
+	CodeAuditUnavailable = "audit_unavailable"    // 503: the audit line could not be written, so the request was refused
 	CodeInternal         = "internal"
 	CodeForbidden        = "forbidden"         // the admin socket refused the caller
 	CodeNoKey            = "no_key"            // lookup or offers: nothing for this caller and identity

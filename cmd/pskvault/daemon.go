@@ -55,6 +55,7 @@ type serveFlags struct {
 	logLevel         string
 	adminGroup       string
 	auditLog         string
+	auditFailure     string
 	maxConns, perUID int
 	mlock            string
 	allowClient      listFlag
@@ -71,6 +72,7 @@ func setupServe(fs *flag.FlagSet, g *globals) func(context.Context, []string) er
 	fs.StringVar(&f.logLevel, "log-level", "info", "`level`: debug, info, warn, error")
 	fs.StringVar(&f.adminGroup, "admin-group", "", "`group` (name or gid) whose members may use the admin socket besides root and the daemon's user")
 	fs.StringVar(&f.auditLog, "audit-log", "", "audit log `file` (JSON lines), or - for stderr (default: audit.log in the state dir)")
+	fs.StringVar(&f.auditFailure, "audit-failure", "refuse", "`mode` when an audit line cannot be written: refuse (the request gets 503 audit_unavailable; changes are not made) or log (answer anyway, say so in the daemon log)")
 	fs.IntVar(&f.maxConns, "max-conns", 128, "open connections allowed per socket")
 	fs.IntVar(&f.perUID, "max-conns-per-uid", 16, "open connections allowed per caller uid (root and the daemon's user exempt)")
 	fs.StringVar(&f.mlock, "mlock", "auto", "lock memory out of swap: auto, require or off")
@@ -127,6 +129,7 @@ func applyConfig(g *globals, f *serveFlags) error {
 	}
 	str("admin-group", &f.adminGroup, c.AdminGroup)
 	str("audit-log", &f.auditLog, c.AuditLog)
+	str("audit-failure", &f.auditFailure, c.AuditFailure)
 	str("log-level", &f.logLevel, c.LogLevel)
 	str("mlock", &f.mlock, c.Mlock)
 	num("max-conns", &f.maxConns, c.MaxConns)
@@ -165,6 +168,7 @@ type settings struct {
 	mlock                 string
 	logLevel              slog.Level
 	auditLog              string // a path, or "-" for stderr
+	auditFailure          string // api.AuditRefuse or api.AuditLogOnly
 	access                *vault.Access
 	cfgNodeID, cfgBackend string // from the file: must match the vault
 }
@@ -185,6 +189,12 @@ func loadSettings(g *globals, f *serveFlags) (*settings, error) {
 	case "auto", "require", "off":
 	default:
 		return nil, usagef("--mlock %q: want auto, require or off", f.mlock)
+	}
+	switch f.auditFailure {
+	case api.AuditRefuse, api.AuditLogOnly:
+		st.auditFailure = f.auditFailure
+	default:
+		return nil, usagef("--audit-failure %q: want refuse or log", f.auditFailure)
 	}
 	access := vault.DefaultAccess(uint32(os.Geteuid()))
 	for _, p := range f.allowClient {
@@ -283,7 +293,7 @@ func serve(ctx context.Context, g *globals, st *settings, load func() (*settings
 	if err := harden(log, st.mlock); err != nil {
 		return err
 	}
-	opts := api.Options{Log: log, MaxConns: st.maxConns, MaxConnsPerUID: st.perUID, Access: st.access, AdminGroup: st.adminGID}
+	opts := api.Options{Log: log, MaxConns: st.maxConns, MaxConnsPerUID: st.perUID, Access: st.access, AdminGroup: st.adminGID, AuditFailure: st.auditFailure}
 
 	v, err := vault.Open(ctx, st.stateDir)
 	if err != nil {

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -169,4 +173,310 @@ func hexString(s string) string {
 		b.WriteByte(digits[s[i]&15])
 	}
 	return b.String()
+}
+
+// The test binary doubles as a client run under other uids: with
+// PSKVAULT_TEST_CHILD set it does what that says on the socket in
+// PSKVAULT_TEST_SOCK, prints one JSON result line and exits.
+func init() {
+	mode := os.Getenv("PSKVAULT_TEST_CHILD")
+	if mode == "" {
+		return
+	}
+	out := runChild(mode, os.Getenv("PSKVAULT_TEST_SOCK"), os.Getenv("PSKVAULT_TEST_ARG"))
+	json.NewEncoder(os.Stdout).Encode(out)
+	os.Exit(0)
+}
+
+// childResult counts answers by status (0: no answer: refused connect, or
+// closed without an answer).
+type childResult struct {
+	Status map[int]int    `json:"status"`
+	Codes  map[string]int `json:"codes"`
+	Errors map[string]int `json:"errors"`
+}
+
+func runChild(mode, sock, arg string) childResult {
+	res := childResult{Status: map[int]int{}, Codes: map[string]int{}, Errors: map[string]int{}}
+	var n int
+	fmt.Sscan(arg, &n)
+	switch mode {
+	case "derive": // n derives, one connection each
+		for range n {
+			code, body, err := oneRequest(sock, "POST", "/v1/derive", deriveBody, 10*time.Second)
+			res.Status[code]++
+			if err != nil {
+				res.Errors[err.Error()]++
+			} else if code != 200 {
+				res.Codes[errCode(body)]++
+			}
+		}
+	}
+	return res
+}
+
+// oneRequest sends one request on a fresh connection and reads the answer.
+func oneRequest(sock, method, path, body string, timeout time.Duration) (int, []byte, error) {
+	c, err := net.DialTimeout("unix", sock, timeout)
+	if err != nil {
+		return 0, nil, errors.Unwrap(errors.Unwrap(err))
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: p\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", method, path, len(body), body)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+// runChildAs runs the test binary as cred in a child mode; the binary is
+// copied where other uids can run it.
+func runChildAs(t *testing.T, cred *syscall.Credential, mode, sock, arg string) childResult {
+	t.Helper()
+	exe := filepath.Join(filepath.Dir(binary), "pskvault.test")
+	if _, err := os.Stat(exe); err != nil {
+		raw, err := os.ReadFile(os.Args[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(exe, raw, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(filepath.Dir(binary), 0o755)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "PSKVAULT_TEST_CHILD="+mode, "PSKVAULT_TEST_SOCK="+sock, "PSKVAULT_TEST_ARG="+arg)
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("child %s as uid %v: %v\n%s", mode, cred, err, stderr.String())
+	}
+	var res childResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("child %s: %v: %q", mode, err, out)
+	}
+	return res
+}
+
+// openToOthers lets other uids reach the node's data socket.
+func openToOthers(t *testing.T, n *node) {
+	root := filepath.Dir(n.socket)
+	for p := root; p != "/" && p != os.TempDir(); p = filepath.Dir(p) {
+		os.Chmod(p, 0o755)
+	}
+}
+
+// TestAuditFailsClosed (issue 11 item 5): with the audit log on a file
+// system that fills up while clients derive, no derivation is answered 200
+// without its line, the others get 503 audit_unavailable, no line is torn,
+// an admin change is refused and not made, and everything works again once
+// space returns. Connections without a request write no line; a uid's
+// refused requests beyond the limit are summed up, not logged one by one.
+func TestAuditFailsClosed(t *testing.T) {
+	fs := smallFS(t, "1m")
+	n := newNode(t, "node-a", "soft")
+	auditPath := filepath.Join(fs, "audit.log")
+	out := n.serveWith("--audit-log", auditPath, "--allow-client", "user:65534")
+	if o, code := n.run(nil, "psk", "create", "--identity", "svc", "--client", "node-a", "--server", "node-b", "--out", filepath.Join(t.TempDir(), "k.hex")); code != 0 {
+		t.Fatal(o)
+	}
+	data := defaultDataSocket(n.socket)
+
+	// Connections that send nothing write nothing.
+	before := len(auditLines(t, auditPath))
+	for range 50 {
+		c, err := net.Dial("unix", data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := len(auditLines(t, auditPath)); got != before {
+		t.Errorf("50 connections without a request wrote %d audit lines, want 0", got-before)
+	}
+
+	// Derivers run while the file system fills up.
+	var mu sync.Mutex
+	answers := map[int]int{}
+	codes := map[string]int{}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				code, body, err := oneRequest(data, "POST", "/v1/derive", deriveBody, 10*time.Second)
+				mu.Lock()
+				if err != nil {
+					t.Errorf("derive: %v", err)
+				}
+				answers[code]++
+				if code != 200 {
+					codes[errCode(body)]++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	filler := fill(t, fs)
+	// Keep deriving on the full disk for a while.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		refused := codes[api.CodeAuditUnavailable]
+		mu.Unlock()
+		if refused >= 50 {
+			break
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if codes[api.CodeAuditUnavailable] < 50 {
+		t.Fatalf("no refusals on a full audit file system: answers %v codes %v", answers, codes)
+	}
+	// The last page of audit.log may still hold a line shorter than a
+	// derive line (a change's intent line): fill it with newlines.
+	if f, err := os.OpenFile(auditPath, os.O_WRONLY|os.O_APPEND, 0); err == nil {
+		for {
+			if _, err := f.Write([]byte{'\n'}); err != nil {
+				break
+			}
+		}
+		f.Close()
+	}
+
+	// An admin change is refused and not made.
+	code, b := rawHTTP(t, n.socket, "POST", "/v1/psks/create?identity=more&client=node-a&server=node-b", "", "")
+	if code != http.StatusServiceUnavailable || errCode(b) != api.CodeAuditUnavailable {
+		t.Errorf("create with the audit log full: %d %s, want 503 %s", code, b, api.CodeAuditUnavailable)
+	}
+	// Status still answers (monitoring), derive is refused.
+	if code, b := rawHTTP(t, data, "GET", "/v1/status", "", ""); code != 200 {
+		t.Errorf("status with the audit log full: %d %s", code, b)
+	}
+	if code, b := rawHTTP(t, data, "POST", "/v1/derive", "application/json", deriveBody); code != 503 || errCode(b) != api.CodeAuditUnavailable {
+		t.Errorf("derive with the audit log full: %d %s", code, b)
+	}
+
+	lines := auditLines(t, auditPath) // fails on a torn (non-JSON) line
+	okLines := 0
+	for _, e := range lines {
+		if e.Op == "derive" && e.Result == "ok" {
+			okLines++
+		}
+		if e.Op == "create" && e.Identity == hexString("more") {
+			t.Errorf("an audit line for the refused create: %+v", e)
+		}
+	}
+	mu.Lock()
+	t.Logf("while filling: answers %v, codes %v; %d derive lines", answers, codes, okLines)
+	if okLines != answers[200] {
+		t.Errorf("%d derivations answered 200, %d audit lines for them", answers[200], okLines)
+	}
+	if len(answers) != 2 || answers[503] != codes[api.CodeAuditUnavailable] {
+		t.Errorf("answers other than 200 and 503 audit_unavailable: %v %v", answers, codes)
+	}
+	mu.Unlock()
+	if strings.Count(out.String(), `msg="audit log not writable`) != 1 {
+		t.Errorf("want exactly one daemon log line about the failing audit log:\n%s", out)
+	}
+
+	// Space returns: everything works, and the create is made now.
+	os.Remove(filler)
+	if code, b := rawHTTP(t, data, "POST", "/v1/derive", "application/json", deriveBody); code != 200 {
+		t.Fatalf("derive after space returned: %d %s", code, b)
+	}
+	if code, b := rawHTTP(t, n.socket, "POST", "/v1/psks/create?identity=more&client=node-a&server=node-b", "", ""); code != 201 {
+		t.Fatalf("create after space returned: %d %s", code, b)
+	}
+	var intent, outcome *api.AuditEntry
+	for _, e := range auditLines(t, auditPath) {
+		if e.Op == "create" && e.Identity == hexString("more") {
+			switch e.Result {
+			case "started":
+				intent = &e
+			case "ok":
+				outcome = &e
+			}
+		}
+	}
+	if intent == nil || outcome == nil || intent.Request == 0 || intent.Request != outcome.Request {
+		t.Errorf("create: want an intent line and an outcome line with one request number, got %+v and %+v", intent, outcome)
+	}
+
+	// Refused requests from one uid: the first ones logged, the rest summed.
+	openToOthers(t, n)
+	before = len(auditLines(t, auditPath))
+	res := runChildAs(t, &syscall.Credential{Uid: 65533, Gid: 65534}, "derive", data, "400")
+	if res.Status[404] != 400 {
+		t.Fatalf("uid 65533 (not in the access list): %+v", res)
+	}
+	// One more after the bucket refilled brings the summary line.
+	time.Sleep(1200 * time.Millisecond)
+	runChildAs(t, &syscall.Credential{Uid: 65533, Gid: 65534}, "derive", data, "1")
+	single, summed := 0, 0
+	for _, e := range auditLines(t, auditPath)[before:] {
+		if e.UID == nil || *e.UID != 65533 {
+			continue
+		}
+		switch e.Op {
+		case "derive":
+			single++
+		case "refused-summary":
+			summed += e.Count
+		}
+	}
+	t.Logf("uid 65533: 401 refused derives, %d logged one by one, %d in summary lines", single, summed)
+	if single+summed != 401 || single > 60 {
+		t.Errorf("uid 65533: %d lines + %d summed, want 401 in all and at most 60 single lines", single, summed)
+	}
+	// A uid in the access list is not limited.
+	res = runChildAs(t, &syscall.Credential{Uid: 65534, Gid: 65534}, "derive", data, "100")
+	if res.Status[200] != 100 {
+		t.Fatalf("uid 65534 (allowed): %+v", res)
+	}
+}
+
+// auditLines is auditFile, skipping the empty lines the test itself wrote
+// to fill the file system; any other line must be whole JSON.
+func auditLines(t *testing.T, path string) []api.AuditEntry {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []api.AuditEntry
+	for _, l := range bytes.Split(raw, []byte("\n")) {
+		if len(l) == 0 {
+			continue
+		}
+		var e api.AuditEntry
+		if err := json.Unmarshal(l, &e); err != nil {
+			t.Fatalf("%s: a torn or broken line: %v: %q", path, err, l)
+		}
+		out = append(out, e)
+	}
+	return out
 }

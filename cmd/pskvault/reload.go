@@ -130,5 +130,6 @@ func (st *settings) restartNeeded(next *settings) []change {
 	cmp("max_conns", fmt.Sprint(st.maxConns), fmt.Sprint(next.maxConns))
 	cmp("max_conns_per_uid", fmt.Sprint(st.perUID), fmt.Sprint(next.perUID))
 	cmp("mlock", st.mlock, next.mlock)
+	cmp("audit_failure", st.auditFailure, next.auditFailure)
 	return out
 }

@@ -27,6 +27,7 @@ type Config struct {
 	DataSocket     string
 	AdminGroup     string
 	AuditLog       string
+	AuditFailure   string // "refuse" or "log"
 	LogLevel       string
 	MaxConns       int
 	MaxConnsPerUID int
@@ -250,6 +251,13 @@ func (p *parser) set(key string, v value) {
 			}
 		case "audit_log":
 			str(&c.AuditLog)
+		case "audit_failure":
+			str(&c.AuditFailure)
+			switch c.AuditFailure {
+			case "refuse", "log":
+			default:
+				p.errorf(v.line, "audit_failure: want refuse or log")
+			}
 		case "log_level":
 			str(&c.LogLevel)
 			switch c.LogLevel {
