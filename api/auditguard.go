@@ -32,32 +32,28 @@ const (
 	refusedSummaryEvery      = 10 * time.Second
 )
 
-// isChange reports whether a request changes the vault: anything but GET
-// on the admin socket (the data socket's POSTs only derive).
-func isChange(sock Socket, r *http.Request) bool {
-	return sock == SocketAdmin && r.Method != http.MethodGet && r.Method != http.MethodHead
+// isChange reports whether a request changes the vault: a POST or DELETE
+// on the admin socket other than the reads that use POST for their body
+// (show, watch). The data socket's POSTs only derive.
+func isChange(sock Socket, pattern string, r *http.Request) bool {
+	return sock == SocketAdmin && r.Method != http.MethodGet && r.Method != http.MethodHead && !adminReads[pattern]
 }
 
-// intentIdentity is the identity a change names in its path or query, hex,
-// for its intent line (the handler fills in the outcome line's).
+// adminReads are the admin endpoints that take a body but change nothing.
+var adminReads = map[string]bool{"POST /v1/psks/show": true, "POST /v1/watch": true}
+
+// intentIdentity is the identity a change names in its path, hex, for its
+// intent line; "" when it travels in the body, which is read later (the
+// outcome line has it).
 func intentIdentity(pattern string, r *http.Request) string {
-	if strings.Contains(pattern, "{id}") {
-		id, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/v1/psks/"), "/")
-		if _, err := hex.DecodeString(id); err == nil {
-			return strings.ToLower(id)
-		}
+	if !strings.Contains(pattern, "{id}") {
 		return ""
 	}
-	q := r.URL.Query()
-	if h := q.Get("identity_hex"); h != "" {
-		if _, err := hex.DecodeString(h); err == nil {
-			return strings.ToLower(h)
-		}
+	id, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/v1/psks/"), "/")
+	if _, err := hex.DecodeString(id); err != nil {
+		return ""
 	}
-	if id := q.Get("identity"); id != "" {
-		return hex.EncodeToString([]byte(id))
-	}
-	return ""
+	return strings.ToLower(id)
 }
 
 // writeAudit writes a request's line, subject to the per-uid limit on

@@ -263,7 +263,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(rec, http.StatusForbidden, CodeForbidden, "the admin socket is for root, the daemon's user and the admin group")
 		return
 	}
-	if isChange(sock, r) && ae.Op != "" {
+	if isChange(sock, pattern, r) && ae.Op != "" {
 		// Write-ahead: a change is made only once its intent is on record.
 		ae.Request = s.changeSeq.Add(1)
 		intent := *ae
