@@ -95,7 +95,7 @@ func buildCLib(tb testing.TB, sanitize bool) string {
 
 // cServer starts a C example server on a free port for node n; it returns
 // the process and its address.
-func cServer(t *testing.T, bin string, n *node, extra ...string) (*proc, string) {
+func cServer(t testing.TB, bin string, n *node, extra ...string) (*proc, string) {
 	t.Helper()
 	var addr string
 	p, _ := listenOnFreePort(t, filepath.Base(bin), "listening", func(port int) *proc {
@@ -128,7 +128,7 @@ func rawClient(t *testing.T, dir, addr, priority string, wire, key []byte) (stri
 }
 
 // waitLine waits for a server's output to contain want.
-func waitLine(t *testing.T, p *proc, want string) {
+func waitLine(t testing.TB, p *proc, want string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for !strings.Contains(p.out.String(), want) {
@@ -139,7 +139,7 @@ func waitLine(t *testing.T, p *proc, want string) {
 	}
 }
 
-func wireOf(t *testing.T, external []byte) []byte {
+func wireOf(t testing.TB, external []byte) []byte {
 	w, err := importer.Identity{External: external, Protocol: importer.TLS13, KDF: importer.HKDFSHA256}.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -293,7 +293,7 @@ func TestCLibHardwareBackends(t *testing.T) {
 }
 
 // newNodeOn is newNode with a backend URI.
-func newNodeOn(t *testing.T, id, backend string) *node {
+func newNodeOn(t testing.TB, id, backend string) *node {
 	t.Helper()
 	base := tempDir(t)
 	n := &node{

@@ -49,7 +49,7 @@ func TestMain(m *testing.M) {
 }
 
 // requireTool skips when a tool is missing, or fails when CI demands it.
-func requireTool(t *testing.T, name string) string {
+func requireTool(t testing.TB, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
@@ -63,7 +63,7 @@ func requireTool(t *testing.T, name string) string {
 
 // node is one vault with its daemon.
 type node struct {
-	t        *testing.T
+	t        testing.TB
 	id       string
 	stateDir string
 	socket   string // admin socket
@@ -75,7 +75,7 @@ type node struct {
 
 // newNode initialises a soft-backend vault for id under a fresh directory
 // and starts its daemon; the daemon is stopped in t.Cleanup.
-func newNode(t *testing.T, id string, serveArgs ...string) *node {
+func newNode(t testing.TB, id string, serveArgs ...string) *node {
 	t.Helper()
 	base := tempDir(t)
 	n := &node{
@@ -91,7 +91,7 @@ func newNode(t *testing.T, id string, serveArgs ...string) *node {
 }
 
 // tempDir is a t.TempDir that other uids may traverse.
-func tempDir(t *testing.T) string {
+func tempDir(t testing.TB) string {
 	d := t.TempDir()
 	for p := d; p != "/" && p != os.TempDir(); p = filepath.Dir(p) {
 		os.Chmod(p, 0o755)
@@ -150,7 +150,7 @@ func (n *node) start(serveArgs ...string) {
 
 // cli runs the pskvault binary against this node and returns stdout; it
 // fails the test on a non-zero exit.
-func (n *node) cli(t *testing.T, args ...string) string {
+func (n *node) cli(t testing.TB, args ...string) string {
 	t.Helper()
 	out, errOut, err := n.run(nil, args...)
 	if err != nil {
@@ -208,7 +208,7 @@ func (s *syncBuffer) String() string {
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -221,7 +221,7 @@ func freePort(t *testing.T) int {
 // listenOnFreePort starts a server on a free port and waits for its ready
 // line. A port free a moment ago can be taken before the tool binds it (by
 // any process's ephemeral bind or connect): then it tries another port.
-func listenOnFreePort(t *testing.T, what, ready string, start func(port int) *proc) (*proc, int) {
+func listenOnFreePort(t testing.TB, what, ready string, start func(port int) *proc) (*proc, int) {
 	t.Helper()
 	var out string
 	for attempt := 0; attempt < 3; attempt++ {
@@ -251,7 +251,7 @@ type proc struct {
 }
 
 // spawn starts a tool bounded by timeout; it is killed in t.Cleanup.
-func spawn(t *testing.T, timeout time.Duration, name string, args ...string) *proc {
+func spawn(t testing.TB, timeout time.Duration, name string, args ...string) *proc {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	cmd := exec.CommandContext(ctx, name, args...)
@@ -327,7 +327,7 @@ func (p *proc) wait(timeout time.Duration) error {
 	}
 }
 
-func unhex(t *testing.T, s string) []byte {
+func unhex(t testing.TB, s string) []byte {
 	t.Helper()
 	b, err := hex.DecodeString(s)
 	if err != nil {

@@ -1,0 +1,89 @@
+package examples
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pskvault/pskvault/backends/pkcs11/pkcs11test"
+	"github.com/pskvault/pskvault/client"
+	"github.com/pskvault/pskvault/internal/swtpmsim"
+)
+
+var rateRE = regexp.MustCompile(`handshakes=(\d+) ok=(\d+) seconds=([0-9.]+) rate=([0-9.]+)/s`)
+
+// BenchmarkCLibHandshakes: TLS 1.3 psk_dhe_ke handshakes per second with
+// the C library's OpenSSL server (clients/c, optimised build) asking the
+// vault at every handshake ("vault"), against the same server program
+// holding the same key in memory ("memory"), for a server node on each
+// backend. The client is the same OpenSSL example with the key in memory in
+// both cases, so only the server side differs. One op is one handshake
+// (sequential: one client, one single-threaded server). docs/BENCHMARKS.md
+// has the figures and the command:
+//
+//	go test ./examples -run '^$' -bench CLibHandshakes -benchtime 2000x -count 3
+func BenchmarkCLibHandshakes(b *testing.B) {
+	dir := buildCLib(b, false)
+	for _, backend := range []string{"soft", "tpm", "pkcs11"} {
+		b.Run(backend, func(b *testing.B) {
+			uri := "soft"
+			switch backend {
+			case "tpm":
+				uri = swtpmsim.Start(b).URI()
+			case "pkcs11":
+				uri = pkcs11test.Require(b, "pskvault-clib-bench").URI()
+			}
+			a := newNode(b, "node-a")
+			bn := newNodeOn(b, "node-b", uri)
+			keyFile := filepath.Join(b.TempDir(), "epsk.hex")
+			a.cli(b, "psk", "create", "--identity", "bench-link", "--client", "node-a", "--server", "node-b", "--out", keyFile)
+			bn.cli(b, "psk", "import", "--identity", "bench-link", "--client", "node-a", "--server", "node-b", "--key-file", keyFile)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			c := client.New(a.data)
+			d, err := c.Derive(ctx, client.DeriveRequest{Identity: []byte("bench-link"), Protocol: "tls1.3", KDF: "sha256"})
+			c.Close()
+			cancel()
+			if err != nil {
+				b.Fatal(err)
+			}
+			memKey := hex.EncodeToString(d.ImportedIdentity) + " " + hex.EncodeToString(d.IPSKX) + "\n"
+			clear(d.IPSKX)
+
+			vaultSrv, vaultAddr := cServer(b, filepath.Join(dir, "ossl_echo_server"), bn, "--quiet")
+			var memAddr string
+			memSrv, _ := listenOnFreePort(b, "memory-key server", "listening", func(port int) *proc {
+				memAddr = fmt.Sprintf("127.0.0.1:%d", port)
+				p := spawn(b, 30*time.Minute, filepath.Join(dir, "ossl_echo_server"), "--memory-key", "--quiet", "--listen", memAddr)
+				p.stdin.Write([]byte(memKey)) // the key on stdin, never argv
+				return p
+			})
+			for _, m := range []struct{ name, addr string }{{"memory", memAddr}, {"vault", vaultAddr}} {
+				b.Run(m.name, func(b *testing.B) {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+					defer cancel()
+					cmd := exec.CommandContext(ctx, filepath.Join(dir, "ossl_echo_client"), "--memory-key", "--connect", m.addr, "--count", strconv.Itoa(max(b.N, 2)), "--quiet")
+					cmd.Stdin = strings.NewReader(memKey)
+					b.ResetTimer()
+					out, err := cmd.CombinedOutput()
+					b.StopTimer()
+					mm := rateRE.FindStringSubmatch(string(out))
+					if err != nil || mm == nil || mm[1] != mm[2] {
+						b.Fatalf("client: %v\n%s\nvault server:\n%s\nmemory server:\n%s", err, out, vaultSrv.out.String(), memSrv.out.String())
+					}
+					rate, _ := strconv.ParseFloat(mm[4], 64)
+					b.ReportMetric(rate, "handshakes/s")
+				})
+			}
+			if strings.Contains(vaultSrv.out.String(), "status=") {
+				b.Fatalf("the vault server refused lookups:\n%s", vaultSrv.out.String())
+			}
+		})
+	}
+}
