@@ -77,6 +77,7 @@ var dataRoutes = map[string]bool{
 	"POST /v1/lookup": true,
 	"POST /v1/offers": true,
 	"POST /v1/watch":  true,
+	"POST /v1/keys":   true,
 }
 
 // NewServer returns a server for v. log receives one line per request (at
@@ -124,6 +125,7 @@ func NewServerWith(v *vault.Vault, o Options) *Server {
 	s.mux.HandleFunc("POST /v1/lookup", s.lookup)
 	s.mux.HandleFunc("POST /v1/offers", s.offers)
 	s.mux.HandleFunc("POST /v1/watch", s.watch)
+	s.mux.HandleFunc("POST /v1/keys", s.keys)
 	return s
 }
 

@@ -344,8 +344,13 @@ func (c *Client) Offers(ctx context.Context, server string, context []byte, prot
 	if err := c.getJSON(ctx, http.MethodPost, "/v1/offers", nil, "application/json", body, &resp); err != nil {
 		return nil, err
 	}
-	out := make([]Offer, 0, len(resp.Offers))
-	for _, o := range resp.Offers {
+	return offersFrom(resp.Offers)
+}
+
+// offersFrom decodes offers (or keys) answered in JSON.
+func offersFrom(list []api.Offer) ([]Offer, error) {
+	out := make([]Offer, 0, len(list))
+	for _, o := range list {
 		var x Offer
 		var e1, e2, e3, e4 error
 		x.Identity, e1 = hex.DecodeString(o.IdentityHex)
@@ -397,4 +402,24 @@ func (c *Client) Watch(ctx context.Context, since string, wait time.Duration) (t
 		return "", false, err
 	}
 	return resp.Token, resp.Changed, nil
+}
+
+// KeysRequest selects the keys this node holds in one role (pskvault agent).
+type KeysRequest struct {
+	Role     string // "client" or "server"
+	Peer     string // only keys shared with this node; required for group PSKs
+	Context  []byte
+	Protocol string // "tls1.3" or "dtls1.3"
+	KDF      string // "sha256" or "sha384"
+}
+
+// Keys lists the keys of every PSK the caller may derive in r.Role for one
+// target, newest generation first. Each IPSKX is secret: zero it after use.
+func (c *Client) Keys(ctx context.Context, r KeysRequest) ([]Offer, error) {
+	body, _ := json.Marshal(api.KeysRequest{Role: r.Role, Peer: r.Peer, ContextHex: hex.EncodeToString(r.Context), Protocol: r.Protocol, KDF: r.KDF})
+	var resp api.KeyList
+	if err := c.getJSON(ctx, http.MethodPost, "/v1/keys", nil, "application/json", body, &resp); err != nil {
+		return nil, err
+	}
+	return offersFrom(resp.Keys)
 }

@@ -1,0 +1,117 @@
+package api
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/pskvault/pskvault/importer"
+	"github.com/pskvault/pskvault/vault"
+)
+
+// KeysRequest is POST /v1/keys, for consumers that keep key files (pskvault
+// agent): every key this node holds in Role ("client" or "server") for one
+// target, optionally only those shared with node Peer. Group PSKs need a
+// peer (their keys depend on it) and are listed only when one is given.
+// ContextHex is the RFC 9258 context (PSKs that require the node context
+// get theirs whatever is given).
+type KeysRequest struct {
+	Role       string `json:"role"`
+	Peer       string `json:"peer,omitempty"`
+	ContextHex string `json:"context_hex,omitempty"`
+	Protocol   string `json:"protocol"`
+	KDF        string `json:"kdf"`
+}
+
+// KeyList answers POST /v1/keys: entries as offers have them, newest
+// generation first. Empty when nothing matches, whatever the reason.
+type KeyList struct {
+	Keys []Offer `json:"keys"`
+}
+
+// keys lists the keys of every PSK the caller may derive in a role: what a
+// TLS server's key file must hold (every client it accepts) or a client's
+// (every server it talks to). Like offers, a PSK the caller may not derive,
+// or that is revoked, expired or not allowed for the target, is simply not
+// listed.
+func (s *Server) keys(w http.ResponseWriter, r *http.Request) {
+	var req KeysRequest
+	if err := decodeJSON(r, &req); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if req.Role != "client" && req.Role != "server" {
+		s.fail(w, badRequest("role: want client or server"))
+		return
+	}
+	if req.Peer != "" {
+		if err := vault.CheckNodeID(req.Peer); err != nil {
+			s.fail(w, fmt.Errorf("peer: %w", err))
+			return
+		}
+	}
+	ctxBytes, err := decodeHex("context_hex", req.ContextHex)
+	if err == nil {
+		err = checkImportedLen(1, len(ctxBytes))
+	}
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	var t vault.Target
+	if t.Protocol, err = importer.ParseProtocol(req.Protocol); err == nil {
+		t.KDF, err = importer.ParseKDF(req.KDF)
+	}
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	ae := auditOf(r)
+	ae.Target, ae.Context, ae.Role = t.String(), hexOf(ctxBytes), req.Role
+	caller := callerOf(r.Context())
+	out := KeyList{Keys: []Offer{}}
+	var keys [][]byte
+	var created []time.Time
+	defer func() {
+		for _, k := range keys {
+			clear(k)
+		}
+	}()
+	me := s.v.NodeID()
+	for _, p := range s.v.List() {
+		var ok bool
+		switch {
+		case p.IsGroup():
+			ok = req.Peer != "" && req.Peer != me && slices.Contains(p.Group, me) && slices.Contains(p.Group, req.Peer)
+		case req.Role == "client":
+			ok = p.ClientNode == me && (req.Peer == "" || p.ServerNode == req.Peer)
+		default:
+			ok = p.ServerNode == me && (req.Peer == "" || p.ClientNode == req.Peer)
+		}
+		if !ok || !p.Allows(t) {
+			continue
+		}
+		d, err := s.v.Derive(r.Context(), vault.DeriveRequest{Identity: p.Identity, Context: ctxBytes, Target: t, Peer: req.Peer, Role: req.Role, Caller: caller})
+		if err != nil {
+			continue
+		}
+		keys = append(keys, d.IPSKX)
+		created = append(created, d.PSK.Created)
+		out.Keys = append(out.Keys, Offer{
+			IdentityHex:      p.IdentityHex(),
+			ImportedIdentity: hexOf(d.ImportedIdentity),
+			IPSKX:            hexOf(d.IPSKX),
+			ContextHex:       hexOf(d.Context),
+			Protocol:         t.Protocol.String(),
+			KDF:              t.KDF.String(),
+			Hash:             d.PSK.Hash.String(),
+			NotAfter:         d.PSK.NotAfter,
+			PSKPolicy:        PolicyOf(d.PSK),
+		})
+	}
+	sortOffers(out.Keys, created)
+	ae.Count = len(out.Keys)
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, out)
+}
