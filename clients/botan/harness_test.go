@@ -151,6 +151,7 @@ type node struct {
 	inData   string // path inside the chroot
 	cancel   context.CancelFunc
 	done     chan struct{}
+	pid      int
 	stderr   *syncBuffer
 }
 
@@ -178,7 +179,7 @@ func newNode(t testing.TB, id string) *node {
 		cancel()
 		t.Fatal(err)
 	}
-	n.cancel, n.done = cancel, make(chan struct{})
+	n.cancel, n.done, n.pid = cancel, make(chan struct{}), cmd.Process.Pid
 	go func() { cmd.Wait(); close(n.done) }()
 	t.Cleanup(func() { cancel(); <-n.done })
 	c := client.New(n.data)
@@ -231,6 +232,22 @@ func (n *node) derive(identity, ctxBytes []byte, kdf string) *client.Derived {
 		n.t.Fatalf("%s derive: %v", n.id, err)
 	}
 	return d
+}
+
+// cpuSeconds is the daemon's CPU time so far (user and system, from
+// /proc/PID/stat, in clock ticks of 1/100 s).
+func (n *node) cpuSeconds() float64 {
+	n.t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.pid))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	s := string(raw)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	var ut, st float64
+	fmt.Sscan(f[11], &ut) // utime is field 14 of stat, 12th after the name
+	fmt.Sscan(f[12], &st)
+	return (ut + st) / 100
 }
 
 // auditHas reports whether this node's audit log has a line with every

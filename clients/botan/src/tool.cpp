@@ -2,14 +2,19 @@
  * pskvault-botan-tool: the Botan consumer's measuring and checking tool.
  *
  *   pskvault-botan-tool bench --server-socket S --client-socket C --server-node NODE
- *                             [--kdf sha256] [--rounds 5] [--handshakes 300]
+ *                             [--kdf sha256] [--rounds 40] [--handshakes 50] [--verbose 1]
  *       TLS 1.3 psk_dhe_ke handshakes per second, client and server in this
  *       process over memory (no sockets, one thread), with the server's PSK
  *       (a) asked from the vault's lookup at every handshake (S) and (b) held
  *       in memory, the same ipskx, taken from one lookup at start. Rounds
- *       alternate a and b. The client's keys come from one offers call (C)
- *       and stay in memory for both. Prints one line per round and one
- *       summary line "vault=N/s memory=M/s ratio=R" (medians).
+ *       pair a and b in ABBA order (load changes hit both alike). The
+ *       client's keys come from one offers call (C) and stay in memory for
+ *       both. Prints "vault=N/s memory=M/s ratio=R": the medians of the
+ *       rates and of the rounds' ratios (--verbose 1: every round too), and
+ *       "cpu: vault_us_per_hs=A memory_us_per_hs=B vault_lookups=L": this
+ *       process's CPU time per handshake in each variant and how many
+ *       lookups the daemon answered (warm-up and the baseline's one
+ *       included), so that the daemon's CPU time can be added per lookup.
  *
  *   pskvault-botan-tool import --import-epsk FILE --identity-hex H [--context-hex C]
  *                              [--epsk-hash sha256|sha384] [--kdf sha256|sha384]
@@ -27,6 +32,7 @@
 #include <botan/tls_session_manager_noop.h>
 
 #include <algorithm>
+#include <ctime>
 #include <chrono>
 #include <deque>
 #include <iostream>
@@ -83,6 +89,15 @@ void one_handshake(const std::shared_ptr<Credentials>& server_creds,
    }
 }
 
+// cpu_seconds is this process's CPU time (user and system): under a loaded
+// machine wall-clock rates favour whichever variant sleeps (the vault one,
+// waiting on the socket), so CPU per handshake is reported too.
+double cpu_seconds() {
+   timespec ts{};
+   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
 double rate(int n,
             const std::shared_ptr<Credentials>& server_creds,
             const std::shared_ptr<Credentials>& client_creds,
@@ -105,8 +120,8 @@ double median(std::vector<double> v) {
 int bench(const Flags& f) {
    Target target{TLS13, kdf_by_name(f.get("kdf", "sha256"))};
    const std::string node = f.get("server-node");
-   const int rounds = std::stoi(f.get("rounds", "5"));
-   const int n = std::stoi(f.get("handshakes", "300"));
+   const int rounds = std::stoi(f.get("rounds", "40"));
+   const int n = std::stoi(f.get("handshakes", "50"));
 
    // The client's keys: one offers call, then memory.
    VaultKeySource client_vault({f.get("client-socket"), std::nullopt, std::nullopt});
@@ -136,17 +151,39 @@ int bench(const Flags& f) {
 
    rate(20, vault_creds, client_creds, policy, rng, sessions);  // warm up
    rate(20, memory_creds, client_creds, policy, rng, sessions);
-   std::vector<double> rv, rm;
+   // Paired rounds in ABBA order, so that a change of load on the machine
+   // falls on both variants alike; the ratio is the median of the rounds'.
+   std::vector<double> rv, rm, ratios;
+   double cpu_v = 0, cpu_m = 0;
+   auto timed = [&](const std::shared_ptr<Credentials>& c, double& cpu) {
+      const double c0 = cpu_seconds();
+      const double r = rate(n, c, client_creds, policy, rng, sessions);
+      cpu += cpu_seconds() - c0;
+      return r;
+   };
    for(int r = 0; r < rounds; r++) {
-      rv.push_back(rate(n, vault_creds, client_creds, policy, rng, sessions));
-      rm.push_back(rate(n, memory_creds, client_creds, policy, rng, sessions));
-      std::cout << "round " << r + 1 << ": vault=" << static_cast<long>(rv.back())
-                << "/s memory=" << static_cast<long>(rm.back()) << "/s" << std::endl;
+      double v, m;
+      if(r % 2 == 0) {
+         v = timed(vault_creds, cpu_v);
+         m = timed(memory_creds, cpu_m);
+      } else {
+         m = timed(memory_creds, cpu_m);
+         v = timed(vault_creds, cpu_v);
+      }
+      rv.push_back(v);
+      rm.push_back(m);
+      ratios.push_back(v / m);
+      if(f.has("verbose")) {
+         std::cout << "round " << r + 1 << ": vault=" << static_cast<long>(v) << "/s memory=" << static_cast<long>(m)
+                   << "/s" << std::endl;
+      }
    }
-   const double mv = median(rv), mm = median(rm);
-   std::cout << "vault=" << static_cast<long>(mv) << "/s memory=" << static_cast<long>(mm)
-             << "/s ratio=" << mv / mm << " (medians of " << rounds << " rounds of " << n << " handshakes, "
-             << prf_name(target.kdf) << ")" << std::endl;
+   std::cout << "vault=" << static_cast<long>(median(rv)) << "/s memory=" << static_cast<long>(median(rm))
+             << "/s ratio=" << median(ratios) << " (medians of " << rounds << " paired rounds of " << n
+             << " handshakes, " << prf_name(target.kdf) << ")" << std::endl;
+   const double total = static_cast<double>(rounds) * n;
+   std::cout << "cpu: vault_us_per_hs=" << cpu_v / total * 1e6 << " memory_us_per_hs=" << cpu_m / total * 1e6
+             << " vault_lookups=" << static_cast<long>(total) + 21 << std::endl;
    return 0;
 }
 
