@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -261,6 +262,47 @@ func TestNativeImporterMeetsExtBinder(t *testing.T) {
 			t.Fatalf("GnuTLS's log shows no failure in server_recv_params:\n%s", srv.out.String())
 		}
 		t.Logf("native server: %s; ext-binder client: %s", l, strings.TrimSpace(out))
+	})
+
+	// The same with the C library's OpenSSL glue (Debian 12's OpenSSL 3.0
+	// on the host): the ext-binder consumer pskvault ships.
+	t.Run("native-client-openssl-fed-server", func(t *testing.T) {
+		dir := hostCLib(t)
+		srv, addr := hostServer(t, "listening", func(addr string) *proc {
+			return spawnHost(t, 2*time.Minute, filepath.Join(dir, "ossl_echo_server"), "--socket", p.b.data, "--listen", addr, "--count", "1")
+		})
+		port := addr[strings.LastIndexByte(addr, ':')+1:]
+		out, err := run(t, prog("gnutls-native"), append([]string{"client", "--port", port, "--message", "x"}, native...)...)
+		if err == nil || strings.Contains(out, "reply:") {
+			t.Fatalf("GnuTLS native client completed a handshake with the OpenSSL-fed server:\n%s", out)
+		}
+		if _, ok := srv.waitFor("lookup identity="+hex.EncodeToString(wire)+" status=ok", 10*time.Second); !ok {
+			t.Fatalf("the OpenSSL-fed server did not get the key for the identity (so the binder was never reached):\n%s", srv.out.String())
+		}
+		l, ok := srv.waitFor("handshake failed:", 10*time.Second)
+		if !ok || !strings.Contains(l, "binder") {
+			t.Fatalf("OpenSSL server: want its binder error, got %q\n%s", l, srv.out.String())
+		}
+		t.Logf("OpenSSL-fed server: %s; GnuTLS client: %s", l, strings.TrimSpace(out))
+	})
+
+	t.Run("openssl-fed-client-native-server", func(t *testing.T) {
+		dir := hostCLib(t)
+		srv, port := listening(t, prog("gnutls-native"), append([]string{"server", "--naccept", "1", "--debug", "3"}, native...)...)
+		cmd := spawnHost(t, time.Minute, filepath.Join(dir, "ossl_echo_client"), "--socket", p.a.data, "--connect", "127.0.0.1:"+port,
+			"--peer", "node-b", "--message", "x")
+		<-cmd.done
+		if cmd.err == nil || strings.Contains(cmd.out.String(), "echo: x") {
+			t.Fatalf("OpenSSL-fed client completed a handshake with a native importer:\n%s", cmd.out.String())
+		}
+		if _, ok := srv.waitFor("identity matched: "+hex.EncodeToString(wire), 10*time.Second); !ok {
+			t.Fatalf("GnuTLS did not match the identity the OpenSSL-fed client sent:\n%s\nclient:\n%s", srv.out.String(), cmd.out.String())
+		}
+		l, ok := srv.waitFor("handshake failed:", 10*time.Second)
+		if !ok || !strings.Contains(l, "-55 ") || !strings.Contains(srv.out.String(), "pre_shared_key.c[server_recv_params]") {
+			t.Fatalf("GnuTLS server: want -55 from server_recv_params (binder mismatch), got %q\n%s", l, srv.out.String())
+		}
+		t.Logf("native server: %s; OpenSSL-fed client: %s", l, strings.TrimSpace(cmd.out.String()))
 	})
 
 	t.Run("control-imported-binder", func(t *testing.T) {

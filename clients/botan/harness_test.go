@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -104,14 +105,14 @@ func setup() {
 			return err
 		}
 		env.inBuild = "/" + mustRel(env.chroot, env.build)
-		for _, p := range []string{"Makefile", "src", "gnutls-native"} {
+		for _, p := range []string{"Makefile", "src", "gnutls-native", "../c"} {
 			if out, err := exec.Command("cp", "-r", p, env.build+"/").CombinedOutput(); err != nil {
 				return fmt.Errorf("copy %s into the chroot: %v: %s", p, err, out)
 			}
 		}
 		mctx, mcancel := context.WithTimeout(context.Background(), 20*time.Minute)
 		defer mcancel()
-		if out, err := exec.CommandContext(mctx, "chroot", env.chroot, "make", "-C", env.inBuild, "-j2").CombinedOutput(); err != nil {
+		if out, err := exec.CommandContext(mctx, "chroot", env.chroot, "make", "-C", env.inBuild, "-j2", "CLIB="+env.inBuild+"/c", "BUILD=build").CombinedOutput(); err != nil {
 			return fmt.Errorf("build the Botan consumer and gnutls-native in the chroot: %v\n%s", err, out)
 		}
 		// Data sockets live under the chroot's /run so that programs inside
@@ -135,6 +136,55 @@ func mustRel(base, p string) string {
 		panic(err)
 	}
 	return r
+}
+
+// hostCLib builds pskvault's C library and its OpenSSL and GnuTLS 3.7
+// example programs on the host (Debian 12's libssl-dev and
+// libgnutls28-dev): the "ext binder" consumers. Returns the build directory.
+var (
+	clibOnce sync.Once
+	clibDir  string
+	clibErr  error
+)
+
+func hostCLib(t testing.TB) string {
+	t.Helper()
+	clibOnce.Do(func() {
+		clibDir = filepath.Join(env.tmp, "clib")
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, "make", "-C", "../c", "-s", "BUILD="+clibDir, "all").CombinedOutput()
+		if err != nil {
+			clibErr = fmt.Errorf("make -C clients/c: %v\n%s", err, out)
+		}
+	})
+	if clibErr != nil {
+		t.Fatal(clibErr)
+	}
+	return clibDir
+}
+
+// hostServer starts a host program that listens on a free loopback port
+// and prints a line containing ready; it retries on another port when the
+// one picked was taken before the program bound it.
+func hostServer(t testing.TB, ready string, start func(addr string) *proc) (*proc, string) {
+	t.Helper()
+	var last string
+	for attempt := 0; attempt < 3; attempt++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		p := start(addr)
+		if _, ok := p.waitFor(ready, 15*time.Second); ok {
+			return p, addr
+		}
+		last = p.out.String()
+	}
+	t.Fatalf("server did not start on any of 3 ports:\n%s", last)
+	return nil, ""
 }
 
 // prog is a program of the build directory, by its path inside the chroot.
@@ -325,8 +375,19 @@ type proc struct {
 
 func spawn(t testing.TB, timeout time.Duration, name string, args ...string) *proc {
 	t.Helper()
+	return spawnCmd(t, timeout, "chroot", append([]string{env.chroot, name}, args...)...)
+}
+
+// spawnHost runs a program on the host, not in the chroot.
+func spawnHost(t testing.TB, timeout time.Duration, name string, args ...string) *proc {
+	t.Helper()
+	return spawnCmd(t, timeout, name, args...)
+}
+
+func spawnCmd(t testing.TB, timeout time.Duration, name string, args ...string) *proc {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	cmd := exec.CommandContext(ctx, "chroot", append([]string{env.chroot, name}, args...)...)
+	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.WaitDelay = 2 * time.Second
 	cmd.Dir = "/"
 	p := &proc{cmd: cmd, out: &syncBuffer{}, lines: make(chan string, 1024), done: make(chan struct{})}
