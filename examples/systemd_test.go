@@ -16,13 +16,13 @@ import (
 func TestSystemdUnits(t *testing.T) {
 	sa := requireTool(t, "systemd-analyze")
 	dir := t.TempDir()
-	units := []string{"pskvault.service", "pskvault-admin.socket", "pskvault-data.socket"}
+	units := []string{"pskvault.service", "pskvault-admin.socket", "pskvault-data.socket", "pskvault-agent.service"}
 	for _, u := range units {
 		b, err := os.ReadFile(filepath.Join("..", "contrib", "systemd", u))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Contains(b, []byte("/usr/bin/pskvault")) && u == "pskvault.service" {
+		if !bytes.Contains(b, []byte("/usr/bin/pskvault")) && strings.HasSuffix(u, ".service") {
 			t.Fatal("pskvault.service no longer runs /usr/bin/pskvault; update this test")
 		}
 		b = bytes.ReplaceAll(b, []byte("/usr/bin/pskvault"), []byte(pskvaultBin))
@@ -36,11 +36,13 @@ func TestSystemdUnits(t *testing.T) {
 	if err != nil || len(bytes.TrimSpace(out)) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
-	sec := exec.Command(sa, "security", "--offline=true", "--threshold=20", "--no-pager", "pskvault.service")
-	sec.Dir = dir
-	out, err = sec.CombinedOutput()
-	if err != nil {
-		i := strings.Index(string(out), "Overall exposure")
-		t.Fatalf("systemd-analyze security: %v: %s", err, strings.TrimSpace(string(out[max(i, 0):])))
+	for _, svc := range []string{"pskvault.service", "pskvault-agent.service"} {
+		sec := exec.Command(sa, "security", "--offline=true", "--threshold=20", "--no-pager", svc)
+		sec.Dir = dir
+		out, err = sec.CombinedOutput()
+		if err != nil {
+			i := strings.Index(string(out), "Overall exposure")
+			t.Fatalf("systemd-analyze security %s: %v: %s", svc, err, strings.TrimSpace(string(out[max(i, 0):])))
+		}
 	}
 }
