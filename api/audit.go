@@ -9,6 +9,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/pskvault/pskvault/internal/safepath"
 )
 
 // AuditEntry is one line of the audit log: who asked what, about which PSK,
@@ -55,8 +57,14 @@ func OpenAudit(path string) (*Audit, error) {
 	return &Audit{w: f, f: f}, nil
 }
 
+// openAuditFile opens the audit log as the daemon opens its state files
+// (issue 11 item 2): no symbolic link followed, and only a regular file of
+// the daemon's user with one link, writable by nobody else (group read is
+// allowed, for a log group). A link planted where the log goes would
+// otherwise have the daemon append to, or create, a file of someone
+// else's choosing.
 func openAuditFile(path string) (*os.File, error) {
-	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	return safepath.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600, uint32(os.Geteuid()), safepath.FileRules{GroupReadable: true})
 }
 
 // Reopen opens the file at path anew and makes the log append to it: after

@@ -133,7 +133,9 @@ func (s *boltStore) compactLocked() error {
 	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove stale %s: %w", tmp, err)
 	}
-	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second})
+	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second, OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		return OpenStateFile(name, flag|os.O_EXCL, perm) // removed just above: a new file or nothing
+	}})
 	if err != nil {
 		return fmt.Errorf("create %s: %w", tmp, err)
 	}

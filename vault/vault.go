@@ -120,7 +120,7 @@ func Init(ctx context.Context, dir string, cfg Config) error {
 		return err
 	}
 	path := filepath.Join(dir, dbFile)
-	if _, err := os.Stat(path); err == nil {
+	if _, err := os.Lstat(path); err == nil {
 		return fmt.Errorf("%w in %s", ErrAlreadyInitialized, dir)
 	}
 	b, err := OpenBackend(ctx, BackendConfig{URI: cfg.Backend, StateDir: dir, Init: true})
@@ -128,7 +128,7 @@ func Init(ctx context.Context, dir string, cfg Config) error {
 		return fmt.Errorf("open backend: %w", err)
 	}
 	defer b.Close()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, OpenFile: OpenStateFile})
 	if err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
@@ -146,36 +146,17 @@ func Init(ctx context.Context, dir string, cfg Config) error {
 	})
 }
 
-// ensurePrivateDir creates dir 0700, or checks an existing one is not
-// readable or writable by group or others.
-func ensurePrivateDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create state dir: %w", err)
-	}
-	st, err := os.Stat(dir)
-	if err != nil {
-		return err
-	}
-	if !st.IsDir() {
-		return fmt.Errorf("%w: state dir %s is not a directory", ErrInvalid, dir)
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return fmt.Errorf("%w: state dir %s has mode %04o; it must be 0700 (chmod 700 %s)", ErrInvalid, dir, st.Mode().Perm(), dir)
-	}
-	return nil
-}
-
 // Open opens an initialized vault and its backend. Only one process can
 // hold a vault open: the database file is locked.
 func Open(ctx context.Context, dir string) (*Vault, error) {
 	path := filepath.Join(dir, dbFile)
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s has no %s (run: pskvault init --node-id NAME)", ErrNotInitialized, dir, dbFile)
 	}
 	if err := ensurePrivateDir(dir); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 500 * time.Millisecond})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 500 * time.Millisecond, OpenFile: OpenStateFile})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("vault %s is in use by another process (is a daemon already serving it?)", dir)

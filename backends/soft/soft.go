@@ -70,7 +70,7 @@ func loadKEK(path string, create bool) ([]byte, error) {
 		if _, err := rand.Read(kek); err != nil {
 			return nil, fmt.Errorf("generate KEK: %w", err)
 		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		f, err := vault.OpenStateFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {
 			clear(kek)
 			return nil, fmt.Errorf("create KEK file: %w", err)
@@ -82,7 +82,12 @@ func loadKEK(path string, create bool) ([]byte, error) {
 		}
 		return kek, nil
 	}
-	f, err := os.Open(path)
+	// No link followed, a regular file of the daemon's user with one link
+	// (vault.OpenStateFile): a KEK someone else planted is never used.
+	f, err := vault.OpenStateFile(path, os.O_RDONLY, 0)
+	if errors.Is(err, vault.ErrUnsafeState) {
+		return nil, fmt.Errorf("KEK file: %w", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: open KEK file: %w", vault.ErrBackendUnavailable, err)
 	}

@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -70,11 +71,28 @@ func (b *Backend) recordParent(ctx context.Context, path string) error {
 	if err != nil {
 		return err
 	}
-	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, pub) {
-		return nil
+	// State files are opened without following links and must be the
+	// daemon's own (vault.OpenStateFile).
+	if f, err := vault.OpenStateFile(path, os.O_RDONLY, 0); err == nil {
+		old, rerr := io.ReadAll(io.LimitReader(f, 64<<10))
+		f.Close()
+		if rerr == nil && bytes.Equal(old, pub) {
+			return nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("tpm: record parent public key: %w", err)
 	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, pub, 0o600); err != nil {
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("tpm: record parent public key: %w", err)
+	}
+	f, err := vault.OpenStateFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("tpm: record parent public key: %w", err)
+	}
+	_, werr := f.Write(pub)
+	if err := errors.Join(werr, f.Close()); err != nil {
+		os.Remove(tmp)
 		return fmt.Errorf("tpm: record parent public key: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {

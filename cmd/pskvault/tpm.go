@@ -6,11 +6,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/pskvault/pskvault/backends/tpm" // also registers the "tpm" backend
 	"github.com/pskvault/pskvault/importer"
+	"github.com/pskvault/pskvault/internal/safepath"
+	"github.com/pskvault/pskvault/vault"
 )
 
 func init() {
@@ -47,7 +51,7 @@ func setupTPMParentPub(fs *flag.FlagSet, g *globals) func(context.Context, []str
 			err = errors.Join(err, b.Close())
 		} else {
 			path := filepath.Join(g.stateDir, tpm.ParentPubFile)
-			pub, err = os.ReadFile(path)
+			pub, err = readStateFile(g.stateDir, path)
 			if errors.Is(err, os.ErrNotExist) {
 				return withHint(fmt.Errorf("%s has no TPM parent record (%s)", g.stateDir, path),
 					"initialize the vault with --backend tpm..., or read the TPM directly with --backend tpm:device=/dev/tpmrm0")
@@ -76,4 +80,39 @@ func setupTPMParentPub(fs *flag.FlagSet, g *globals) func(context.Context, []str
 			hex.EncodeToString(name), *out, *out)
 		return nil
 	}
+}
+
+// readStateFile reads a small file in a state directory that may be another
+// user's (root exporting the parent key of a daemon that runs as user
+// pskvault): the directory and the file must belong to the same user, who
+// is this one unless this one is root, the directories above it must pass
+// internal/safepath for that user, and the file is opened as the daemon
+// opens its own (no link followed, regular, one link, mode 0600). A planted
+// parent key would have the provisioning side wrap keys for someone else's
+// TPM.
+func readStateFile(dir, path string) ([]byte, error) {
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return nil, err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok || !st.IsDir() {
+		return nil, fmt.Errorf("%w: state dir %s is not a directory", vault.ErrUnsafeState, dir)
+	}
+	owner := sys.Uid
+	if me := uint32(os.Geteuid()); me != 0 && owner != me {
+		return nil, fmt.Errorf("%w: state dir %s belongs to uid %d, not to you (uid %d)", vault.ErrUnsafeState, dir, owner, me)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%w: state dir %s has mode %04o; it must be 0700", vault.ErrUnsafeState, dir, st.Mode().Perm())
+	}
+	if err := safepath.CheckDir(dir, owner, false); err != nil {
+		return nil, fmt.Errorf("%w: state dir %s: %w", vault.ErrUnsafeState, dir, err)
+	}
+	f, err := safepath.OpenFile(path, os.O_RDONLY, 0, owner, safepath.FileRules{})
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, 64<<10))
 }

@@ -135,3 +135,93 @@ func checkMode(p string, st fs.FileInfo) error {
 	}
 	return nil
 }
+
+// File rules for OpenFile.
+type FileRules struct {
+	// GroupReadable allows the group read bit (an audit log an operator
+	// opened to a log group); every other bit for group and others is
+	// refused regardless.
+	GroupReadable bool
+}
+
+// OpenFile opens a file the daemon keeps for itself (vault.db, soft.kek,
+// the audit log, ...) so that nothing someone else planted is used: the
+// last component is never followed if it is a symbolic link (O_NOFOLLOW),
+// and the opened file must be a regular file owned by uid with one link and
+// no permission bits for group or others (bar group read, with
+// rules.GroupReadable). A FIFO or device is refused before it is opened,
+// so that opening it cannot block. Errors wrap ErrUnsafe and name the path.
+// The directory's own safety is the caller's: CheckDir.
+func OpenFile(path string, flag int, perm os.FileMode, uid uint32, rules FileRules) (*os.File, error) {
+	if st, err := os.Lstat(path); err == nil {
+		if err := checkFile(path, st, uid, rules); err != nil {
+			return nil, err
+		}
+	}
+	f, err := os.OpenFile(path, flag|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, perm)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("%w: %s is a symbolic link: refusing to follow it", ErrUnsafe, path)
+		}
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err == nil {
+		err = checkFile(path, st, uid, rules)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// CheckFile applies OpenFile's rules to path without opening it (Lstat).
+func CheckFile(path string, uid uint32, rules FileRules) error {
+	st, err := os.Lstat(path)
+	if err != nil {
+		return err
+	}
+	return checkFile(path, st, uid, rules)
+}
+
+func checkFile(path string, st fs.FileInfo, uid uint32, rules FileRules) error {
+	switch {
+	case st.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("%w: %s is a symbolic link: refusing to follow it", ErrUnsafe, path)
+	case !st.Mode().IsRegular():
+		return fmt.Errorf("%w: %s is not a regular file (%s)", ErrUnsafe, path, typeName(st.Mode()))
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%w: %s: no owner information", ErrUnsafe, path)
+	}
+	if sys.Uid != uid {
+		return fmt.Errorf("%w: %s belongs to uid %d, not to this daemon's user (uid %d)", ErrUnsafe, path, sys.Uid, uid)
+	}
+	if sys.Nlink > 1 {
+		return fmt.Errorf("%w: %s has %d hard links: another name elsewhere reaches the same file (keep a copy instead of a link)", ErrUnsafe, path, sys.Nlink)
+	}
+	bad := os.FileMode(0o077)
+	if rules.GroupReadable {
+		bad = 0o037
+	}
+	if st.Mode().Perm()&bad != 0 {
+		return fmt.Errorf("%w: %s has mode %04o: group and others must have no access (chmod go-rwx %s)", ErrUnsafe, path, st.Mode().Perm(), path)
+	}
+	return nil
+}
+
+func typeName(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return m.Type().String()
+}
