@@ -91,6 +91,9 @@ func setupTPMParentPub(fs *flag.FlagSet, g *globals) func(context.Context, []str
 // parent key would have the provisioning side wrap keys for someone else's
 // TPM.
 func readStateFile(dir, path string) ([]byte, error) {
+	if _, err := os.Lstat(path); err != nil {
+		return nil, err // no record: the caller says what to do
+	}
 	st, err := os.Lstat(dir)
 	if err != nil {
 		return nil, err
