@@ -35,6 +35,9 @@
  *     application changed the priorities after setup.
  *   - early data: never. GnuTLS (3.7, 3.8) accepts 0-RTT only on resumption,
  *     and tickets are off.
+ *   - identities: GnuTLS takes PSK usernames of at most 128 bytes
+ *     (MAX_USERNAME_SIZE), so an ImportedIdentity (external identity +
+ *     context + 6 bytes) longer than that never reaches the callback.
  *
  * GnuTLS 3.8's gnutls_psk_set_{server,client}_credentials_function3 add a
  * flags output to the callbacks; the one new flag, GNUTLS_PSK_KEY_EXT, says
