@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Limits of one connection to the daemon. A slow or oversized client is
@@ -26,7 +28,61 @@ const (
 	WriteTimeout      = 30 * time.Second // to write one answer
 	IdleTimeout       = 60 * time.Second // between requests on a kept-alive connection
 	MaxHeaderBytes    = 16 << 10         // request line and headers
+
+	// DefaultRequestTimeout bounds the work on one request once it is read
+	// (Options.RequestTimeout, serve --request-timeout).
+	DefaultRequestTimeout = 5 * time.Second
 )
+
+// hangupWatchAfter is how long a request runs before the server starts
+// watching its connection for the client hanging up: fast requests (nearly
+// all) never pay for the watch.
+const hangupWatchAfter = 20 * time.Millisecond
+
+// watchHangup cancels a request's context when its client closes the
+// connection while the request is still being served (a client that gave
+// up), so the work stops and the connection is freed at once. It starts
+// only after hangupWatchAfter, and polls the socket for POLLHUP, which a
+// Unix stream socket reports when the peer has closed it entirely (not on
+// a half-close, after which the client still waits for its answer). The
+// returned stop ends the watch.
+func watchHangup(c net.Conn, cancel context.CancelFunc) (stop func()) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return func() {}
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	t := time.AfterFunc(hangupWatchAfter, func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			hup := false
+			cerr := raw.Control(func(fd uintptr) {
+				// Events 0: only POLLHUP and POLLERR wake it, never data
+				// the client sends ahead.
+				fds := []unix.PollFd{{Fd: int32(fd)}}
+				if n, err := unix.Poll(fds, 50); err == nil && n > 0 {
+					hup = fds[0].Revents != 0 // POLLHUP, POLLERR or POLLNVAL
+				}
+			})
+			if hup || cerr != nil {
+				cancel()
+				return
+			}
+		}
+	})
+	return func() {
+		t.Stop()
+		close(done)
+	}
+}
 
 // SocketServer serves the socket protocol on one listener: HTTP/1.1 with
 // keep-alive, one request at a time per connection, each read, answered
@@ -40,11 +96,11 @@ const (
 // bare net/http server 57–73 µs where this loop takes 27–40 µs
 // (docs/BENCHMARKS.md). Requests are still parsed by net/http
 // (http.ReadRequest, which also decodes chunked bodies), and answers are
-// small and complete, so each goes out whole, in one write. What is given
-// up: a request's context is not cancelled when its client hangs up
-// mid-request (each request is bounded by the timeouts above and the
-// backends' own), and there is no HTTP/2 or pipelining beyond strict
-// request-after-answer order.
+// small and complete, so each goes out whole, in one write. A client that
+// hangs up mid-request is noticed by a watch that starts only once the
+// request has run for hangupWatchAfter (watchHangup), and every request is
+// bounded by Options.RequestTimeout. What is given up: HTTP/2, and
+// pipelining beyond strict request-after-answer order.
 type SocketServer struct {
 	s    *Server
 	sock Socket
@@ -252,7 +308,11 @@ func (ss *SocketServer) serveConn(c net.Conn) {
 			return
 		}
 		w.reset()
-		ss.s.ServeHTTP(w, req.WithContext(ctx))
+		rctx, rcancel := context.WithCancel(ctx)
+		stopWatch := watchHangup(c, rcancel)
+		ss.s.ServeHTTP(w, req.WithContext(rctx))
+		stopWatch()
+		rcancel()
 		// The next request must start at its first byte: read what the
 		// handler left of this body, and close rather than read much.
 		if n, err := io.CopyN(io.Discard, req.Body, MaxBody+1); err != io.EOF || n > MaxBody {

@@ -45,6 +45,11 @@ type Options struct {
 	// (default 64), MaxWatchesPerUID those of one uid (default 4), so
 	// watches never take all of a caller's connections.
 	MaxWatches, MaxWatchesPerUID int
+	// RequestTimeout bounds the work on each request (default
+	// DefaultRequestTimeout): a backend that has not answered by then
+	// gets the request 503 backend_unavailable, and later requests fail at
+	// once until the late call returns (vault's backend guard).
+	RequestTimeout time.Duration
 	// AuditFailure is AuditRefuse ("" means it) or AuditLogOnly: what
 	// happens to a request whose audit line cannot be written.
 	AuditFailure string
@@ -106,6 +111,9 @@ func NewServerWith(v *vault.Vault, o Options) *Server {
 	}
 	if o.MaxWatchesPerUID <= 0 {
 		o.MaxWatchesPerUID = 4
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = DefaultRequestTimeout
 	}
 	if o.RefusedAuditRate <= 0 {
 		o.RefusedAuditRate = DefaultRefusedAuditRate
@@ -175,6 +183,7 @@ type statusRecorder struct {
 	http.ResponseWriter
 	code    int
 	errCode string
+	sock    Socket
 }
 
 func (r *statusRecorder) WriteHeader(code int) { r.code = code; r.ResponseWriter.WriteHeader(code) }
@@ -197,8 +206,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if sock == "" {
 		sock = SocketAdmin
 	}
+	rec.sock = sock
 	caller := callerOf(r.Context())
 	_, pattern := s.mux.Handler(r)
+	if pattern != "POST /v1/watch" { // a long-poll, bounded by its own wait
+		ctx, cancel := context.WithTimeout(r.Context(), s.opts.RequestTimeout)
+		defer cancel()
+		r = r.WithContext(ctx)
+	}
 	ae := &AuditEntry{Socket: string(sock), Op: opName(pattern, r)}
 	if caller != nil {
 		ae.UID, ae.GID, ae.PID = &caller.UID, &caller.GID, &caller.PID
@@ -401,6 +416,16 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		s.log.Error("no space left", "err", err)
 		writeError(w, http.StatusInsufficientStorage, CodeNoSpace, "no space left on the daemon's state file system: nothing was changed")
 		return
+	}
+	if errors.Is(err, vault.ErrBackendUnavailable) {
+		// A stalled or missing device fails every request at once: said
+		// at debug, not once per request. The data socket's callers learn
+		// nothing of the device (its path, address or token).
+		s.log.Debug("backend unavailable", "err", err)
+		if rec, ok := w.(*statusRecorder); ok && rec.sock == SocketData {
+			writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "the key backend (TPM or token) is unavailable or did not answer in time; retry later")
+			return
+		}
 	}
 	for _, e := range table {
 		if errors.Is(err, e.target) {

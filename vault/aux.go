@@ -59,7 +59,10 @@ func (v *Vault) auxHandle(ctx context.Context) ([]byte, error) {
 			return nil, fmt.Errorf("OS RNG: %w", err)
 		}
 		var err error
-		h, err = v.backend.StoreKey(ctx, StoreRequest{PRK: k, Hash: importer.SHA256, Label: "pskvault-aux"})
+		err = v.guard.change(ctx, func() (err error) {
+			h, err = v.backend.StoreKey(ctx, StoreRequest{PRK: k, Hash: importer.SHA256, Label: "pskvault-aux"})
+			return err
+		})
 		clear(k)
 		if err != nil {
 			return nil, fmt.Errorf("store auxiliary key in %s backend: %w", v.backend.Info().Name, err)
@@ -80,7 +83,7 @@ func (v *Vault) auxHMAC(ctx context.Context, label string, data []byte) ([]byte,
 	}
 	msg := make([]byte, 0, len(label)+1+len(data))
 	msg = append(append(append(msg, label...), 0), data...)
-	out, err := v.backend.HMAC(ctx, KeyRef{Handle: h, Hash: importer.SHA256}, msg)
+	out, err := v.hmac(ctx, KeyRef{Handle: h, Hash: importer.SHA256}, msg)
 	if err != nil {
 		return nil, fmt.Errorf("auxiliary key in %s backend: %w", v.backend.Info().Name, err)
 	}

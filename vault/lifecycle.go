@@ -90,7 +90,7 @@ func (v *Vault) Finalize(ctx context.Context, identity []byte, req FinalizeReque
 			if err != nil {
 				return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 			}
-			ipskx, err := plan.Expand(func(data []byte) ([]byte, error) { return v.backend.HMAC(ctx, key, data) })
+			ipskx, err := plan.Expand(func(data []byte) ([]byte, error) { return v.hmac(ctx, key, data) })
 			if err != nil {
 				return nil, fmt.Errorf("derive in %s backend: %w", p.Backend, err)
 			}
@@ -112,7 +112,7 @@ func (v *Vault) Finalize(ctx context.Context, identity []byte, req FinalizeReque
 	if err := v.replace(p, n); err != nil {
 		return nil, err
 	}
-	derr := v.backend.DeleteKey(ctx, key)
+	derr := v.guard.change(ctx, func() error { return v.backend.DeleteKey(ctx, key) })
 	if derr != nil {
 		derr = fmt.Errorf("imported keys kept, but destroying the main key in the %s backend failed (its handle stays recorded: `check` reports it, psk delete retries): %w", p.Backend, derr)
 	} else {
@@ -216,7 +216,7 @@ func (v *Vault) revoke(ctx context.Context, identity []byte, reason string) (*PS
 		return nil, err
 	}
 	if len(p.Handle) > 0 {
-		if err := v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}); err != nil {
+		if err := v.guard.change(ctx, func() error { return v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}) }); err != nil {
 			return n.clone(), fmt.Errorf("PSK revoked, but destroying its key in the %s backend failed (its handle stays recorded: psk delete retries): %w", p.Backend, err)
 		}
 		done := n.clone()

@@ -102,6 +102,8 @@ type Vault struct {
 
 	aux auxKey // the auxiliary backend key (aux.go)
 
+	guard backendGuard // deadlines against a stalled backend (guard.go)
+
 	access atomic.Pointer[Access] // who may derive what (access.go)
 
 	changes changes // wakes watchers after each change (watch.go)
@@ -199,6 +201,8 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 		v.db.Close()
 		return nil, fmt.Errorf("open backend: %w", err)
 	}
+	// Only the soft backend is known never to stall: it only computes.
+	v.guard.direct = v.backend.Info().Name == "soft"
 	return v, nil
 }
 
@@ -316,14 +320,20 @@ func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: backend %s has no wrapped import", ErrUnsupported, v.backend.Info().Name)
 		}
-		handle, err = wi.ImportWrapped(ctx, req.Key, req.Hash, req.Params)
+		err = v.guard.change(ctx, func() (err error) {
+			handle, err = wi.ImportWrapped(ctx, req.Key, req.Hash, req.Params)
+			return err
+		})
 	} else {
 		var prk []byte
 		prk, err = importer.Extract(req.Hash, req.Key)
 		if err != nil {
 			return nil, err
 		}
-		handle, err = v.backend.StoreKey(ctx, StoreRequest{PRK: prk, Hash: req.Hash, Label: keyLabel(req.Identity), Params: req.Params})
+		err = v.guard.change(ctx, func() (err error) {
+			handle, err = v.backend.StoreKey(ctx, StoreRequest{PRK: prk, Hash: req.Hash, Label: keyLabel(req.Identity), Params: req.Params})
+			return err
+		})
 		clear(prk)
 	}
 	if err != nil {
@@ -410,7 +420,7 @@ func (v *Vault) generateKey(ctx context.Context) ([]byte, error) {
 	if !ok {
 		return key, nil
 	}
-	hw, err := rs.Random(ctx, GeneratedKeyLen)
+	hw, err := v.guard.read(ctx, func(ctx context.Context) ([]byte, error) { return rs.Random(ctx, GeneratedKeyLen) })
 	if err != nil {
 		clear(key)
 		return nil, fmt.Errorf("hardware RNG: %w", err)
@@ -538,7 +548,7 @@ func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
 	// is gone from the record); the hardware backends refuse an empty
 	// handle, so asking them would make such a PSK impossible to delete.
 	if len(p.Handle) > 0 {
-		if err := v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}); err != nil {
+		if err := v.guard.change(ctx, func() error { return v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}) }); err != nil {
 			return fmt.Errorf("delete key in %s backend: %w", p.Backend, err)
 		}
 	}
@@ -618,7 +628,7 @@ func (v *Vault) Derive(ctx context.Context, req DeriveRequest) (*Derived, error)
 		return v.deriveFinalized(ctx, p, req.Target, plan.ImportedIdentity(), role)
 	}
 	key := KeyRef{Handle: p.Handle, Hash: p.Hash}
-	ipskx, err := plan.Expand(func(data []byte) ([]byte, error) { return v.backend.HMAC(ctx, key, data) })
+	ipskx, err := plan.Expand(func(data []byte) ([]byte, error) { return v.hmac(ctx, key, data) })
 	if err != nil {
 		return nil, fmt.Errorf("derive in %s backend: %w", p.Backend, err)
 	}

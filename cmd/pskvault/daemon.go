@@ -56,6 +56,7 @@ type serveFlags struct {
 	adminGroup       string
 	auditLog         string
 	auditFailure     string
+	requestTimeout   time.Duration
 	maxConns, perUID int
 	mlock            string
 	allowClient      listFlag
@@ -73,6 +74,7 @@ func setupServe(fs *flag.FlagSet, g *globals) func(context.Context, []string) er
 	fs.StringVar(&f.adminGroup, "admin-group", "", "`group` (name or gid) whose members may use the admin socket besides root and the daemon's user")
 	fs.StringVar(&f.auditLog, "audit-log", "", "audit log `file` (JSON lines), or - for stderr (default: audit.log in the state dir)")
 	fs.StringVar(&f.auditFailure, "audit-failure", "refuse", "`mode` when an audit line cannot be written: refuse (the request gets 503 audit_unavailable; changes are not made) or log (answer anyway, say so in the daemon log)")
+	fs.DurationVar(&f.requestTimeout, "request-timeout", api.DefaultRequestTimeout, "`duration` one request may take once read: a TPM or token that has not answered by then gets it 503 backend_unavailable, and later requests fail at once until the device answers again")
 	fs.IntVar(&f.maxConns, "max-conns", 128, "open connections allowed per socket")
 	fs.IntVar(&f.perUID, "max-conns-per-uid", 16, "open connections allowed per caller uid (root and the daemon's user exempt)")
 	fs.StringVar(&f.mlock, "mlock", "auto", "lock memory out of swap: auto, require or off")
@@ -130,6 +132,9 @@ func applyConfig(g *globals, f *serveFlags) error {
 	str("admin-group", &f.adminGroup, c.AdminGroup)
 	str("audit-log", &f.auditLog, c.AuditLog)
 	str("audit-failure", &f.auditFailure, c.AuditFailure)
+	if c.RequestTimeout != 0 && !f.set["request-timeout"] {
+		f.requestTimeout = c.RequestTimeout
+	}
 	str("log-level", &f.logLevel, c.LogLevel)
 	str("mlock", &f.mlock, c.Mlock)
 	num("max-conns", &f.maxConns, c.MaxConns)
@@ -169,6 +174,7 @@ type settings struct {
 	logLevel              slog.Level
 	auditLog              string // a path, or "-" for stderr
 	auditFailure          string // api.AuditRefuse or api.AuditLogOnly
+	requestTimeout        time.Duration
 	access                *vault.Access
 	cfgNodeID, cfgBackend string // from the file: must match the vault
 }
@@ -190,6 +196,10 @@ func loadSettings(g *globals, f *serveFlags) (*settings, error) {
 	default:
 		return nil, usagef("--mlock %q: want auto, require or off", f.mlock)
 	}
+	if f.requestTimeout <= 0 || f.requestTimeout > time.Hour {
+		return nil, usagef("--request-timeout %v: want a positive duration up to 1h", f.requestTimeout)
+	}
+	st.requestTimeout = f.requestTimeout
 	switch f.auditFailure {
 	case api.AuditRefuse, api.AuditLogOnly:
 		st.auditFailure = f.auditFailure
@@ -293,7 +303,7 @@ func serve(ctx context.Context, g *globals, st *settings, load func() (*settings
 	if err := harden(log, st.mlock); err != nil {
 		return err
 	}
-	opts := api.Options{Log: log, MaxConns: st.maxConns, MaxConnsPerUID: st.perUID, Access: st.access, AdminGroup: st.adminGID, AuditFailure: st.auditFailure}
+	opts := api.Options{Log: log, MaxConns: st.maxConns, MaxConnsPerUID: st.perUID, Access: st.access, AdminGroup: st.adminGID, AuditFailure: st.auditFailure, RequestTimeout: st.requestTimeout}
 
 	v, err := vault.Open(ctx, st.stateDir)
 	if err != nil {

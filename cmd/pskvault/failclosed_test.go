@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/pskvault/pskvault/api"
+	"github.com/pskvault/pskvault/internal/swtpmsim"
 )
 
 // smallFS mounts a tmpfs of size bytes (a real file system that fills up)
@@ -480,4 +481,145 @@ func auditLines(t *testing.T, path string) []api.AuditEntry {
 		out = append(out, e)
 	}
 	return out
+}
+
+// daemonSockets counts the daemon's open sockets (listeners, its swtpm
+// link, and client connections).
+func daemonSockets(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name())); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestStalledTPM (issue 11 item 7): with the swtpm stopped (SIGSTOP),
+// clients that hang up free their connections at once, a derivation gets
+// 503 backend_unavailable by its deadline, later ones at once, status keeps
+// answering, and after SIGCONT derivations work again.
+func TestStalledTPM(t *testing.T) {
+	sim := swtpmsim.Start(t)
+	n := newNode(t, "node-a", sim.URI())
+	const deadline = 3 * time.Second
+	n.serveWith("--request-timeout", deadline.String())
+	if o, code := n.run(nil, "psk", "create", "--identity", "svc", "--client", "node-a", "--server", "node-b", "--out", filepath.Join(t.TempDir(), "k.hex")); code != 0 {
+		t.Fatal(o)
+	}
+	data := defaultDataSocket(n.socket)
+	if code, b := rawHTTP(t, data, "POST", "/v1/derive", "application/json", deriveBody); code != 200 {
+		t.Fatalf("derive: %d %s", code, b)
+	}
+	pid := n.cmd.Process.Pid
+	baseline := daemonSockets(t, pid)
+
+	swtpm, err := os.FindProcess(sim.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := swtpm.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			swtpm.Signal(syscall.SIGCONT)
+			resumed = true
+		}
+	}
+	defer resume()
+
+	// 20 clients send a derive and give up after 300 ms: well before the
+	// deadline, the daemon has let go of their connections.
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			oneRequest(data, "POST", "/v1/derive", deriveBody, 300*time.Millisecond)
+		}()
+	}
+	wg.Wait()
+	gaveUp := time.Now()
+	for daemonSockets(t, pid) > baseline {
+		if time.Since(gaveUp) > deadline/2 {
+			out, _ := exec.Command("ss", "-xp").CombinedOutput()
+			out2, _ := exec.Command("ss", "-tnp").CombinedOutput()
+			t.Fatalf("clients that hung up still hold %d connections after %v (deadline %v)\n%s\n%s", daemonSockets(t, pid)-baseline, time.Since(gaveUp), deadline, grepLines(string(out), fmt.Sprint(pid)), grepLines(string(out2), fmt.Sprint(pid)))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("20 hung-up clients' connections freed %v after they gave up", time.Since(gaveUp).Round(time.Millisecond))
+
+	// Derivations get 503 by the deadline; status answers meanwhile.
+	type answer struct {
+		code    int
+		errCode string
+		took    time.Duration
+	}
+	answers := make(chan answer, 8)
+	for range 8 {
+		go func() {
+			t0 := time.Now()
+			code, b, err := oneRequest(data, "POST", "/v1/derive", deriveBody, 4*deadline)
+			if err != nil {
+				code = -1
+			}
+			answers <- answer{code, errCode(b), time.Since(t0)}
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	t0 := time.Now()
+	if code, b := rawHTTP(t, data, "GET", "/v1/status", "", ""); code != 200 {
+		t.Errorf("status while the TPM is stalled: %d %s", code, b)
+	}
+	if took := time.Since(t0); took > time.Second {
+		t.Errorf("status took %v while the TPM is stalled", took)
+	}
+	for range 8 {
+		a := <-answers
+		if a.code != 503 || a.errCode != api.CodeUnavailable || a.took > deadline+time.Second {
+			t.Errorf("derive with the TPM stalled: %d %s after %v, want 503 %s within %v", a.code, a.errCode, a.took, api.CodeUnavailable, deadline)
+		}
+	}
+	// While the stuck call is outstanding, new derivations fail at once.
+	for range 5 {
+		t0 := time.Now()
+		code, b := rawHTTP(t, data, "POST", "/v1/derive", "application/json", deriveBody)
+		if took := time.Since(t0); code != 503 || errCode(b) != api.CodeUnavailable || took > 500*time.Millisecond {
+			t.Errorf("derive behind a stalled call: %d %s after %v, want 503 at once", code, b, took)
+		}
+		if strings.Contains(string(b), "127.0.0.1") || strings.Contains(string(b), "swtpm") {
+			t.Errorf("the data socket's answer names the device: %s", b)
+		}
+	}
+
+	resume()
+	end := time.Now().Add(30 * time.Second)
+	for {
+		code, b := rawHTTP(t, data, "POST", "/v1/derive", "application/json", deriveBody)
+		if code == 200 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("derive after SIGCONT: still %d %s", code, b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

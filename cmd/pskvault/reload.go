@@ -131,5 +131,6 @@ func (st *settings) restartNeeded(next *settings) []change {
 	cmp("max_conns_per_uid", fmt.Sprint(st.perUID), fmt.Sprint(next.perUID))
 	cmp("mlock", st.mlock, next.mlock)
 	cmp("audit_failure", st.auditFailure, next.auditFailure)
+	cmp("request_timeout", st.requestTimeout.String(), next.requestTimeout.String())
 	return out
 }

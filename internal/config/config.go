@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pskvault/pskvault/vault"
 )
@@ -28,6 +29,7 @@ type Config struct {
 	AdminGroup     string
 	AuditLog       string
 	AuditFailure   string // "refuse" or "log"
+	RequestTimeout time.Duration
 	LogLevel       string
 	MaxConns       int
 	MaxConnsPerUID int
@@ -251,6 +253,17 @@ func (p *parser) set(key string, v value) {
 			}
 		case "audit_log":
 			str(&c.AuditLog)
+		case "request_timeout":
+			var d string
+			str(&d)
+			if d != "" {
+				t, err := time.ParseDuration(d)
+				if err != nil || t <= 0 || t > time.Hour {
+					p.errorf(v.line, "request_timeout: want a duration such as \"5s\" (up to 1h)")
+				} else {
+					c.RequestTimeout = t
+				}
+			}
 		case "audit_failure":
 			str(&c.AuditFailure)
 			switch c.AuditFailure {
