@@ -428,3 +428,31 @@ func BenchmarkBotanHandshake(b *testing.B) {
 		})
 	}
 }
+
+// TestBotanBothEndsFromVaults: two pskvault-fed Botan endpoints, each
+// holding only its own vault's ipskx, complete TLS 1.3 with imp binders on
+// both sides: pskvault nodes can run RFC 9258 between themselves too.
+func TestBotanBothEndsFromVaults(t *testing.T) {
+	requireEnv(t)
+	for _, c := range interopCases {
+		t.Run(c.name, func(t *testing.T) {
+			p := newPair(t, c.identity, c.createArgs...)
+			ctx := c.context(p)
+			srvArgs := []string{"--data-socket", p.b.inData, "--kdf", c.kdf}
+			cliArgs := []string{"--data-socket", p.a.inData, "--server-node", "node-b", "--kdf", c.kdf, "--message", "both-ends"}
+			if c.createArgs[0] != "--node-context" {
+				srvArgs = append(srvArgs, "--context-hex", hex.EncodeToString(ctx))
+				cliArgs = append(cliArgs, "--context-hex", hex.EncodeToString(ctx))
+			}
+			srv, port := listening(t, prog("pskvault-botan-echo-server"), srvArgs...)
+			out, err := run(t, prog("pskvault-botan-client"), append(cliArgs, "--connect", "127.0.0.1:"+port)...)
+			if err != nil || !strings.Contains(out, "reply: both-ends") {
+				t.Fatalf("Botan <-> Botan: %v\n%s\nserver:\n%s", err, out, srv.out.String())
+			}
+			want := p.b.derive(c.identity, ctx, c.kdf).ImportedIdentity
+			if l, ok := srv.waitFor("handshake ok:", 10*time.Second); !ok || field(l, "identity") != hex.EncodeToString(want) {
+				t.Fatalf("server: want identity %x, got %q", want, l)
+			}
+		})
+	}
+}
