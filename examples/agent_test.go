@@ -28,7 +28,7 @@ type agentProc struct {
 }
 
 // writeAgentConfig writes an agent configuration with one output.
-func writeAgentConfig(t *testing.T, path string, n *node, output map[string]any) {
+func writeAgentConfig(t testing.TB, path string, n *node, output map[string]any) {
 	t.Helper()
 	raw, err := json.Marshal(map[string]any{"data_socket": n.data, "outputs": []any{output}})
 	if err != nil {
@@ -40,7 +40,7 @@ func writeAgentConfig(t *testing.T, path string, n *node, output map[string]any)
 }
 
 // startAgent runs `pskvault agent --config cfg` until the test ends.
-func startAgent(t *testing.T, cfg string) *agentProc {
+func startAgent(t testing.TB, cfg string) *agentProc {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, pskvaultBin, "agent", "--config", cfg)
