@@ -5,9 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 
 	"github.com/pskvault/pskvault/internal/agent"
 )
@@ -24,16 +22,14 @@ func setupAgent(fs *flag.FlagSet, g *globals) func(context.Context, []string) er
 		if *cfgPath == "" {
 			return usagef("--config is required")
 		}
-		f, err := os.Open(*cfgPath)
-		if err != nil {
-			return err
-		}
-		data, err := io.ReadAll(io.LimitReader(f, agent.MaxConfig+1))
-		f.Close()
+		// The file names where keys are written and who owns them: the
+		// daemon configuration's trust rules apply (readConfig).
+		data, err := readConfig(*cfgPath)
 		if err != nil {
 			return err
 		}
 		cfg, err := agent.ParseConfig(data)
+		clear(data)
 		if err != nil {
 			if errors.Is(err, agent.ErrConfig) {
 				return withHint(err, "see docs/CONSUMERS.md, \"pskvault agent\"")

@@ -147,3 +147,31 @@ func TestConfigKeyFileNotEchoed(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentConfigTrust: the agent's configuration says where keys are
+// written and for whom; one that another user owns or can write is refused
+// like the daemon's.
+func TestAgentConfigTrust(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a file to another uid")
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "agent.json")
+	n := &node{t: t, dir: filepath.Join(dir, "state"), socket: filepath.Join(dir, "s")}
+	for _, tc := range []struct {
+		mode os.FileMode
+		uid  int
+		want string
+	}{
+		{0o666, 0, "writable by group or others (mode 0666)"},
+		{0o644, 65533, "belongs to uid 65533"},
+	} {
+		os.WriteFile(cfg, []byte(`{"outputs":[]}`), 0o600)
+		os.Chmod(cfg, tc.mode)
+		os.Chown(cfg, tc.uid, 0)
+		if o, code := n.run(nil, "agent", "--config", cfg, "--check"); code == 0 || !strings.Contains(o, tc.want) {
+			t.Errorf("agent --check on a %04o file of uid %d: exit %d: %s", tc.mode, tc.uid, code, o)
+		}
+		os.Remove(cfg)
+	}
+}
