@@ -58,6 +58,30 @@ type PSKSpec struct {
 	AllowIdentityWarnings bool     `json:"allow_identity_warnings,omitempty"`
 	Finalize              bool     `json:"finalize,omitempty"`
 	Stack                 string   `json:"stack,omitempty"`
+	// Bundle authenticates an import made from a provisioning bundle: the
+	// key must verify it, or nothing is kept (docs/BUNDLE.md).
+	Bundle *BundleAuth `json:"bundle,omitempty"`
+}
+
+// BundleAuth is a provisioning bundle's authenticated text (which never
+// holds the key) and its MAC, hex.
+type BundleAuth struct {
+	Data   string `json:"data"`
+	MACHex string `json:"mac_hex"`
+}
+
+func (b *BundleAuth) vault() (*vault.BundleAuth, error) {
+	if b == nil {
+		return nil, nil
+	}
+	mac, err := decodeHex("bundle.mac_hex", b.MACHex)
+	if err != nil {
+		return nil, err
+	}
+	if len(mac) == 0 || b.Data == "" {
+		return nil, badRequest("bundle: data and mac_hex are both required")
+	}
+	return &vault.BundleAuth{Data: []byte(b.Data), MAC: mac}, nil
 }
 
 // RotateSpec is the body of POST /v1/psks/rotate: JSON when the vault
@@ -72,6 +96,11 @@ type RotateSpec struct {
 	Provenance            string `json:"provenance,omitempty"`
 	AllowLowEntropy       bool   `json:"allow_low_entropy,omitempty"`
 	AllowIdentityWarnings bool   `json:"allow_identity_warnings,omitempty"`
+	// With an envelope: the key is wrapped for this node's hardware (as
+	// for import), backend parameters, and the bundle it came in.
+	WrappedKeyBits int               `json:"wrapped_key_bits,omitempty"`
+	Params         map[string]string `json:"params,omitempty"`
+	Bundle         *BundleAuth       `json:"bundle,omitempty"`
 }
 
 // MarshalEnvelope builds an envelope body from metadata and a key. The
@@ -180,7 +209,11 @@ func (s PSKSpec) request(create bool) (vault.ImportRequest, error) {
 	case s.WrappedKeyBits > 0:
 		req.Wrapped, req.WrappedKeyBits = true, s.WrappedKeyBits
 	}
-	return req, nil
+	if s.Bundle != nil && create {
+		return req, badRequest("bundle: only for import")
+	}
+	req.Bundle, err = s.Bundle.vault()
+	return req, err
 }
 
 // request converts a rotate spec for the vault.
@@ -204,5 +237,10 @@ func (s RotateSpec) request() (id []byte, req vault.RotateRequest, err error) {
 		}
 	}
 	req.Provenance, req.AllowLowEntropy, req.AllowIdentityWarnings = s.Provenance, s.AllowLowEntropy, s.AllowIdentityWarnings
-	return id, req, nil
+	if s.WrappedKeyBits < 0 {
+		return id, req, badRequest("wrapped_key_bits: want a positive number of bits")
+	}
+	req.Wrapped, req.WrappedKeyBits, req.Params = s.WrappedKeyBits > 0, s.WrappedKeyBits, s.Params
+	req.Bundle, err = s.Bundle.vault()
+	return id, req, err
 }

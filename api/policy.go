@@ -26,6 +26,7 @@ type PSKPolicy struct {
 	Provenance    string    `json:"provenance,omitempty"`
 	Finalized     bool      `json:"finalized,omitempty"`
 	Generation    int       `json:"generation,omitempty"`
+	KCV           string    `json:"kcv,omitempty"` // key check value (docs/BUNDLE.md)
 	RotatedFrom   string    `json:"rotated_from_hex,omitempty"`
 	RotatedTo     string    `json:"rotated_to_hex,omitempty"`
 	RevokedAt     time.Time `json:"revoked_at,omitzero"`
@@ -45,6 +46,7 @@ func PolicyOf(p *vault.PSK) PSKPolicy {
 		Provenance:   p.Provenance,
 		Finalized:    p.IsFinalized(),
 		Generation:   max(p.Generation, 1),
+		KCV:          p.KCV,
 		RevokedAt:    p.RevokedAt,
 		RevokeReason: p.RevokeReason,
 	}
@@ -78,6 +80,7 @@ const (
 	CodeIdentity        = "identity_refused"
 	CodeFinalized       = "finalized"
 	CodeStackLimit      = "stack_limit"
+	CodeBundleMAC       = "bundle_mac" // a provisioning bundle that does not authenticate
 	CodeMustViolation   = "must_violation"
 )
 
@@ -94,6 +97,7 @@ func policyError(err error) (int, string, bool) {
 		{vault.ErrContext, http.StatusForbidden, CodeContextMismatch},
 		{vault.ErrIdentity, http.StatusBadRequest, CodeIdentity},
 		{vault.ErrFinalized, http.StatusForbidden, CodeFinalized},
+		{vault.ErrBundleMAC, http.StatusBadRequest, CodeBundleMAC},
 		{vault.ErrStackLimit, http.StatusBadRequest, CodeStackLimit},
 		{vault.ErrMustViolation, http.StatusForbidden, CodeMustViolation},
 	} {
@@ -239,6 +243,10 @@ func (s *Server) rotate(w http.ResponseWriter, r *http.Request) {
 	auditOf(r).Identity = hexOf(id)
 	if err != nil {
 		s.fail(w, err)
+		return
+	}
+	if key == nil && (req.Wrapped || req.Bundle != nil) {
+		s.fail(w, badRequest("wrapped_key_bits and bundle need the key: send an envelope"))
 		return
 	}
 	req.Key = key

@@ -193,6 +193,9 @@ type PSKSpec struct {
 	NotAfter   time.Time
 	Params     map[string]string // backend-specific
 	Policy     PolicySpec        // RFC 9257 options (policy.go)
+	// Bundle authenticates an import from a provisioning bundle: the
+	// daemon keeps the key only if it verifies the bundle's MAC.
+	Bundle *api.BundleAuth
 }
 
 func (s PSKSpec) wire() api.PSKSpec {
@@ -204,6 +207,7 @@ func (s PSKSpec) wire() api.PSKSpec {
 		w.NotAfter = s.NotAfter.UTC().Format(time.RFC3339)
 	}
 	s.Policy.addTo(&w)
+	w.Bundle = s.Bundle
 	return w
 }
 

@@ -74,6 +74,11 @@ type RotateSpec struct {
 	Provenance            string
 	AllowLowEntropy       bool
 	AllowIdentityWarnings bool
+	// With a key: WrappedKeyBits > 0 means it is wrapped for the daemon's
+	// hardware; Params are backend parameters; Bundle authenticates it.
+	WrappedKeyBits int
+	Params         map[string]string
+	Bundle         *api.BundleAuth
 }
 
 // Rotate makes the next generation. With key nil the daemon generates it and
@@ -85,6 +90,9 @@ func (c *Client) Rotate(ctx context.Context, identity []byte, spec RotateSpec, k
 		Provenance:            spec.Provenance,
 		AllowLowEntropy:       spec.AllowLowEntropy,
 		AllowIdentityWarnings: spec.AllowIdentityWarnings,
+		WrappedKeyBits:        spec.WrappedKeyBits,
+		Params:                spec.Params,
+		Bundle:                spec.Bundle,
 	}
 	if len(spec.NewIdentity) > 0 {
 		w.NewIdentityHex = hex.EncodeToString(spec.NewIdentity)

@@ -75,7 +75,7 @@ func TestAbusiveClients(t *testing.T) {
 	requireRoot(t)
 	n := newNode(t, "node-a", "--allow-client", "user:65533", "--max-conns-per-uid", "8")
 	keyFile := filepath.Join(t.TempDir(), "epsk.hex")
-	n.cli(t, "psk", "create", "--identity", "svc", "--client", "node-a", "--server", "node-b", "--out", keyFile)
+	n.cli(t, "psk", "create", "--identity", "svc", "--client", "node-a", "--server", "node-b", "--format", "hex", "--out", keyFile)
 	epsk, _ := os.ReadFile(keyFile)
 	want, err := n.derive([]byte("svc"), []byte("ctx"))
 	if err != nil {

@@ -61,7 +61,7 @@ func TestAccessControl(t *testing.T) {
 	requireRoot(t)
 	a := newNode(t, "node-a", "--allow-client", "user:65534", "--admin-group", "65530")
 	keyFile := filepath.Join(t.TempDir(), "epsk.hex")
-	a.cli(t, "psk", "create", "--identity", "web-1", "--client", "node-a", "--server", "node-b", "--out", keyFile)
+	a.cli(t, "psk", "create", "--identity", "web-1", "--client", "node-a", "--server", "node-b", "--format", "hex", "--out", keyFile)
 	epsk, _ := os.ReadFile(keyFile)
 	var outputs []string
 

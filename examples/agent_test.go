@@ -258,14 +258,14 @@ func TestAgentStunnel(t *testing.T) {
 	}
 
 	// Rotation: node-a makes the next generation, node-b takes its key.
-	next := filepath.Join(t.TempDir(), "next.hex")
+	next := filepath.Join(t.TempDir(), "next.bundle")
 	sr, cr := reloads(srv), reloads(cli)
 	p.a.cli(t, "psk", "rotate", "--identity", string(p.identity), "--new-identity", "tls-a-b.g2", "--overlap", "1h", "--out", next)
 	within("client file leads with the new generation and stunnel reloaded", func() bool {
 		return firstIdentity(cliFile) != g1 && reloads(cli) > cr
 	})
 	g2 := firstIdentity(cliFile)
-	p.b.cli(t, "psk", "rotate", "--identity", string(p.identity), "--new-identity", "tls-a-b.g2", "--overlap", "1h", "--key-file", next)
+	p.b.cli(t, "psk", "import", "--bundle", next) // the rotation bundle: new identity, key and overlap
 	within("server file holds both generations and stunnel reloaded", func() bool {
 		b, _ := os.ReadFile(srvFile)
 		return strings.HasPrefix(string(b), g2+":") && strings.Contains(string(b), "\n"+g1+":") && reloads(srv) > sr

@@ -44,7 +44,7 @@ func BenchmarkCLibHandshakes(b *testing.B) {
 			a := newNode(b, "node-a")
 			bn := newNodeOn(b, "node-b", uri)
 			keyFile := filepath.Join(b.TempDir(), "epsk.hex")
-			a.cli(b, "psk", "create", "--identity", "bench-link", "--client", "node-a", "--server", "node-b", "--out", keyFile)
+			a.cli(b, "psk", "create", "--identity", "bench-link", "--client", "node-a", "--server", "node-b", "--format", "hex", "--out", keyFile)
 			bn.cli(b, "psk", "import", "--identity", "bench-link", "--client", "node-a", "--server", "node-b", "--key-file", keyFile)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			c := client.New(a.data)

@@ -222,9 +222,9 @@ func TestCLibHandshakes(t *testing.T) {
 
 	// Rotation: the new generation, on both nodes, is used from the next
 	// handshake on; nothing restarts.
-	next := filepath.Join(t.TempDir(), "next.hex")
+	next := filepath.Join(t.TempDir(), "next.bundle")
 	p.a.cli(t, "psk", "rotate", "--identity", string(p.identity), "--new-identity", "tls-a-b-g2", "--overlap", "1h", "--out", next)
-	p.b.cli(t, "psk", "rotate", "--identity", string(p.identity), "--new-identity", "tls-a-b-g2", "--overlap", "1h", "--key-file", next)
+	p.b.cli(t, "psk", "import", "--bundle", next) // the rotation bundle carries the new identity and the overlap
 	wire2Hex := hex.EncodeToString(wireOf(t, []byte("tls-a-b-g2")))
 	for _, srv := range []string{"openssl", "gnutls"} {
 		for _, cli := range []string{"openssl", "gnutls"} {
@@ -276,9 +276,9 @@ func TestCLibHardwareBackends(t *testing.T) {
 			}
 			a := newNode(t, "node-a")
 			b := newNodeOn(t, "node-b", uri)
-			key := filepath.Join(t.TempDir(), "epsk.hex")
-			a.cli(t, "psk", "create", "--identity", "hw-link", "--client", "node-a", "--server", "node-b", "--out", key)
-			b.cli(t, "psk", "import", "--identity", "hw-link", "--client", "node-a", "--server", "node-b", "--key-file", key)
+			bun := filepath.Join(t.TempDir(), "node-b.bundle")
+			a.cli(t, "psk", "create", "--identity", "hw-link", "--client", "node-a", "--server", "node-b", "--out", bun)
+			b.cli(t, "psk", "import", "--bundle", bun)
 			wireHex := hex.EncodeToString(wireOf(t, []byte("hw-link")))
 			for _, pair := range [][2]string{{"ossl_echo_server", "ossl_echo_client"}, {"gnutls_echo_server", "gnutls_echo_client"}} {
 				srv, addr := cServer(t, filepath.Join(dir, pair[0]), b)

@@ -67,10 +67,11 @@ start_node node-a
 start_node node-b
 # --node-context: the RFC 9258 context names both nodes in role order
 # (docs/RFC9257.md), so a reflected or rerouted connection derives another key.
-pv node-a psk create --identity tls-a-b --client node-a --server node-b --node-context --out "$W/epsk.hex" >/dev/null
-pv node-b psk import --identity tls-a-b --client node-a --server node-b --node-context --key-file "$W/epsk.hex" >/dev/null
-rm -f "$W/epsk.hex"
-echo "node-a and node-b share PSK tls-a-b (EPSK file delivered and deleted)"
+# The bundle carries the key and its whole policy, authenticated (docs/BUNDLE.md);
+# node-b imports it with no other flag.
+pv node-a psk create --identity tls-a-b --client node-a --server node-b --node-context --out - 2>/dev/null |
+  pv node-b psk import --bundle - >/dev/null
+echo "node-a and node-b share PSK tls-a-b (bundle piped from node-a to node-b)"
 
 # Each daemon fills in the node context itself.
 A=$(pv node-a derive --identity tls-a-b --protocol tls1.3 --kdf sha256 --json)
@@ -130,9 +131,9 @@ echo "context naming node-x: node-a's daemon refuses to derive"
 
 # On the wire: a PSK without --node-context, the two sides using different
 # contexts. Different identities and keys: the server refuses the handshake.
-pv node-a psk create --identity tls-free --client node-a --server node-b --out "$W/epsk2.hex" >/dev/null
-pv node-b psk import --identity tls-free --client node-a --server node-b --key-file "$W/epsk2.hex" >/dev/null
-rm -f "$W/epsk2.hex"
+pv node-a psk create --identity tls-free --client node-a --server node-b --out "$W/bundle2" >/dev/null
+pv node-b psk import --bundle "$W/bundle2" >/dev/null 2>&1
+rm -f "$W/bundle2"
 X=$(pv node-a derive --identity tls-free --context-hex "$(hexof "to node-x")" --protocol tls1.3 --kdf sha256 --json)
 Y=$(pv node-b derive --identity tls-free --context-hex "$(hexof "to node-b")" --protocol tls1.3 --kdf sha256 --json)
 X_ID=$(echo "$X" | field imported_identity); X_KEY=$(echo "$X" | field ipskx)

@@ -149,7 +149,7 @@ func newPair(t *testing.T) *pair {
 	t.Helper()
 	p := &pair{a: newNode(t, "node-a"), b: newNode(t, "node-b"), identity: []byte("tls-a-b")}
 	p.keyFile = filepath.Join(t.TempDir(), "epsk.hex")
-	p.a.cli(t, "psk", "create", "--identity", string(p.identity), "--client", "node-a", "--server", "node-b", "--out", p.keyFile)
+	p.a.cli(t, "psk", "create", "--identity", string(p.identity), "--client", "node-a", "--server", "node-b", "--format", "hex", "--out", p.keyFile)
 	p.b.cli(t, "psk", "import", "--identity", string(p.identity), "--client", "node-a", "--server", "node-b", "--key-file", p.keyFile)
 	return p
 }

@@ -245,6 +245,13 @@ type RotateRequest struct {
 	Provenance string
 	// AllowLowEntropy, AllowIdentityWarnings as for import.
 	AllowLowEntropy, AllowIdentityWarnings bool
+	// Wrapped, WrappedKeyBits, Params and Bundle as for import: a Key
+	// wrapped for this backend's hardware, and a provisioning bundle that
+	// must authenticate under it.
+	Wrapped        bool
+	WrappedKeyBits int
+	Params         map[string]string
+	Bundle         *BundleAuth
 }
 
 // Rotate creates the next generation of a PSK with the same nodes, targets
@@ -309,7 +316,7 @@ func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) 
 	if req.Key == nil {
 		n, key, err = v.Create(ctx, ir)
 	} else {
-		ir.Key = req.Key
+		ir.Key, ir.Wrapped, ir.WrappedKeyBits, ir.Params, ir.Bundle = req.Key, req.Wrapped, req.WrappedKeyBits, req.Params, req.Bundle
 		n, err = v.Import(ctx, ir)
 	}
 	if err != nil {

@@ -60,6 +60,9 @@ type Policy struct {
 	// Fingerprint is a keyed fingerprint of the EPSK (see fingerprint in
 	// aux.go) used only to detect reuse; empty for wrapped imports.
 	Fingerprint []byte `json:"fingerprint,omitempty"`
+	// KCV is the key check value (kcv.go), hex; empty for records made
+	// before it existed.
+	KCV string `json:"kcv,omitempty"`
 	// IdentityFindings are the warnings the identity drew at import.
 	IdentityFindings []Finding `json:"identity_findings,omitempty"`
 	// RandomIdentity: the vault generated the identity (RandomIdentity func).

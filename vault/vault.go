@@ -235,8 +235,12 @@ type ImportRequest struct {
 	// provisioning side attests.
 	Wrapped        bool
 	WrappedKeyBits int
-	origin         string
-	PolicyRequest  // RFC 9257 options (policy.go)
+	// Bundle, when set, must authenticate under the key being imported
+	// (docs/BUNDLE.md); otherwise nothing is kept and Import fails with
+	// ErrBundleMAC.
+	Bundle        *BundleAuth
+	origin        string
+	PolicyRequest // RFC 9257 options (policy.go)
 }
 
 func (v *Vault) checkImport(req *ImportRequest) error {
@@ -338,6 +342,17 @@ func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("store key in %s backend: %w", v.backend.Info().Name, err)
+	}
+	ref := KeyRef{Handle: handle, Hash: req.Hash}
+	if req.Bundle != nil {
+		if err := v.verifyBundle(ctx, ref, req.Bundle); err != nil {
+			v.backend.DeleteKey(ctx, ref)
+			return nil, err
+		}
+	}
+	if pol.KCV, err = v.keyCheck(ctx, ref); err != nil {
+		v.backend.DeleteKey(ctx, ref)
+		return nil, fmt.Errorf("key check value: %w", err)
 	}
 	origin := req.origin
 	if origin == "" {

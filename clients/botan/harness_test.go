@@ -352,7 +352,7 @@ func (p *pair) addPSK(t testing.TB, identity []byte, createArgs ...string) {
 			hash = createArgs[i+1]
 		}
 	}
-	args := append([]string{"psk", "create", "--identity-hex", idHex, "--client", "node-a", "--server", "node-b", "--out", f.Name()}, createArgs...)
+	args := append([]string{"psk", "create", "--identity-hex", idHex, "--client", "node-a", "--server", "node-b", "--format", "hex", "--out", f.Name()}, createArgs...)
 	p.a.cli(args...)
 	imp := []string{"psk", "import", "--identity-hex", idHex, "--client", "node-a", "--server", "node-b", "--key-file", f.Name(), "--hash", hash}
 	for _, a := range createArgs {

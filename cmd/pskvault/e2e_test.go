@@ -561,7 +561,7 @@ func importPSK(t *testing.T, n *node, responses *bytes.Buffer, p provisioned, ke
 func createPSK(t *testing.T, n *node, identity string, responses *bytes.Buffer) []byte {
 	t.Helper()
 	created := filepath.Join(t.TempDir(), "created.hex")
-	out, code := n.run(nil, "psk", "create", "--identity", identity, "--client", "node-b", "--server", "node-a", "--out", created)
+	out, code := n.run(nil, "psk", "create", "--identity", identity, "--client", "node-b", "--server", "node-a", "--format", "hex", "--out", created)
 	if code != 0 {
 		t.Fatalf("create: exit %d: %s", code, out)
 	}

@@ -4,22 +4,16 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 )
 
 // readHexKey reads a hex key from path ("-" for standard input), ignoring
-// whitespace. Errors never contain the file's bytes.
+// whitespace; a file that group or others can read is refused. Errors
+// never contain the file's bytes.
 func readHexKey(g *globals, path string) ([]byte, error) {
-	var raw []byte
-	var err error
-	if path == "-" {
-		raw, err = io.ReadAll(io.LimitReader(g.stdin, 1<<16))
-	} else {
-		raw, err = os.ReadFile(path)
-	}
+	raw, err := readSecretInput(g, path, 1<<16, "key file")
 	if err != nil {
-		return nil, fmt.Errorf("read key file: %w", err)
+		return nil, err
 	}
 	defer clear(raw)
 	compact := make([]byte, 0, len(raw))

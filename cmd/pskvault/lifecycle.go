@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"flag"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/pskvault/pskvault/client"
@@ -70,7 +69,9 @@ func setupRotate(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 	fs.StringVar(&newID.hex, "new-identity-hex", "", "identity of the new generation as `hex`")
 	overlap := fs.Duration("overlap", 7*24*time.Hour, "how long the old generation stays derivable")
 	keyFile := fs.String("key-file", "", "new hex EPSK `file` (or -) instead of generating one")
-	out := fs.String("out", "", "`file` for the generated EPSK, for the peer (0600, never overwritten)")
+	out := fs.String("out", "", "`file` for the peer (0600, never overwritten), or - for standard output: a bundle carrying the new key, its policy and the overlap (see --format)")
+	var bf bundleOutFlags
+	bf.register(fs)
 	validFor := fs.Duration("valid-for", 0, "lifetime of the new generation (default: the old one's)")
 	source := fs.String("source", "", "provenance of --key-file")
 	allowLow := fs.Bool("allow-low-entropy", false, "accept a --key-file that looks low-entropy (flagged for good)")
@@ -105,26 +106,53 @@ func setupRotate(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 			fmt.Fprintf(g.stdout, "rotated %x -> %x; the old generation expires in %s\n", b, nid, *overlap)
 			return nil
 		}
-		f, err := createSecretFile(*out)
+		wrap, err := bf.check()
+		if err != nil {
+			return err
+		}
+		me, err := bundleNode(ctx, c, &bf)
+		if err != nil {
+			return err
+		}
+		o, err := openPeerOutput(g, *out)
 		if err != nil {
 			return err
 		}
 		nid, key, err := c.Rotate(ctx, b, spec, nil)
 		if err != nil {
-			f.Close()
-			os.Remove(*out)
+			o.abort()
 			return err
 		}
-		err = writeHexKey(f, key)
-		clear(key)
-		if err != nil {
-			os.Remove(*out)
-			if derr := c.Delete(ctx, nid); derr != nil {
-				return fmt.Errorf("write %s: %w; deleting the new generation %x also failed (%v): delete it, then rotate again", *out, err, nid, derr)
-			}
-			return fmt.Errorf("write %s: %w (the new generation %x was deleted again; rotate again with another --out)", *out, err, nid)
+		defer clear(key)
+		p, err := c.Get(ctx, nid)
+		var data []byte
+		var kcv string
+		if err == nil {
+			data, kcv, err = peerData(p, key, me, &bf, wrap, b, *overlap)
 		}
-		fmt.Fprintf(g.stdout, "rotated %x -> %x; the old generation expires in %s\nEPSK for the peer written to %s (0600): deliver it securely and on the peer run 'pskvault psk rotate --identity-hex %x --new-identity-hex %x --key-file FILE'\n", b, nid, *overlap, *out, b, nid)
+		if err == nil {
+			err = o.write(data)
+			clear(data)
+		} else {
+			o.abort()
+		}
+		if err != nil {
+			if derr := c.Delete(ctx, nid); derr != nil {
+				return fmt.Errorf("write the key for the peer: %w; deleting the new generation %x also failed (%v): delete it, then rotate again", err, nid, derr)
+			}
+			return fmt.Errorf("write the key for the peer: %w (the new generation %x was deleted again; rotate again)", err, nid)
+		}
+		gi := o.info(g)
+		where := *out + " (0600)"
+		if *out == "-" {
+			where = "standard output"
+		}
+		fmt.Fprintf(gi.stdout, "rotated %x -> %x; the old generation expires in %s\nkey check value %s\n", b, nid, *overlap, kcv)
+		if bf.format == "hex" {
+			fmt.Fprintf(gi.stdout, "EPSK for the peer written to %s: deliver it securely and on the peer run 'pskvault psk rotate --identity-hex %x --new-identity-hex %x --overlap %s --key-file FILE'\n", where, b, nid, *overlap)
+		} else {
+			fmt.Fprintf(gi.stdout, "bundle for the peer (with the %s overlap) written to %s: on the peer run 'pskvault psk import --bundle FILE'\n", *overlap, where)
+		}
 		return nil
 	}
 }

@@ -93,39 +93,60 @@ func (s *specFlags) spec() (client.PSKSpec, error) {
 		return client.PSKSpec{}, usagef("--client and --server are required: every PSK has exactly one client node and one server node (RFC 9257 section 4.1), unless --group lists the members of a group PSK")
 	}
 	spec := client.PSKSpec{Identity: id, Hash: s.hash, ClientNode: s.client, ServerNode: s.server, Targets: s.targets, Policy: pol}
+	if spec.NotAfter, err = s.validity(); err != nil {
+		return spec, err
+	}
+	spec.Params, err = s.paramMap()
+	return spec, err
+}
+
+// validity is the not-after --not-after or --valid-for give (zero: none).
+func (s *specFlags) validity() (time.Time, error) {
 	switch {
 	case s.notAfter != "" && s.validFor != 0:
-		return spec, usagef("give --not-after or --valid-for, not both")
+		return time.Time{}, usagef("give --not-after or --valid-for, not both")
 	case s.notAfter != "":
-		if spec.NotAfter, err = time.Parse(time.RFC3339, s.notAfter); err != nil {
-			return spec, usagef("--not-after %q: want RFC 3339, e.g. 2027-01-02T15:04:05Z", s.notAfter)
+		t, err := time.Parse(time.RFC3339, s.notAfter)
+		if err != nil {
+			return t, usagef("--not-after %q: want RFC 3339, e.g. 2027-01-02T15:04:05Z", s.notAfter)
 		}
+		return t, nil
 	case s.validFor < 0:
-		return spec, usagef("--valid-for must be positive")
+		return time.Time{}, usagef("--valid-for must be positive")
 	case s.validFor > 0:
-		spec.NotAfter = time.Now().Add(s.validFor)
+		return time.Now().Add(s.validFor), nil
 	}
+	return time.Time{}, nil
+}
+
+// paramMap collects --param NAME=VALUE.
+func (s *specFlags) paramMap() (map[string]string, error) {
+	var m map[string]string
 	for _, p := range s.params {
 		k, v, ok := strings.Cut(p, "=")
 		if !ok || k == "" {
-			return spec, usagef("--param %q: want NAME=VALUE", p)
+			return nil, usagef("--param %q: want NAME=VALUE", p)
 		}
-		if spec.Params == nil {
-			spec.Params = map[string]string{}
+		if m == nil {
+			m = map[string]string{}
 		}
-		spec.Params[k] = v
+		m[k] = v
 	}
-	return spec, nil
+	return m, nil
 }
 
 func setupImport(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
 	var s specFlags
 	s.register(fs)
-	keyFile := fs.String("key-file", "", "hex EPSK `file`, or - for standard input (whitespace ignored)")
+	bundlePath := fs.String("bundle", "", "provisioning bundle `file` made by 'psk create' or 'psk rotate' on the peer, or - for standard input: it sets the whole policy; other flags may only narrow it (docs/BUNDLE.md)")
+	keyFile := fs.String("key-file", "", "bare hex EPSK `file` made elsewhere, or - for standard input (whitespace ignored; refused when others can read it)")
 	wrapped := fs.String("wrapped", "", "import a wrapped PRK `blob` file made by 'pskvault wrap' instead of --key-file")
 	wrappedBits := fs.Int("wrapped-key-bits", 256, "EPSK size in `bits` that the wrapped blob was made from")
 	asJSON := fs.Bool("json", false, "print the record as JSON")
 	return func(ctx context.Context, args []string) error {
+		if *bundlePath != "" {
+			return importBundle(ctx, g, fs, &s, *bundlePath, *asJSON)
+		}
 		spec, err := s.spec()
 		if err != nil {
 			return err
@@ -133,7 +154,7 @@ func setupImport(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 		var p *api.PSK
 		switch {
 		case (*keyFile == "") == (*wrapped == ""):
-			return usagef("give exactly one of --key-file and --wrapped")
+			return usagef("give exactly one of --bundle, --key-file and --wrapped")
 		case *keyFile != "":
 			key, err := readHexKey(g, *keyFile)
 			if err != nil {
@@ -144,6 +165,7 @@ func setupImport(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 			if err != nil {
 				return err
 			}
+			defer removeHint(g, *keyFile, p.KCV)
 		default:
 			blob, err := os.ReadFile(*wrapped)
 			if err != nil {
@@ -160,7 +182,10 @@ func setupImport(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 func setupCreate(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
 	var s specFlags
 	s.register(fs)
-	out := fs.String("out", "", "`file` to write the new EPSK to, in hex, for the peer (created 0600, never overwritten)")
+	var bf bundleOutFlags
+	bf.register(fs)
+	out := fs.String("out", "", "`file` for the peer (created 0600, never overwritten), or - for standard output: a bundle with the key and its policy (see --format)")
+	keyFile := fs.String("key-file", "", "take the EPSK from this hex `file` (a key made elsewhere, e.g. at a key ceremony) instead of generating one")
 	asJSON := fs.Bool("json", false, "print the record as JSON")
 	return func(ctx context.Context, args []string) error {
 		spec, err := s.spec()
@@ -170,33 +195,73 @@ func setupCreate(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 		if *out == "" {
 			return usagef("--out is required: the peer needs the key")
 		}
-		f, err := createSecretFile(*out)
+		wrap, err := bf.check()
 		if err != nil {
 			return err
+		}
+		if len(spec.Policy.Group) > 0 && bf.format == "bundle" && bf.forNode == "" {
+			return usagef("--for NODE is required for a group PSK: a bundle is for one node (or --format hex for the bare key)")
 		}
 		c := g.client()
-		id, key, err := c.Create(ctx, spec)
+		me, err := bundleNode(ctx, c, &bf)
 		if err != nil {
-			f.Close()
-			os.Remove(*out)
 			return err
 		}
-		err = writeHexKey(f, key)
-		clear(key)
+		o, err := openPeerOutput(g, *out)
 		if err != nil {
-			os.Remove(*out)
-			c.Delete(ctx, id)
-			return fmt.Errorf("write %s: %w (the new PSK was deleted again)", *out, err)
+			return err
+		}
+		var id, key []byte
+		if *keyFile != "" {
+			if key, err = readHexKey(g, *keyFile); err == nil {
+				var p *api.PSK
+				if p, err = c.Import(ctx, spec, key); err == nil {
+					id, err = hex.DecodeString(p.IdentityHex)
+				}
+			}
+		} else {
+			id, key, err = c.Create(ctx, spec)
+		}
+		defer clear(key)
+		if err != nil {
+			o.abort()
+			return err
 		}
 		p, err := c.Get(ctx, id)
-		if err != nil {
-			return err
+		var data []byte
+		var kcv string
+		if err == nil {
+			data, kcv, err = peerData(p, key, me, &bf, wrap, nil, 0)
 		}
-		if err := printRecord(g, p, *asJSON); err != nil {
+		if err == nil {
+			err = o.write(data)
+			clear(data)
+		} else {
+			o.abort()
+		}
+		if err != nil {
+			if derr := c.Delete(ctx, id); derr != nil {
+				return fmt.Errorf("write the key for the peer: %w; deleting the new PSK %x also failed (%v): delete it", err, id, derr)
+			}
+			return fmt.Errorf("write the key for the peer: %w (the new PSK was deleted again)", err)
+		}
+		gi := o.info(g)
+		if err := printRecord(gi, p, *asJSON); err != nil {
 			return err
 		}
 		if !*asJSON {
-			fmt.Fprintf(g.stdout, "EPSK for the peer written to %s (0600): deliver it over a secure channel, import it on the peer, then delete the file\n", *out)
+			what := "bundle"
+			if bf.format == "hex" {
+				what = "EPSK (hex)"
+			}
+			where := *out + " (0600)"
+			if *out == "-" {
+				where = "standard output"
+			}
+			fmt.Fprintf(gi.stdout, "%s for the peer written to %s; key check value %s: compare it with the one the peer prints after 'pskvault psk import --bundle'\n", what, where, kcv)
+		}
+		if *keyFile != "" {
+			removeHint(g, *keyFile, kcv)
 		}
 		return nil
 	}
@@ -283,6 +348,9 @@ func printRecord(g *globals, p *api.PSK, asJSON bool) error {
 	row("origin", p.Origin)
 	row("backend", p.Backend)
 	row("created", p.Created.Format(time.RFC3339))
+	if p.KCV != "" {
+		row("key_check_value", p.KCV)
+	}
 	if !p.NotAfter.IsZero() {
 		row("not_after", p.NotAfter.Format(time.RFC3339))
 	}

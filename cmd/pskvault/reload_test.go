@@ -134,7 +134,7 @@ func TestReloadAccess(t *testing.T) {
 		`client = ["user:65533"]`)
 	out := a.serveWith("--config", cfg)
 	keyFile := filepath.Join(t.TempDir(), "epsk.hex")
-	if o, code := a.run(nil, "psk", "create", "--identity", "web-1", "--client", "node-a", "--server", "node-b", "--out", keyFile); code != 0 {
+	if o, code := a.run(nil, "psk", "create", "--identity", "web-1", "--client", "node-a", "--server", "node-b", "--format", "hex", "--out", keyFile); code != 0 {
 		t.Fatal(o)
 	}
 	var outputs []string
@@ -204,7 +204,7 @@ func TestReloadAuditLog(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "pskvault.toml")
 	writeConfig(t, cfg, `max_conns = 64`, `max_conns_per_uid = 16`)
 	out := a.serveWith("--config", cfg, "--max-conns-per-uid", "8")
-	if o, code := a.run(nil, "psk", "create", "--identity", "r", "--client", "node-a", "--server", "node-b", "--out", filepath.Join(t.TempDir(), "k")); code != 0 {
+	if o, code := a.run(nil, "psk", "create", "--identity", "r", "--client", "node-a", "--server", "node-b", "--format", "hex", "--out", filepath.Join(t.TempDir(), "k")); code != 0 {
 		t.Fatal(o)
 	}
 	logPath := filepath.Join(a.dir, "audit.log")

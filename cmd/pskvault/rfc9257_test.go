@@ -148,7 +148,7 @@ func TestRFC9257StackFormatsAndGroups(t *testing.T) {
 	if out, code = a.run(nil, "derive", "--identity", "fmt", "--format", "nss"); code != 2 {
 		t.Fatalf("--format nss: exit %d: %s", code, out)
 	}
-	if out, code = a.run(nil, "psk", "create", "--identity", "grp", "--group", "node-a,node-b,node-c", "--out", filepath.Join(t.TempDir(), "g")); code != 0 || !strings.Contains(out, "group") {
+	if out, code = a.run(nil, "psk", "create", "--identity", "grp", "--group", "node-a,node-b,node-c", "--for", "node-c", "--out", filepath.Join(t.TempDir(), "g")); code != 0 || !strings.Contains(out, "group") {
 		t.Fatalf("create --group: exit %d: %s", code, out)
 	}
 	if out, code = a.run(nil, "derive", "--identity", "grp"); code != 1 || !strings.Contains(out, "needs the peer node") {
@@ -169,7 +169,7 @@ func TestRFC9257LifecycleCLI(t *testing.T) {
 		t.Fatalf("create: exit %d: %s", code, out)
 	}
 	out, code := a.run(nil, "psk", "rotate", "--identity", "gen1", "--new-identity", "gen2", "--overlap", "48h", "--out", filepath.Join(tmp, "k2"))
-	if code != 0 || !strings.Contains(out, "rotated 67656e31 -> 67656e32") || !strings.Contains(out, "--new-identity-hex 67656e32 --key-file FILE") {
+	if code != 0 || !strings.Contains(out, "rotated 67656e31 -> 67656e32") || !strings.Contains(out, "with the 48h0m0s overlap") || !strings.Contains(out, "psk import --bundle FILE") {
 		t.Fatalf("rotate: exit %d: %s", code, out)
 	}
 	out, _ = a.run(nil, "psk", "show", "--identity", "gen2", "--json")
@@ -207,7 +207,7 @@ func TestRFC9257MustViolationNotServed(t *testing.T) {
 		{"--identity", "good", "--client", "node-a", "--server", "node-b"},
 		{"--identity", "short", "--client", "node-a", "--server", "node-b"},
 		{"--identity", "selfie", "--client", "node-b", "--server", "node-a"},
-		{"--identity", "grp", "--group", "node-a,node-b,node-c"},
+		{"--identity", "grp", "--group", "node-a,node-b,node-c", "--for", "node-b"},
 		{"--identity", "orig", "--client", "node-b", "--server", "node-a"},
 	} {
 		if out, code := a.run(nil, append(append([]string{"psk", "create"}, args...), "--out", filepath.Join(dir, args[1]))...); code != 0 {

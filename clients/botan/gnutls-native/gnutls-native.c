@@ -30,7 +30,7 @@
  * its log to stderr prefixed "gnutls|". Exit status 0 when every handshake
  * completed and the data crossed.
  *
- * The EPSK file holds the key in hex (what `pskvault psk create --out`
+ * The EPSK file holds the key in hex (what `pskvault psk create --format hex --out`
  * writes). The key buffer is wiped after use.
  */
 #define _POSIX_C_SOURCE 200809L

@@ -75,7 +75,7 @@ class Flags {
 // not be readable by group or others.
 std::shared_ptr<StaticKeySource> load_static_keys(const std::string& path);
 
-// read_hex_key_file reads a key in hex (what `pskvault psk create --out`
+// read_hex_key_file reads a key in hex (what `pskvault psk create --format hex --out`
 // writes) from a file.
 Botan::secure_vector<uint8_t> read_hex_key_file(const std::string& path);
 
