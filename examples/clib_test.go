@@ -307,3 +307,67 @@ func newNodeOn(t testing.TB, id, backend string) *node {
 	n.start()
 	return n
 }
+
+// TestCLibEarlyData: 0-RTT data is accepted by the vault-fed OpenSSL server
+// only under a PSK whose record allows early data; under one that does not,
+// a client that sends early data anyway (its own key in memory, session
+// allowing 0-RTT) has it rejected, and the vault-fed client does not send
+// it at all.
+func TestCLibEarlyData(t *testing.T) {
+	dir := buildCLib(t, true)
+	for _, allowed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("allowed=%v", allowed), func(t *testing.T) {
+			a, b := newNode(t, "node-a"), newNode(t, "node-b")
+			keyFile := filepath.Join(t.TempDir(), "epsk.hex")
+			args := []string{"--identity", "ed-link", "--client", "node-a", "--server", "node-b"}
+			if allowed {
+				args = append(args, "--allow-early-data")
+			}
+			a.cli(t, append(append([]string{"psk", "create"}, args...), "--out", keyFile)...)
+			b.cli(t, append(append([]string{"psk", "import"}, args...), "--key-file", keyFile)...)
+			srv, addr := cServer(t, filepath.Join(dir, "ossl_echo_server"), b, "--early-data")
+
+			out, err := cClient(t, filepath.Join(dir, "ossl_echo_client"), a, addr, "node-b", "--early-data", "zero-rtt-from-vault-client")
+			if err != nil || !strings.Contains(out, "echo: ") {
+				t.Fatalf("vault-fed client: %v\n%s\nserver:\n%s", err, out, srv.out.String())
+			}
+			if allowed {
+				if !strings.Contains(out, "early data sent") {
+					t.Errorf("vault-fed client did not send early data under a PSK that allows it:\n%s", out)
+				}
+				waitLine(t, srv, "early data accepted: zero-rtt-from-vault-client")
+			} else {
+				if !strings.Contains(out, "early data not sent") {
+					t.Errorf("vault-fed client sent early data under a PSK that forbids it:\n%s", out)
+				}
+			}
+
+			// A client that sends early data whatever the record says.
+			_, key := clientSide(t, a, []byte("ed-link"), nil)
+			wire := wireOf(t, []byte("ed-link"))
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, filepath.Join(dir, "ossl_echo_client"), "--memory-key", "--connect", addr, "--early-data", "zero-rtt-regardless")
+			cmd.Stdin = strings.NewReader(hex.EncodeToString(wire) + " " + hex.EncodeToString(key) + "\n")
+			clear(key)
+			mout, err := cmd.CombinedOutput()
+			if !strings.Contains(string(mout), "early data sent") {
+				t.Fatalf("memory-key client did not send early data: %v\n%s", err, mout)
+			}
+			if allowed {
+				if err != nil {
+					t.Fatalf("memory-key client: %v\n%s\nserver:\n%s", err, mout, srv.out.String())
+				}
+				waitLine(t, srv, "early data accepted: zero-rtt-regardless")
+			} else {
+				// OpenSSL aborts a handshake whose PSK session allows no early
+				// data when the client sends some (too much early data); either
+				// way the data must never be taken.
+				waitLine(t, srv, "handshake failed: too much early data")
+				if strings.Contains(srv.out.String(), "accepted") || strings.Contains(srv.out.String(), "zero-rtt") {
+					t.Fatalf("the server took early data under a PSK that forbids it:\n%s", srv.out.String())
+				}
+			}
+		})
+	}
+}

@@ -26,12 +26,13 @@ typedef struct flags {
 	int memory_key;      /* --memory-key: read "IMPORTED_IDENTITY_HEX KEY_HEX" from stdin; no vault (benchmark baseline) */
 	int sha384;          /* --sha384: keys for HKDF_SHA384 (OpenSSL only) */
 	int quiet;           /* --quiet: log failures only */
+	const char *early;   /* client --early-data TEXT: send TEXT as 0-RTT data; server --early-data: accept it where the key allows */
 } flags;
 
 static inline void usage(const char *prog, int server)
 {
-	fprintf(stderr, "usage: %s --socket DATA_SOCKET %s HOST:PORT%s [--context-hex HEX] [--daemon-uid UID] [--count N] [--memory-key] [--sha384] [--quiet]\n",
-	        prog, server ? "--listen" : "--connect", server ? "" : " --peer SERVER_NODE [--message TEXT]");
+	fprintf(stderr, "usage: %s --socket DATA_SOCKET %s HOST:PORT%s [--context-hex HEX] [--daemon-uid UID] [--count N] [--memory-key] [--sha384] [--quiet] [--early-data%s]\n",
+	        prog, server ? "--listen" : "--connect", server ? "" : " --peer SERVER_NODE [--message TEXT]", server ? "" : " TEXT");
 	exit(2);
 }
 
@@ -50,6 +51,8 @@ static inline void parse_flags(int argc, char **argv, int server, flags *f)
 			f->sha384 = 1;
 		else if (!strcmp(a, "--quiet"))
 			f->quiet = 1;
+		else if (server && !strcmp(a, "--early-data"))
+			f->early = "";
 		else if (v == NULL)
 			usage(argv[0], server);
 		else if (!strcmp(a, "--socket"))
@@ -58,6 +61,8 @@ static inline void parse_flags(int argc, char **argv, int server, flags *f)
 			f->addr = v, i++;
 		else if (!server && !strcmp(a, "--peer"))
 			f->peer = v, i++;
+		else if (!server && !strcmp(a, "--early-data"))
+			f->early = v, i++;
 		else if (!server && !strcmp(a, "--message"))
 			f->message = v, i++;
 		else if (!strcmp(a, "--context-hex"))

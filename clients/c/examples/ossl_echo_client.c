@@ -29,7 +29,7 @@ static int memory_use_session(SSL *ssl, const EVP_MD *md, const unsigned char **
 	*sess = NULL;
 	if (s == NULL || !SSL_SESSION_set1_master_key(s, mem_key, mem_keylen) ||
 	    !SSL_SESSION_set_cipher(s, SSL_CIPHER_find(ssl, mem_keylen == 48 ? s384 : s256)) ||
-	    !SSL_SESSION_set_protocol_version(s, TLS1_3_VERSION)) {
+	    !SSL_SESSION_set_protocol_version(s, TLS1_3_VERSION) || !SSL_SESSION_set_max_early_data(s, F.early ? 16384 : 0)) {
 		SSL_SESSION_free(s);
 		return 0;
 	}
@@ -49,6 +49,24 @@ static int one(SSL_CTX *ctx, int talk)
 	}
 	ssl = SSL_new(ctx);
 	SSL_set_fd(ssl, fd);
+	if (F.early) {
+		size_t w = 0;
+		/* the key's session (max_early_data from the vault's record) decides
+		 * whether OpenSSL sends it at all */
+		if (SSL_write_early_data(ssl, F.early, strlen(F.early), &w) == 1)
+			printf("early data sent\n");
+		else {
+			/* this connection is spent: start again without 0-RTT */
+			printf("early data not sent\n");
+			fflush(stdout);
+			ERR_clear_error();
+			SSL_free(ssl);
+			close(fd);
+			F.early = NULL;
+			return one(ctx, talk);
+		}
+		fflush(stdout);
+	}
 	if (SSL_connect(ssl) == 1) {
 		if (talk) {
 			char buf[4096];

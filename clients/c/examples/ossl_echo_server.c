@@ -25,13 +25,15 @@ static void on_event(void *arg, const pskvault_tls_event *ev)
  * in memory. */
 static int memory_find_session(SSL *ssl, const unsigned char *id, size_t idlen, SSL_SESSION **sess)
 {
+	static const unsigned char s256[2] = {0x13, 0x01}, s384[2] = {0x13, 0x02};
 	SSL_SESSION *s;
 	*sess = NULL;
 	if (idlen != mem_idlen || memcmp(id, mem_id, idlen) != 0)
 		return 1;
 	s = SSL_SESSION_new();
 	if (s == NULL || !SSL_SESSION_set1_master_key(s, mem_key, mem_keylen) ||
-	    !SSL_SESSION_set_cipher(s, SSL_get_pending_cipher(ssl)) || !SSL_SESSION_set_protocol_version(s, TLS1_3_VERSION)) {
+	    !SSL_SESSION_set_cipher(s, SSL_CIPHER_find(ssl, mem_keylen == 48 ? s384 : s256)) || !SSL_SESSION_set_protocol_version(s, TLS1_3_VERSION) ||
+	    !SSL_SESSION_set_max_early_data(s, F.early ? 16384 : 0)) {
 		SSL_SESSION_free(s);
 		return 0;
 	}
@@ -77,6 +79,11 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	if (F.early) {
+		/* the server is willing; each key's session says whether it may */
+		SSL_CTX_set_max_early_data(ctx, 16384);
+		SSL_CTX_set_recv_max_early_data(ctx, 16384);
+	}
 	lfd = tcp_listen(F.addr);
 	if (lfd < 0) {
 		fprintf(stderr, "listen %s: %s\n", F.addr, strerror(errno));
@@ -92,6 +99,21 @@ int main(int argc, char **argv)
 		served++;
 		ssl = SSL_new(ctx);
 		SSL_set_fd(ssl, fd);
+		if (F.early) {
+			char eb[1024];
+			size_t got = 0, rd;
+			int r;
+			do {
+				rd = 0;
+				r = SSL_read_early_data(ssl, eb + got, sizeof eb - 1 - got, &rd);
+				got += rd;
+			} while (r == SSL_READ_EARLY_DATA_SUCCESS && got < sizeof eb - 1);
+			eb[got] = 0;
+			if (r != SSL_READ_EARLY_DATA_ERROR) {
+				printf("early data %s: %s\n", SSL_get_early_data_status(ssl) == SSL_EARLY_DATA_ACCEPTED ? "accepted" : "rejected", eb);
+				fflush(stdout);
+			}
+		}
 		if (SSL_accept(ssl) == 1) {
 			char buf[4096];
 			int n;

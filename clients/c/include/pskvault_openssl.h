@@ -9,9 +9,11 @@
  * SSL_CTX_set_psk_find_session_callback. For each ClientHello it sends the
  * PskIdentity *bytes* received (the RFC 9258 ImportedIdentity) to the
  * daemon's lookup, and builds the SSL_SESSION from the answer: the imported
- * key as master key, TLS1_3_VERSION, the negotiated TLS 1.3 cipher suite when
- * its hash is the key's target KDF's (SHA-256: TLS_AES_128_GCM_SHA256 or
- * TLS_CHACHA20_POLY1305_SHA256; SHA-384: TLS_AES_256_GCM_SHA384), and
+ * key as master key, TLS1_3_VERSION, the TLS 1.3 cipher suite whose hash is
+ * the key's target KDF's (SHA-256: TLS_AES_128_GCM_SHA256; SHA-384:
+ * TLS_AES_256_GCM_SHA384; the same suite the client side gives the key, so
+ * 0-RTT data is encrypted alike at both ends) when the negotiated suite has
+ * that hash (the handshake itself may use TLS_CHACHA20_POLY1305_SHA256), and
  * max_early_data only when the vault's record allows early data (else 0,
  * so OpenSSL refuses 0-RTT under this key).
  *

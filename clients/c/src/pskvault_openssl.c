@@ -97,6 +97,9 @@ static uint16_t kdf_of_md(const EVP_MD *md)
 	return 0;
 }
 
+static const unsigned char SUITE_AES128_SHA256[2] = {0x13, 0x01};
+static const unsigned char SUITE_AES256_SHA384[2] = {0x13, 0x02};
+
 /* session_of builds the TLS 1.3 session for key k with cipher c. */
 static SSL_SESSION *session_of(const pskvault_key *k, const SSL_CIPHER *c)
 {
@@ -146,7 +149,11 @@ static int find_session_cb(SSL *ssl, const unsigned char *identity, size_t ident
 	if (rc == PSKVAULT_OK && (k.kdf != e.kdf || k.protocol != PSKVAULT_TLS13 || k.ipskx_len != pskvault_kdf_len(e.kdf)))
 		rc = PSKVAULT_EPOLICY;
 	if (rc == PSKVAULT_OK) {
-		*sess = session_of(&k, c);
+		/* The PSK's own suite is the canonical one of its hash, as on the
+		 * client (use_session_cb): early data is encrypted under it. The
+		 * handshake may still negotiate another suite of the same hash. */
+		const SSL_CIPHER *own = SSL_CIPHER_find(ssl, e.kdf == PSKVAULT_KDF_SHA384 ? SUITE_AES256_SHA384 : SUITE_AES128_SHA256);
+		*sess = own ? session_of(&k, own) : NULL;
 		if (*sess == NULL)
 			rc = PSKVAULT_ETLS;
 	}
@@ -157,9 +164,6 @@ static int find_session_cb(SSL *ssl, const unsigned char *identity, size_t ident
 	 * an internal_error alert instead of a handshake_failure. */
 	return 1;
 }
-
-static const unsigned char SUITE_AES128_SHA256[2] = {0x13, 0x01};
-static const unsigned char SUITE_AES256_SHA384[2] = {0x13, 0x02};
 
 static int use_session_cb(SSL *ssl, const EVP_MD *md, const unsigned char **id, size_t *idlen, SSL_SESSION **sess)
 {
