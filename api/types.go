@@ -58,22 +58,28 @@ type PSK struct {
 	State       string    `json:"state"`
 	Origin      string    `json:"origin"`
 	Backend     string    `json:"backend"`
-	PSKPolicy             // RFC 9257 policy (policy.go)
+	// DeletePending: a delete began but the key is not destroyed yet;
+	// KeyMissing: the backend no longer holds the key (found at start).
+	DeletePending time.Time `json:"delete_pending_since,omitzero"`
+	KeyMissing    time.Time `json:"key_missing_since,omitzero"`
+	PSKPolicy               // RFC 9257 policy (policy.go)
 }
 
 // FromRecord converts a vault record for the wire.
 func FromRecord(p *vault.PSK) PSK {
 	out := PSK{
-		IdentityHex: p.IdentityHex(),
-		Hash:        p.Hash.String(),
-		KeyBits:     p.KeyBits,
-		ClientNode:  p.ClientNode,
-		ServerNode:  p.ServerNode,
-		Created:     p.Created,
-		NotAfter:    p.NotAfter,
-		State:       string(p.State),
-		Origin:      p.Origin,
-		Backend:     p.Backend,
+		IdentityHex:   p.IdentityHex(),
+		Hash:          p.Hash.String(),
+		KeyBits:       p.KeyBits,
+		ClientNode:    p.ClientNode,
+		ServerNode:    p.ServerNode,
+		Created:       p.Created,
+		NotAfter:      p.NotAfter,
+		State:         string(p.State),
+		Origin:        p.Origin,
+		Backend:       p.Backend,
+		DeletePending: p.DeletePending,
+		KeyMissing:    p.KeyMissing,
 	}
 	out.PSKPolicy = PolicyOf(p)
 	if utf8.Valid(p.Identity) {

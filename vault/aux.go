@@ -60,14 +60,19 @@ func (v *Vault) auxHandle(ctx context.Context) ([]byte, error) {
 		}
 		var err error
 		err = v.guard.change(ctx, func() (err error) {
-			h, err = v.backend.StoreKey(ctx, StoreRequest{PRK: k, Hash: importer.SHA256, Label: "pskvault-aux"})
+			h, err = v.backend.StoreKey(v.intentContext(ctx, "aux", nil, importer.SHA256), StoreRequest{PRK: k, Hash: importer.SHA256, Label: "pskvault-aux"})
 			return err
 		})
 		clear(k)
 		if err != nil {
 			return nil, fmt.Errorf("store auxiliary key in %s backend: %w", v.backend.Info().Name, err)
 		}
-		if err := v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put([]byte(auxKeyName), h) }); err != nil {
+		if err := v.db.Update(func(tx *bolt.Tx) error {
+			if err := tx.Bucket(bucketMeta).Put([]byte(auxKeyName), h); err != nil {
+				return err
+			}
+			return dropIntent(tx, h)
+		}); err != nil {
 			v.backend.DeleteKey(ctx, KeyRef{Handle: h, Hash: importer.SHA256})
 			return nil, fmt.Errorf("record auxiliary key: %w", err)
 		}

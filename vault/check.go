@@ -42,12 +42,18 @@ type Report struct {
 	Must   int     `json:"must_violations"`
 	Should int     `json:"should_violations"`
 	Warn   int     `json:"warnings"`
+	// Errors counts where the records and the backend disagree: findings
+	// of LevelError, orphaned keys and what the reconciliation at start
+	// could not do (Reconciliation).
+	Errors         int             `json:"consistency_errors"`
+	Reconciliation *Reconciliation `json:"reconciliation,omitempty"`
 }
 
 // OK reports whether no RFC 9257 MUST is violated.
 func (r *Report) OK() bool { return r.Must == 0 }
 
-// Check audits every PSK against RFC 9257. It reads records only.
+// Check audits every PSK against RFC 9257, and reports where the records and
+// the backend disagreed at start (reconcile.go). It reads records only.
 func (v *Vault) Check() *Report {
 	now := v.now()
 	psks := v.List()
@@ -73,9 +79,15 @@ func (v *Vault) Check() *Report {
 				r.Should++
 			case LevelWarn:
 				r.Warn++
+			case LevelError:
+				r.Errors++
 			}
 		}
 		r.PSKs = append(r.PSKs, a)
+	}
+	if rec := v.Reconciliation(); len(rec.Orphans) > 0 || len(rec.Problems) > 0 || rec.CreatesUndone+rec.DeletesFinished+rec.HandlesCleared+rec.KeysChecked > 0 {
+		r.Reconciliation = &rec
+		r.Errors += len(rec.Orphans) + len(rec.Problems)
 	}
 	return r
 }
@@ -103,6 +115,13 @@ func (v *Vault) audit(p *PSK, fps map[string][][]byte, known skeletons, now time
 	}
 	if p.IsGroup() {
 		a.Kind, a.Nodes = "group", strings.Join(p.Group, ",")
+	}
+	// Where the record and the backend disagree (reconcile.go).
+	if !p.DeletePending.IsZero() {
+		add("delete-pending", "", LevelError, "deletion began at %s, but its key could not be destroyed yet (backend unavailable?): derivation is refused; psk delete retries, and so does the next start", p.DeletePending.Format(time.RFC3339))
+	}
+	if !p.KeyMissing.IsZero() {
+		add("key-missing", "", LevelError, "the backend no longer holds this PSK's key (found at start, %s): derivation fails; delete the record and provision a new PSK", p.KeyMissing.Format(time.RFC3339))
 	}
 	// Lifecycle first: a revoked PSK's other properties no longer matter.
 	if p.State == StateRevoked {

@@ -21,6 +21,10 @@ const (
 	LevelShould = "SHOULD" // an RFC 9257 SHOULD (or recommendation) is not met
 	LevelWarn   = "warn"   // risky, allowed
 	LevelInfo   = "info"
+	// LevelError is not about RFC 9257: the record and the backend
+	// disagree (a key missing, a delete unfinished), so the PSK cannot be
+	// used as recorded. check exits 1 on it, like on a MUST.
+	LevelError = "error"
 )
 
 // Finding is one observation about a PSK, tied to the RFC 9257 section it

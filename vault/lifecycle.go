@@ -139,6 +139,9 @@ func (v *Vault) usable(p *PSK) error {
 	if p.State != StateActive {
 		return fmt.Errorf("%w at %s: %s", ErrRevoked, p.RevokedAt.Format(time.RFC3339), p.RevokeReason)
 	}
+	if err := deletePending(p); err != nil {
+		return err
+	}
 	if p.Expired(v.now()) {
 		return fmt.Errorf("%w at %s", ErrExpired, p.NotAfter.Format(time.RFC3339))
 	}
@@ -374,4 +377,12 @@ func (v *Vault) Sweep(ctx context.Context) ([][]byte, error) {
 		}
 	}
 	return swept, errors.Join(errs...)
+}
+
+// deletePending refuses a PSK whose delete has begun.
+func deletePending(p *PSK) error {
+	if p.DeletePending.IsZero() {
+		return nil
+	}
+	return fmt.Errorf("%w: deletion pending since %s (its key could not be destroyed yet; psk delete retries, and so does the next start)", ErrRevoked, p.DeletePending.Format(time.RFC3339))
 }

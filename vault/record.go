@@ -50,7 +50,14 @@ type PSK struct {
 	Origin     string        `json:"origin"` // "generated" or "imported"
 	Backend    string        `json:"backend"`
 	Handle     []byte        `json:"handle"` // opaque, backend-defined
-	Policy                   // RFC 9257 policy and lifecycle (policy.go); zero value is the safe default
+	// DeletePending is when a delete began: the record stays, refusing
+	// derivation, until its key is destroyed (by psk delete, or by the
+	// reconciliation at the next start). Zero: no delete under way.
+	DeletePending time.Time `json:"delete_pending_since,omitzero"`
+	// KeyMissing is when the reconciliation at start found the backend no
+	// longer holds the key Handle names; zero while the key is there.
+	KeyMissing time.Time `json:"key_missing_since,omitzero"`
+	Policy               // RFC 9257 policy and lifecycle (policy.go); zero value is the safe default
 }
 
 // IdentityHex is the identity in lowercase hex, the record's stable name.

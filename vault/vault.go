@@ -107,6 +107,8 @@ type Vault struct {
 	access atomic.Pointer[Access] // who may derive what (access.go)
 
 	changes changes // wakes watchers after each change (watch.go)
+
+	recon *Reconciliation // what the reconciliation at Open found and did (reconcile.go)
 }
 
 // Init creates a vault in dir (created 0700 if missing) for nodeID on the
@@ -125,7 +127,11 @@ func Init(ctx context.Context, dir string, cfg Config) error {
 	if _, err := os.Lstat(path); err == nil {
 		return fmt.Errorf("%w in %s", ErrAlreadyInitialized, dir)
 	}
-	b, err := OpenBackend(ctx, BackendConfig{URI: cfg.Backend, StateDir: dir, Init: true})
+	vaultID := make([]byte, vaultIDLen)
+	if _, err := rand.Read(vaultID); err != nil {
+		return fmt.Errorf("OS RNG: %w", err)
+	}
+	b, err := OpenBackend(ctx, BackendConfig{URI: cfg.Backend, StateDir: dir, Init: true, VaultID: vaultID})
 	if err != nil {
 		return fmt.Errorf("open backend: %w", err)
 	}
@@ -142,6 +148,12 @@ func Init(ctx context.Context, dir string, cfg Config) error {
 			return err
 		}
 		if _, err := tx.CreateBucketIfNotExists(bucketPSKs); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucketIfNotExists(bucketIntents); err != nil {
+			return err
+		}
+		if err := m.Put([]byte(vaultIDName), vaultID); err != nil {
 			return err
 		}
 		return m.Put([]byte("config"), raw)
@@ -196,13 +208,21 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 	// start would turn a full disk into an outage. CompactionPending
 	// reports it until RetryCompaction or a later compaction succeeds.
 	v.db.compact()
-	v.backend, err = OpenBackend(ctx, BackendConfig{URI: v.cfg.Backend, StateDir: dir})
+	vaultID, idErr := v.ensureVaultID()
+	v.backend, err = OpenBackend(ctx, BackendConfig{URI: v.cfg.Backend, StateDir: dir, VaultID: vaultID})
 	if err != nil {
 		v.db.Close()
 		return nil, fmt.Errorf("open backend: %w", err)
 	}
 	// Only the soft backend is known never to stall: it only computes.
 	v.guard.direct = v.backend.Info().Name == "soft"
+	// Finish what a crash interrupted and compare the records with the
+	// backend's keys (reconcile.go). Its problems are reported, not fatal:
+	// the vault serves what it can, and `check` shows the rest.
+	v.recon = v.reconcile(ctx)
+	if idErr != nil {
+		v.recon.Problems = append(v.recon.Problems, idErr.Error())
+	}
 	return v, nil
 }
 
@@ -325,7 +345,7 @@ func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
 			return nil, fmt.Errorf("%w: backend %s has no wrapped import", ErrUnsupported, v.backend.Info().Name)
 		}
 		err = v.guard.change(ctx, func() (err error) {
-			handle, err = wi.ImportWrapped(ctx, req.Key, req.Hash, req.Params)
+			handle, err = wi.ImportWrapped(v.intentContext(ctx, "import", req.Identity, req.Hash), req.Key, req.Hash, req.Params)
 			return err
 		})
 	} else {
@@ -335,7 +355,7 @@ func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
 			return nil, err
 		}
 		err = v.guard.change(ctx, func() (err error) {
-			handle, err = v.backend.StoreKey(ctx, StoreRequest{PRK: prk, Hash: req.Hash, Label: keyLabel(req.Identity), Params: req.Params})
+			handle, err = v.backend.StoreKey(v.intentContext(ctx, "import", req.Identity, req.Hash), StoreRequest{PRK: prk, Hash: req.Hash, Label: keyLabel(req.Identity), Params: req.Params})
 			return err
 		})
 		clear(prk)
@@ -460,7 +480,12 @@ func (v *Vault) put(p *PSK, mustBeNew bool) error {
 		return fmt.Errorf("%w: %x", ErrExists, p.Identity)
 	}
 	err = v.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPSKs).Put(recordKey(p.Identity), raw)
+		if err := tx.Bucket(bucketPSKs).Put(recordKey(p.Identity), raw); err != nil {
+			return err
+		}
+		// The record now names the key: the intent to create it is done
+		// (reconcile.go), in the same transaction.
+		return dropIntent(tx, p.Handle)
 	})
 	if err != nil {
 		return fmt.Errorf("write PSK record: %w", err)
@@ -563,8 +588,27 @@ func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
 	// is gone from the record); the hardware backends refuse an empty
 	// handle, so asking them would make such a PSK impossible to delete.
 	if len(p.Handle) > 0 {
+		// The intent first: marked, the record refuses derivation and
+		// survives a crash or a failed destroy, and the delete is finished
+		// by the next psk delete or the next start (reconcile.go), never
+		// left as an active record whose key is gone.
+		if p.DeletePending.IsZero() {
+			n := p.clone()
+			n.DeletePending = v.now().UTC().Truncate(time.Second)
+			raw, err := json.Marshal(n)
+			if err != nil {
+				return err
+			}
+			if err := v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPSKs).Put(recordKey(identity), raw) }); err != nil {
+				return fmt.Errorf("mark PSK for deletion: %w", err)
+			}
+			v.indexKey(p, n)
+			v.psks[string(identity)] = n
+			v.changes.notify()
+			p = n
+		}
 		if err := v.guard.change(ctx, func() error { return v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}) }); err != nil {
-			return fmt.Errorf("delete key in %s backend: %w", p.Backend, err)
+			return fmt.Errorf("PSK marked for deletion (derivation refused; psk delete or the next start retries), but destroying its key in the %s backend failed: %w", p.Backend, err)
 		}
 	}
 	if err := v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPSKs).Delete(recordKey(identity)) }); err != nil {
@@ -617,6 +661,9 @@ func (v *Vault) Derive(ctx context.Context, req DeriveRequest) (*Derived, error)
 	}
 	if p.State != StateActive {
 		return nil, ErrRevoked
+	}
+	if err := deletePending(p); err != nil {
+		return nil, err
 	}
 	if p.Expired(v.now()) {
 		return nil, fmt.Errorf("%w at %s", ErrExpired, p.NotAfter.Format(time.RFC3339))

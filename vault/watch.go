@@ -64,7 +64,7 @@ func (v *Vault) View(c *Caller) (digest [32]byte, next time.Time) {
 		}
 	}
 	for _, p := range v.List() { // ordered by identity
-		if p.State != StateActive || p.Expired(now) || !v.mayDerive(c, p, "") {
+		if p.State != StateActive || !p.DeletePending.IsZero() || p.Expired(now) || !v.mayDerive(c, p, "") {
 			continue
 		}
 		if !p.NotAfter.IsZero() && (next.IsZero() || p.NotAfter.Before(next)) {

@@ -38,6 +38,8 @@ func setupCheck(fs *flag.FlagSet, g *globals) func(context.Context, []string) er
 		switch {
 		case rep.Must > 0:
 			return fmt.Errorf("%w: %d MUST violation(s)", errCheckFailed, rep.Must)
+		case rep.Errors > 0:
+			return fmt.Errorf("%w: %d disagreement(s) between the records and the backend", errCheckFailed, rep.Errors)
 		case *strict && rep.Should > 0:
 			return fmt.Errorf("%w: %d SHOULD finding(s) and --strict", errCheckFailed, rep.Should)
 		}
@@ -85,8 +87,22 @@ func printCheck(g *globals, rep *vault.Report) {
 			if f.Level == vault.LevelInfo {
 				continue
 			}
+			if f.Section == "" {
+				fmt.Fprintf(g.stdout, "%-6s %s: %s (rule %s)\n", f.Level, a.IdentityHex, f.Message, f.Rule)
+				continue
+			}
 			fmt.Fprintf(g.stdout, "%-6s %s: %s (RFC 9257 section %s, rule %s)\n", f.Level, a.IdentityHex, f.Message, f.Section, f.Rule)
 		}
 	}
-	fmt.Fprintf(g.stdout, "node %s: %d PSK(s), %d MUST violation(s), %d SHOULD finding(s), %d warning(s)\n", rep.Node, len(rep.PSKs), rep.Must, rep.Should, rep.Warn)
+	if r := rep.Reconciliation; r != nil {
+		fmt.Fprintf(g.stdout, "at start: %d interrupted create(s) undone, %d pending delete(s) finished, %d key destroy(s) finished, %d key(s) checked against the backend, %d missing\n",
+			r.CreatesUndone, r.DeletesFinished, r.HandlesCleared, r.KeysChecked, len(r.KeysMissing))
+		for _, o := range r.Orphans {
+			fmt.Fprintf(g.stdout, "error  backend key %s carries this vault's tag, but no record names it (kept; destroy it by hand if it is not needed)\n", o)
+		}
+		for _, p := range r.Problems {
+			fmt.Fprintf(g.stdout, "error  at start: %s\n", p)
+		}
+	}
+	fmt.Fprintf(g.stdout, "node %s: %d PSK(s), %d MUST violation(s), %d SHOULD finding(s), %d warning(s), %d record/backend disagreement(s)\n", rep.Node, len(rep.PSKs), rep.Must, rep.Should, rep.Warn, rep.Errors)
 }

@@ -316,6 +316,7 @@ func serve(ctx context.Context, g *globals, st *settings, load func() (*settings
 	if err := st.checkVault(v); err != nil {
 		return err
 	}
+	logReconciliation(log, v.Reconciliation())
 	if err := v.CompactionPending(); err != nil {
 		log.Warn("vault.db could not be rewritten at start (no room for a second copy of it?); serving anyway, but records destroyed earlier may linger in its freed pages until it is: retrying as space allows",
 			"err", err, "state_dir", st.stateDir)
@@ -477,5 +478,23 @@ func retryCompaction(ctx context.Context, v *vault.Vault, log *slog.Logger) {
 			log.Warn("compaction of vault.db still failing", "err", err)
 			lastErr = err.Error()
 		}
+	}
+}
+
+// logReconciliation reports what vault.Open's reconciliation of records and
+// backend keys did (after a crash) and what it could not do; `pskvault
+// check` reports the same.
+func logReconciliation(log *slog.Logger, r vault.Reconciliation) {
+	if r.CreatesUndone+r.DeletesFinished+r.HandlesCleared > 0 {
+		log.Info("finished what a crash interrupted", "creates_undone", r.CreatesUndone, "deletes_finished", r.DeletesFinished, "key_destroys_finished", r.HandlesCleared)
+	}
+	if len(r.KeysMissing) > 0 {
+		log.Warn("the backend no longer holds the key of some PSKs; they are marked, and pskvault check lists them", "psks", r.KeysMissing)
+	}
+	for _, o := range r.Orphans {
+		log.Warn("backend key carries this vault's tag but no record names it; kept (pskvault check lists it)", "handle", o)
+	}
+	for _, p := range r.Problems {
+		log.Warn("reconciliation at start incomplete", "problem", p)
 	}
 }

@@ -4,14 +4,17 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	mrand "math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -128,6 +131,13 @@ func TestPKCS11TokenAway(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	checkDerivations(t, a, psks[1:], "after the token came back", &responses)
+	// The PSK whose delete failed is marked: refused, and reported.
+	if status, code := deriveStatus(t, a, "away-1"); status != 403 || code != "revoked" {
+		t.Fatalf("derive of the PSK whose delete is pending: %d %s, want 403 revoked", status, code)
+	}
+	if out, code := a.run(nil, "check"); code != 1 || !strings.Contains(out, "delete-pending") {
+		t.Fatalf("check with a delete pending: exit %d: %s", code, out)
+	}
 	if status, code := apiCall(t, a, "POST", "/v1/psks/delete", away1); status != 204 {
 		t.Fatalf("DELETE after the token came back: %d %s, want 204", status, code)
 	}
@@ -153,5 +163,158 @@ func deleteTokenKey(t *testing.T, tok *pkcs11test.SoftHSM, identity string) {
 	cmd.Env = append(os.Environ(), tok.Env(), "PSKVAULT_TEST_PIN="+tok.PIN())
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("pkcs11-tool --delete-object: %v: %s", err, out)
+	}
+}
+
+// listIdentities returns the identities of n's PSK records.
+func listIdentities(t *testing.T, n *node) map[string]bool {
+	t.Helper()
+	out, code := n.run(nil, "psk", "list", "--json")
+	if code != 0 {
+		t.Fatalf("psk list: exit %d: %s", code, out)
+	}
+	var l struct {
+		PSKs []struct {
+			Identity string `json:"identity"`
+		} `json:"psks"`
+	}
+	if err := json.Unmarshal([]byte(out), &l); err != nil {
+		t.Fatalf("psk list --json: %v", err)
+	}
+	ids := map[string]bool{}
+	for _, p := range l.PSKs {
+		ids[p.Identity] = true
+	}
+	return ids
+}
+
+// TestPKCS11KillLoop kills the real daemon with SIGKILL again and again
+// while clients import and delete PSKs, restarts it each time, and then
+// compares the token's keys (listed by pkcs11-tool) with the records: one
+// key per record plus the vault's auxiliary key, no more (a key created
+// but never recorded) and no fewer (a record whose key was destroyed);
+// every acknowledged import not since deleted is there, every
+// acknowledged delete is gone, and `check` finds nothing amiss.
+func TestPKCS11KillLoop(t *testing.T) {
+	tok := pkcs11test.Require(t, "pskvault-kill")
+	a := newNode(t, "node-a", tok.URI())
+	const kills = 25
+	var mu sync.Mutex
+	acked := map[string]bool{} // identity -> kept (import acknowledged, no delete acknowledged)
+	seq := 0
+	for k := 0; k < kills; k++ {
+		a.start()
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for w := 0; w < 3; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					mu.Lock()
+					seq++
+					id := fmt.Sprintf("kill-%d", seq)
+					var victim string
+					for v, kept := range acked {
+						if kept && seq%2 == 0 {
+							victim = v
+							acked[v] = false // neither kept nor gone until acknowledged
+							break
+						}
+					}
+					mu.Unlock()
+					if victim != "" {
+						if _, code := a.run(nil, "psk", "delete", "--identity", victim); code == 0 {
+							mu.Lock()
+							delete(acked, victim)
+							mu.Unlock()
+						}
+						continue
+					}
+					key := make([]byte, 32)
+					rand.Read(key)
+					if _, code := a.run(nil, "psk", "import", "--identity", id, "--client", "node-a", "--server", "node-b", "--key-file", writeKey(t, key)); code == 0 {
+						mu.Lock()
+						acked[id] = true
+						mu.Unlock()
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Duration(400+mrand.IntN(800)) * time.Millisecond)
+		a.cmd.Process.Kill()
+		a.cmd.Wait()
+		a.cmd = nil
+		close(stop)
+		wg.Wait()
+	}
+
+	a.start()
+	records := listIdentities(t, a)
+	keys := tokenKeyIDs(t, tok)
+	if len(keys) != len(records)+1 {
+		t.Errorf("after %d kills the token holds %d keys for %d records (+1 auxiliary key): %d key(s) too many", kills, len(keys), len(records), len(keys)-len(records)-1)
+	}
+	mu.Lock()
+	for id, kept := range acked {
+		if kept && !records[id] {
+			t.Errorf("acknowledged import %s is lost", id)
+		}
+	}
+	mu.Unlock()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for id := range records {
+		if status, code := deriveStatus(t, a, id); status != 200 {
+			t.Errorf("derive %s after the kills: %d %s", id, status, code)
+		}
+	}
+	out, code := a.run(nil, "check", "--json")
+	var rep struct {
+		Errors int `json:"consistency_errors"`
+	}
+	if json.Unmarshal([]byte(out), &rep); rep.Errors != 0 {
+		t.Errorf("check after the kills: exit %d, %d record/backend disagreement(s): %s", code, rep.Errors, out)
+	}
+	t.Logf("%d kills, %d records, %d token keys", kills, len(records), len(keys))
+}
+
+// TestPKCS11KeyMissing: a key destroyed behind the vault's back while the
+// daemon was down is found by the reconciliation at start: the record is
+// marked, `check` reports it and exits 1, derive answers 410 key_missing.
+func TestPKCS11KeyMissing(t *testing.T) {
+	tok := pkcs11test.Require(t, "pskvault-missing")
+	a := newNode(t, "node-a", tok.URI())
+	a.start()
+	var responses bytes.Buffer
+	for _, id := range []string{"kept", "lost"} {
+		epsk := testKey(32)
+		epsk[1] ^= id[0]
+		importPSK(t, a, &responses, provisioned{id, importer.SHA256, epsk}, "--key-file", writeKey(t, epsk))
+	}
+	if out, code := a.run(nil, "check"); strings.Contains(out, "key-missing") {
+		t.Fatalf("check before: exit %d: %s", code, out)
+	}
+	a.stop()
+	deleteTokenKey(t, tok, "lost")
+	a.start()
+	out, code := a.run(nil, "check")
+	if code != 1 || !strings.Contains(out, "key-missing") || !strings.Contains(out, hex.EncodeToString([]byte("lost"))) {
+		t.Fatalf("check after the key was destroyed behind the vault's back: exit %d: %s", code, out)
+	}
+	if strings.Contains(out, hex.EncodeToString([]byte("kept"))+": the backend no longer") {
+		t.Fatalf("check reports the kept PSK's key missing: %s", out)
+	}
+	if status, code := deriveStatus(t, a, "lost"); status != 410 || code != "key_missing" {
+		t.Fatalf("derive of the PSK whose key is gone: %d %s, want 410 key_missing", status, code)
+	}
+	if status, code := deriveStatus(t, a, "kept"); status != 200 {
+		t.Fatalf("derive of the kept PSK: %d %s", status, code)
 	}
 }
