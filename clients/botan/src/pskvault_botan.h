@@ -7,16 +7,18 @@
  * header a Botan endpoint holds nothing but the ipskx pskvault derived
  * (inside a TPM, an HSM or the soft store) from an EPSK the endpoint never
  * sees, and is still a standard RFC 9258 peer: it completes handshakes with
- * stacks that import the EPSK themselves (GnuTLS >= 3.8.1, BoringSSL), and
- * with other Botan endpoints fed by pskvault. It cannot talk to stacks that
+ * stacks that import the EPSK themselves (tested with GnuTLS 3.8.13 and
+ * Botan's own PSKImporter; BoringSSL untested), and with other Botan
+ * endpoints fed by pskvault. It cannot talk to stacks that
  * take the ipskx as an ordinary external PSK ("ext binder": OpenSSL, GnuTLS
  * 3.7, stunnel, mbedTLS, and pskvault's C library glue for them); the binders
  * differ, and the server refuses the handshake. docs/CONSUMERS.md says which
  * consumer is which.
  *
- *   auto vault = pskvault_botan::VaultKeySource::open("/run/pskvault/data/pskvault.sock");
+ *   auto vault = std::make_shared<pskvault_botan::VaultKeySource>(
+ *       pskvault_botan::VaultKeySource::Options{"/run/pskvault/data/pskvault.sock", {}, {}});
  *   pskvault_botan::Target target{pskvault_botan::TLS13, pskvault_botan::SHA256};
- *   auto creds = std::make_shared<pskvault_botan::Credentials>(vault, target, "node-b");
+ *   auto creds = std::make_shared<pskvault_botan::Credentials>(vault, target);  // a client: add the server node
  *   auto policy = std::make_shared<pskvault_botan::Policy>(target);
  *   Botan::TLS::Server server(callbacks, std::make_shared<Botan::TLS::Session_Manager_Noop>(),
  *                             creds, policy, rng);
@@ -111,10 +113,10 @@ class KeySource {
 };
 
 // VaultKeySource asks pskvault's data socket through the C client library
-// (clients/c): the binary form of lookup and offers, one keep-alive
-// connection guarded by a mutex, the daemon's uid checked with SO_PEERCRED
-// before anything is sent (PSKVAULT_DAEMON_UID or the options' daemon uid
-// allow another one).
+// (clients/c, libpskvault): the binary form of lookup and offers, its pool of
+// keep-alive connections (safe across threads), the daemon's uid checked with
+// SO_PEERCRED before anything is sent (root, our own uid, the user pskvault,
+// or Options::daemon_uid, else PSKVAULT_DAEMON_UID).
 class VaultKeySource final : public KeySource {
    public:
       struct Options {
