@@ -151,7 +151,8 @@ func firstIdentity(path string) string {
 // server's holds both, rewritten and stunnel reloaded within a second,
 // and the next connection uses the new generation; after a revoke on the
 // server node its file drops the key within a second and the next
-// handshake fails. A reader looping over the server's file during all
+// handshake fails; a key past its not-after leaves the server's file
+// within a second, with no request in between. A reader looping over the server's file during all
 // rewrites never sees it half-written.
 func TestAgentStunnel(t *testing.T) {
 	requireTool(t, "stunnel")
@@ -299,6 +300,30 @@ func TestAgentStunnel(t *testing.T) {
 	if !strings.Contains(srv.out.String(), "TLS accepted") {
 		t.Fatal("the server log never shows an accepted TLS connection: the check above proves nothing")
 	}
+
+	// Expiry: a PSK valid for a few seconds enters the server's file at
+	// once and leaves it within a second of its not-after, with no request
+	// to either daemon in between.
+	short := filepath.Join(t.TempDir(), "short.hex")
+	p.a.cli(t, "psk", "create", "--identity", "short", "--client", "node-a", "--server", "node-b", "--valid-for", "4s", "--out", short)
+	p.b.cli(t, "psk", "import", "--identity", "short", "--client", "node-a", "--server", "node-b", "--valid-for", "4s", "--key-file", short)
+	rec, err := p.b.client.Get(t.Context(), []byte("short"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shortHex := hex.EncodeToString([]byte("short"))
+	within("server file with the short-lived key", func() bool {
+		b, _ := os.ReadFile(srvFile)
+		return strings.Contains(string(b), shortHex)
+	})
+	for time.Now().Before(rec.NotAfter) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	within("server file without the expired key", func() bool {
+		b, _ := os.ReadFile(srvFile)
+		return !strings.Contains(string(b), shortHex)
+	})
+
 	close(stop)
 	wg.Wait()
 	stop = make(chan struct{})
