@@ -13,7 +13,6 @@
 package importer
 
 import (
-	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/binary"
@@ -304,9 +303,9 @@ func Extract(h Hash, epsk []byte) ([]byte, error) {
 	if !h.Valid() {
 		return nil, fmt.Errorf("%w %d", ErrUnknownHash, uint8(h))
 	}
-	mac := hmac.New(h.New(), make([]byte, h.Size()))
-	mac.Write(epsk)
-	return mac.Sum(nil), nil
+	// HMAC with an all-zero salt as the key; HMAC wipes the hash state
+	// that buffered the EPSK.
+	return HMAC(h, make([]byte, h.Size()), epsk), nil
 }
 
 // MAC computes HMAC(PRK, data) with the EPSK's hash, under a PRK the caller
@@ -406,9 +405,7 @@ func SoftwareMAC(h Hash, prk []byte) MAC {
 		if len(prk) != h.Size() {
 			return nil, fmt.Errorf("%w: PRK is %d bytes, want %d", ErrBadPRK, len(prk), h.Size())
 		}
-		m := hmac.New(h.New(), prk)
-		m.Write(data)
-		return m.Sum(nil), nil
+		return HMAC(h, prk, data), nil
 	}
 }
 

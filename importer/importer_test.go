@@ -2,6 +2,7 @@ package importer_test
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/binary"
@@ -892,5 +893,30 @@ func TestExpandWipesMACOutputsAndBuffers(t *testing.T) {
 				t.Error("after a failed block the input buffer still holds T(1)")
 			}
 		})
+	}
+}
+
+// importer.HMAC is HMAC: it agrees with crypto/hmac for keys shorter than,
+// equal to and longer than the block size, on both hashes.
+func TestHMACMatchesCryptoHMAC(t *testing.T) {
+	for _, h := range []importer.Hash{importer.SHA256, importer.SHA384} {
+		for _, n := range []int{0, 1, 32, 48, 64, 127, 128, 129, 300} {
+			key := make([]byte, n)
+			for i := range key {
+				key[i] = byte(i*7 + n)
+			}
+			data := []byte("some data to authenticate, longer than nothing")
+			m := hmac.New(h.New(), key)
+			m.Write(data)
+			if got := importer.HMAC(h, key, data); !bytes.Equal(got, m.Sum(nil)) {
+				t.Fatalf("%v, %d-byte key: mismatch", h, n)
+			}
+		}
+	}
+	if importer.HMAC(importer.Hash(0), []byte("k"), nil) != nil {
+		t.Fatal("unknown hash gave a MAC")
+	}
+	if s := importer.SecretSHA256([]byte("abc")); hex.EncodeToString(s[:]) != "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad" {
+		t.Fatal("SecretSHA256 mismatch")
 	}
 }

@@ -100,7 +100,7 @@ func (v *Vault) auxHMAC(ctx context.Context, label string, data []byte) ([]byte,
 // the key and, unlike a plain hash, allows no offline guessing of a
 // low-entropy key from a stolen database.
 func (v *Vault) fingerprint(ctx context.Context, epsk []byte) ([]byte, error) {
-	sum := sha256.Sum256(epsk)
+	sum := importer.SecretSHA256(epsk) // wipes its copies of the EPSK
 	defer clear(sum[:])
 	return v.auxHMAC(ctx, labelFingerprint, sum[:])
 }

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/pskvault/pskvault/importer"
 )
 
 // AssessEntropy looks for signs that an EPSK was not drawn from a good RNG
@@ -85,7 +87,8 @@ func AssessEntropy(key []byte) []string {
 	if h := commonPasswordHash(key); h != "" {
 		out = append(out, "unsalted "+h+" hash of one of the most common passwords (a dictionary attack finds it at once)")
 	}
-	sum := sha256.Sum256(key)
+	sum := importer.SecretSHA256(key) // wipes its copies of the key
+	defer clear(sum[:])
 	for _, w := range weakKeys {
 		if subtle.ConstantTimeCompare(sum[:], w.sum[:]) == 1 {
 			out = append(out, "known weak value: "+w.name)

@@ -331,6 +331,9 @@ func (v *Vault) checkImport(req *ImportRequest) error {
 // Import stores a PSK. The EPSK is extracted to a PRK here, handed to the
 // backend, and wiped; only the backend handle is recorded.
 func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
+	// The dead frames of the checks, Extract and the backend held the EPSK
+	// or the PRK.
+	defer importer.BurnStack()
 	if err := v.checkImport(&req); err != nil {
 		return nil, err
 	}

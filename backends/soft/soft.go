@@ -12,7 +12,6 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hmac"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -156,10 +155,11 @@ func (b *Backend) HMAC(_ context.Context, key vault.KeyRef, data []byte) ([]byte
 	if err != nil {
 		return nil, fmt.Errorf("%w: sealed PRK does not open under this vault's KEK", vault.ErrKeyNotFound)
 	}
-	m := hmac.New(h.New(), prk)
+	// importer.HMAC, not crypto/hmac: its pads (which XOR back to the PRK)
+	// are wiped before it returns.
+	out := importer.HMAC(h, prk, data)
 	clear(buf[:])
-	m.Write(data)
-	return m.Sum(nil), nil
+	return out, nil
 }
 
 // DeleteKey has nothing to do: the sealed PRK lives only in the vault record,

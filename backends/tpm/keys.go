@@ -91,6 +91,7 @@ func (b *Backend) StoreKey(ctx context.Context, req vault.StoreRequest) ([]byte,
 	if len(req.PRK) != req.Hash.Size() {
 		return nil, fmt.Errorf("tpm: PRK is %d bytes, %v needs %d: %w", len(req.PRK), req.Hash, req.Hash.Size(), importer.ErrBadPRK)
 	}
+	defer scrubHeap() // go-tpm's copies of the PRK (scrub.go)
 	var mask uint32
 	if s, ok := req.Params["pcrs"]; ok {
 		var err error
@@ -171,9 +172,9 @@ func (b *Backend) selfTest(k *keyBlob, h importer.Hash, prk []byte) error {
 		}
 		return fmt.Errorf("tpm: self-test of the new key: %w", err)
 	}
-	m := hmac.New(h.New(), prk)
-	m.Write(probe)
-	if !hmac.Equal(got, m.Sum(nil)) {
+	want := importer.HMAC(h, prk, probe) // wipes its copies of the PRK, unlike crypto/hmac
+	defer clear(want)
+	if !hmac.Equal(got, want) {
 		return errors.New("tpm: self-test of the new key failed: the TPM computes a different HMAC than crypto/hmac")
 	}
 	return nil

@@ -29,6 +29,10 @@ type link struct {
 	conn      net.Conn // swtpm only, for deadlines
 	simulator bool
 	what      string
+	// last is the buffer of the last response, wiped at the next Send and
+	// by wipe (key material passes through responses: HMAC outputs, and
+	// through commands: the PRK, parameter-encrypted, at Create).
+	last []byte
 }
 
 type linkError struct{ err error }
@@ -36,15 +40,30 @@ type linkError struct{ err error }
 func (e *linkError) Error() string { return e.err.Error() }
 func (e *linkError) Unwrap() error { return e.err }
 
+// Send sends one command. go-tpm builds a new buffer for every command and
+// parses every response into new structures before it sends the next, so
+// the command buffer is wiped as soon as it is sent and the response
+// buffer (its whole capacity: go-tpm reads into a 4 KB buffer) at the next
+// Send or wipe.
 func (l *link) Send(cmd []byte) ([]byte, error) {
+	l.wipe()
 	if l.conn != nil {
 		l.conn.SetDeadline(time.Now().Add(cmdTimeout))
 	}
 	rsp, err := l.inner.Send(cmd)
+	clear(cmd)
 	if err != nil {
 		return nil, &linkError{err}
 	}
+	l.last = rsp
 	return rsp, nil
+}
+
+// wipe clears the last response buffer. The backend calls it after each
+// operation, once go-tpm has parsed the response.
+func (l *link) wipe() {
+	clear(l.last[:cap(l.last)])
+	l.last = nil
 }
 
 func (l *link) Close() error { return l.inner.Close() }
@@ -165,6 +184,9 @@ func (b *Backend) run(ctx context.Context, op string, f func() error) error {
 		err := b.connect()
 		if err == nil {
 			err = f()
+			if b.link != nil {
+				b.link.wipe() // the last response, parsed by now
+			}
 		}
 		var le *linkError
 		if !errors.As(err, &le) {
