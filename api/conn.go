@@ -127,6 +127,29 @@ func newSocketServer(s *Server, sock Socket, l net.Listener) *SocketServer {
 	return &SocketServer{s: s, sock: sock, l: l, conns: map[net.Conn]bool{}, base: ctx, cancel: cancel, stopping: make(chan struct{})}
 }
 
+// acceptors is the number of goroutines accepting on each socket: with
+// two, a connection flood from one user keeps one core busy accepting
+// while the other still finds its way to the listen queue of well-behaved
+// clients sooner.
+const acceptors = 2
+
+// serveAll runs n accept loops and returns the first one's end (closing
+// the listener if it was an error, so that the others end too).
+func (ss *SocketServer) serveAll(n int) error {
+	errs := make(chan error, n)
+	for range n {
+		go func() { errs <- ss.serve() }()
+	}
+	err := <-errs
+	if !errors.Is(err, http.ErrServerClosed) {
+		ss.Close()
+	}
+	for range n - 1 {
+		<-errs
+	}
+	return err
+}
+
 // serve accepts connections until the listener is closed. It returns
 // http.ErrServerClosed after Shutdown or Close.
 func (ss *SocketServer) serve() error {
@@ -182,6 +205,9 @@ func (ss *SocketServer) setIdle(c net.Conn, idle bool) bool {
 		return false
 	}
 	ss.conns[c] = idle
+	if pc, ok := c.(*peerConn); ok {
+		pc.idle.Store(idle) // the connection limits may close an idle one
+	}
 	return true
 }
 

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
+	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -18,7 +21,12 @@ import (
 // SO_PEERCRED for uid, gid and pid, SO_PEERGROUPS for the supplementary
 // groups. Both are the credentials at connect time, which a client cannot
 // forge.
-func peerCred(c *net.UnixConn) (*vault.Caller, error) {
+func peerCred(c *net.UnixConn) (*vault.Caller, error) { return peerCredOpt(c, true) }
+
+// peerCredOpt is peerCred, reading the groups only when groups is set (the
+// accept loop leaves them to the connection's own goroutine: see
+// peerConn.withGroups).
+func peerCredOpt(c *net.UnixConn, groups bool) (*vault.Caller, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return nil, err
@@ -32,7 +40,9 @@ func peerCred(c *net.UnixConn) (*vault.Caller, error) {
 			return
 		}
 		caller = &vault.Caller{UID: uc.Uid, GID: uc.Gid, PID: uc.Pid}
-		caller.Groups = peerGroups(int(fd))
+		if groups {
+			caller.Groups = peerGroups(int(fd))
+		}
 	})
 	if err == nil {
 		err = serr
@@ -68,6 +78,21 @@ type peerConn struct {
 	caller  *vault.Caller
 	release func()
 	once    sync.Once
+	idle    atomic.Bool // waiting for a request (the socket server sets it)
+
+	groupsRead bool // caller.Groups is read (withGroups)
+}
+
+// withGroups is the caller with its supplementary groups, read on the
+// first call (from the connection's goroutine, off the accept loop).
+func (c *peerConn) withGroups() *vault.Caller {
+	if !c.groupsRead {
+		c.groupsRead = true
+		if raw, err := c.UnixConn.SyscallConn(); err == nil {
+			raw.Control(func(fd uintptr) { c.caller.Groups = peerGroups(int(fd)) })
+		}
+	}
+	return c.caller
 }
 
 func (c *peerConn) Close() error {
@@ -77,27 +102,60 @@ func (c *peerConn) Close() error {
 }
 
 // limitListener accepts Unix connections, tags each with its caller, and
-// caps connections in total and per uid: a connection over either cap is
-// closed at once, so one local user cannot starve the others (root and the
-// daemon's uid count against the total only).
+// shares the connections of a socket out fairly:
+//
+//   - max in all; the last reserved of them only for privileged callers
+//     (root, the daemon's uid, and on the admin socket the admin group),
+//     so that no crowd of local users can lock the operator out;
+//   - perUID for any one unprivileged uid;
+//   - when the unprivileged share is full, a newcomer whose uid holds fewer
+//     connections than the uid holding the most takes the place of one of
+//     that uid's idle connections (closed, as an idle timeout would), so
+//     that a few users holding connections cannot starve one that has none.
+//
+// A connection refused is answered "503 too_many_connections" with a JSON
+// body and closed, without delaying the accept loop; refusals are logged
+// as one summary line at most every refusalLogEvery, never one per
+// connection.
 type limitListener struct {
 	*net.UnixListener
-	max, perUID int
-	exempt      func(*vault.Caller) bool
-	log         *slog.Logger
+	max, perUID, reserved int
+	privileged            func(*vault.Caller) bool
+	needGroups            bool // privileged looks at the caller's groups
+	log                   *slog.Logger
 
-	mu    sync.Mutex
-	total int
-	byUID map[uint32]int
+	mu        sync.Mutex
+	total     int // all connections
+	shared    int // connections of unprivileged callers
+	byUID     map[uint32]map[*peerConn]bool
+	refused   int // since the last summary
+	lastLog   time.Time
+	refusedBy map[uint32]int
 }
 
-func newLimitListener(l net.Listener, max, perUID int, exempt func(*vault.Caller) bool, log *slog.Logger) (*limitListener, error) {
+// refusalLogEvery spaces the summary lines of refused connections.
+const refusalLogEvery = 10 * time.Second
+
+func newLimitListener(l net.Listener, max, perUID int, privileged func(*vault.Caller) bool, needGroups bool, log *slog.Logger) (*limitListener, error) {
 	ul, ok := l.(*net.UnixListener)
 	if !ok {
 		return nil, errors.New("api: the socket must be a Unix socket")
 	}
-	return &limitListener{UnixListener: ul, max: max, perUID: perUID, exempt: exempt, log: log, byUID: map[uint32]int{}}, nil
+	reserved := max / 8
+	if reserved < 1 && max > 1 {
+		reserved = 1
+	}
+	return &limitListener{UnixListener: ul, max: max, perUID: min(perUID, max-reserved), reserved: reserved, privileged: privileged, needGroups: needGroups, log: log,
+		byUID: map[uint32]map[*peerConn]bool{}, refusedBy: map[uint32]int{}}, nil
 }
+
+// tooMany is the answer to a connection over the caps: a complete HTTP
+// response, written before any request is read.
+var tooMany = func() []byte {
+	body := `{"code":"` + CodeTooManyConnections + `","message":"too many connections: the daemon's connection limit for this socket or this user is reached; retry later"}` + "\n"
+	return []byte("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n" + HeaderError + ": " + CodeTooManyConnections +
+		"\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)
+}()
 
 func (l *limitListener) Accept() (net.Conn, error) {
 	for {
@@ -105,33 +163,145 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		caller, err := peerCred(c)
+		// The groups matter to the caps only on the admin socket (the
+		// admin group has the reserved connections there); elsewhere the
+		// connection's goroutine reads them, which keeps this loop short.
+		caller, err := peerCredOpt(c, l.needGroups)
 		if err != nil {
-			l.log.Warn("dropping connection without peer credentials", "err", err)
-			c.Close()
+			l.refuse(c, nil)
 			continue
 		}
-		l.mu.Lock()
-		over := l.total >= l.max || (!l.exempt(caller) && l.byUID[caller.UID] >= l.perUID)
-		if !over {
-			l.total++
-			l.byUID[caller.UID]++
+		pc := &peerConn{UnixConn: c, caller: caller, groupsRead: l.needGroups}
+		pc.idle.Store(true)
+		victim, ok := l.admit(pc)
+		if victim != nil {
+			victim.Close()
 		}
-		l.mu.Unlock()
-		if over {
-			l.log.Warn("connection limit reached, dropping connection", "uid", caller.UID, "pid", caller.PID)
-			c.Close()
+		if !ok {
+			l.refuse(c, caller)
 			continue
 		}
-		uid := caller.UID
-		return &peerConn{UnixConn: c, caller: caller, release: func() {
-			l.mu.Lock()
-			l.total--
-			if l.byUID[uid]--; l.byUID[uid] <= 0 {
-				delete(l.byUID, uid)
+		pc.release = func() { l.drop(pc) }
+		return pc, nil
+	}
+}
+
+// admit counts pc in, or reports false when it is over a cap. It may pick
+// an idle connection of the heaviest unprivileged uid to make room (the
+// caller closes it).
+func (l *limitListener) admit(pc *peerConn) (victim *peerConn, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	uid := pc.caller.UID
+	priv := l.privileged(pc.caller)
+	if l.total >= l.max {
+		if !priv {
+			return nil, false
+		}
+		// Full, and the reserve is used up too: an unprivileged idle
+		// connection makes room for the operator.
+		if victim = l.idleOfHeaviest(^uint32(0), 0); victim == nil {
+			return nil, false
+		}
+		l.forget(victim)
+	} else if !priv {
+		mine := len(l.byUID[uid])
+		if mine >= l.perUID {
+			return nil, false
+		}
+		if l.shared >= l.max-l.reserved {
+			if victim = l.idleOfHeaviest(uid, mine+1); victim == nil {
+				return nil, false
 			}
-			l.mu.Unlock()
-		}}, nil
+			l.forget(victim)
+		}
+	}
+	l.total++
+	if !priv {
+		l.shared++
+	}
+	m := l.byUID[uid]
+	if m == nil {
+		m = map[*peerConn]bool{}
+		l.byUID[uid] = m
+	}
+	m[pc] = priv
+	return victim, true
+}
+
+// idleOfHeaviest finds an idle connection of the unprivileged uid (other
+// than except) holding the most connections, at least atLeast of them.
+func (l *limitListener) idleOfHeaviest(except uint32, atLeast int) *peerConn {
+	var heaviest uint32
+	most := 0
+	for uid, m := range l.byUID {
+		n := 0
+		for _, priv := range m {
+			if !priv {
+				n++
+			}
+		}
+		if uid != except && n > most {
+			heaviest, most = uid, n
+		}
+	}
+	if most == 0 || most < atLeast {
+		return nil
+	}
+	for pc, priv := range l.byUID[heaviest] {
+		if !priv && pc.idle.Load() {
+			return pc
+		}
+	}
+	return nil
+}
+
+// forget uncounts pc (under l.mu); its release then does nothing.
+func (l *limitListener) forget(pc *peerConn) {
+	m := l.byUID[pc.caller.UID]
+	priv, ok := m[pc]
+	if !ok {
+		return
+	}
+	delete(m, pc)
+	if len(m) == 0 {
+		delete(l.byUID, pc.caller.UID)
+	}
+	l.total--
+	if !priv {
+		l.shared--
+	}
+}
+
+func (l *limitListener) drop(pc *peerConn) {
+	l.mu.Lock()
+	l.forget(pc)
+	l.mu.Unlock()
+}
+
+// refuse answers a connection over the caps and closes it. The answer fits
+// the empty socket buffer of a new connection, so the write does not
+// block; a short deadline makes sure of it.
+func (l *limitListener) refuse(c *net.UnixConn, caller *vault.Caller) {
+	c.SetWriteDeadline(time.Now().Add(10 * time.Millisecond))
+	c.Write(tooMany)
+	c.Close()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.refused++
+	if caller != nil {
+		l.refusedBy[caller.UID]++
+	}
+	if now := time.Now(); now.Sub(l.lastLog) >= refusalLogEvery {
+		var top uint32
+		for uid, n := range l.refusedBy {
+			if n > l.refusedBy[top] {
+				top = uid
+			}
+		}
+		l.log.Warn("connections refused over the limits (summarized, at most one line every 10s)", "refused", l.refused, "top_uid", top, "top_uid_refused", l.refusedBy[top], "max", l.max, "per_uid", l.perUID, "reserved", l.reserved)
+		l.refused, l.lastLog = 0, now
+		clear(l.refusedBy)
 	}
 }
 

@@ -143,7 +143,7 @@ func (s *Server) connContext(ctx context.Context, sock Socket, c net.Conn) conte
 	ctx = context.WithValue(ctx, keySocket, sock)
 	switch c := c.(type) {
 	case *peerConn:
-		return context.WithValue(ctx, keyCaller, c.caller)
+		return context.WithValue(ctx, keyCaller, c.withGroups())
 	case *net.UnixConn:
 		if caller, err := peerCred(c); err == nil {
 			return context.WithValue(ctx, keyCaller, caller)
@@ -157,14 +157,21 @@ func (s *Server) connContext(ctx context.Context, sock Socket, c net.Conn) conte
 // end: http.ErrServerClosed after Shutdown or Close, else the error that
 // stopped it.
 func (s *Server) Serve(l net.Listener, sock Socket) (*SocketServer, <-chan error, error) {
-	ll, err := newLimitListener(l, s.opts.MaxConns, s.opts.MaxConnsPerUID, s.v.Access().IsTrusted, s.log)
+	// Privileged callers have the reserved connections: root and the
+	// daemon's uid, and on the admin socket the admin group. (Looked up
+	// per connection: a reload swaps the access lists.)
+	privileged := func(c *vault.Caller) bool { return s.v.Access().IsTrusted(c) }
+	if sock == SocketAdmin {
+		privileged = s.isAdmin
+	}
+	ll, err := newLimitListener(l, s.opts.MaxConns, s.opts.MaxConnsPerUID, privileged, sock == SocketAdmin && s.opts.AdminGroup != nil, s.log)
 	if err != nil {
 		return nil, nil, err
 	}
 	ss := newSocketServer(s, sock, ll)
 	s.flushOnce.Do(func() { go s.flushRefused(ss.base) })
 	errc := make(chan error, 1)
-	go func() { errc <- ss.serve() }()
+	go func() { errc <- ss.serveAll(acceptors) }()
 	return ss, errc, nil
 }
 

@@ -133,32 +133,33 @@ type Error struct {
 
 // Error codes.
 const (
-	CodeBadRequest       = "bad_request"
-	CodeBadHex           = "bad_hex"
-	CodeTooLarge         = "too_large"
-	CodeNotFound         = "not_found"
-	CodeExists           = "exists"
-	CodeKeyTooShort      = "key_too_short"
-	CodeNotParty         = "not_party"
-	CodeSameNode         = "same_node"
-	CodeRevoked          = "revoked"
-	CodeExpired          = "expired"
-	CodeTargetNotAllowed = "target_not_allowed"
-	CodeUnknownProtocol  = "unknown_protocol"
-	CodeLegacyProtocol   = "legacy_protocol"
-	CodeUnknownKDF       = "unknown_kdf"
-	CodeUnknownHash      = "unknown_hash"
-	CodeUnsupported      = "unsupported"
-	CodeKeyPolicy        = "key_policy"
-	CodeUnavailable      = "backend_unavailable"
-	CodeKeyMissing       = "key_missing"          // 410: the record names a key the backend no longer holds
-	CodeCompact          = "compaction_failed"    // 500, or 507 on a full disk: the change is done; destroyed records may linger in freed pages until the next compaction
-	CodeNoSpace          = "insufficient_storage" // 507: the state file system is full; nothing was changed
-	CodeAuditUnavailable = "audit_unavailable"    // 503: the audit line could not be written, so the request was refused
-	CodeInternal         = "internal"
-	CodeForbidden        = "forbidden"         // the admin socket refused the caller
-	CodeNoKey            = "no_key"            // lookup or offers: nothing for this caller and identity
-	CodeIdentityTooLong  = "identity_too_long" // RFC 9258 limits: ImportedIdentity or external identity over 65535 bytes
+	CodeBadRequest         = "bad_request"
+	CodeBadHex             = "bad_hex"
+	CodeTooLarge           = "too_large"
+	CodeNotFound           = "not_found"
+	CodeExists             = "exists"
+	CodeKeyTooShort        = "key_too_short"
+	CodeNotParty           = "not_party"
+	CodeSameNode           = "same_node"
+	CodeRevoked            = "revoked"
+	CodeExpired            = "expired"
+	CodeTargetNotAllowed   = "target_not_allowed"
+	CodeUnknownProtocol    = "unknown_protocol"
+	CodeLegacyProtocol     = "legacy_protocol"
+	CodeUnknownKDF         = "unknown_kdf"
+	CodeUnknownHash        = "unknown_hash"
+	CodeUnsupported        = "unsupported"
+	CodeKeyPolicy          = "key_policy"
+	CodeUnavailable        = "backend_unavailable"
+	CodeKeyMissing         = "key_missing"          // 410: the record names a key the backend no longer holds
+	CodeCompact            = "compaction_failed"    // 500, or 507 on a full disk: the change is done; destroyed records may linger in freed pages until the next compaction
+	CodeNoSpace            = "insufficient_storage" // 507: the state file system is full; nothing was changed
+	CodeTooManyConnections = "too_many_connections" // 503: the connection was over a cap; it is closed after this answer
+	CodeAuditUnavailable   = "audit_unavailable"    // 503: the audit line could not be written, so the request was refused
+	CodeInternal           = "internal"
+	CodeForbidden          = "forbidden"         // the admin socket refused the caller
+	CodeNoKey              = "no_key"            // lookup or offers: nothing for this caller and identity
+	CodeIdentityTooLong    = "identity_too_long" // RFC 9258 limits: ImportedIdentity or external identity over 65535 bytes
 )
 
 func hexOf(b []byte) string { return hex.EncodeToString(b) }

@@ -49,8 +49,10 @@ func slowAttack(sock string, n int, d time.Duration) {
 			}
 			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 			var ne net.Error
-			if _, err := c.Read(make([]byte, 1)); err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
-				dropped.Add(1)
+			b := make([]byte, 64)
+			k, err := c.Read(b)
+			if err != nil && !(errors.As(err, &ne) && ne.Timeout()) || strings.HasPrefix(string(b[:k]), "HTTP/1.1 503") {
+				dropped.Add(1) // closed, or refused with 503 too_many_connections
 				return
 			}
 			held.Add(1)

@@ -205,6 +205,61 @@ func runChild(mode, sock, arg string) childResult {
 	var n int
 	fmt.Sscan(arg, &n)
 	switch mode {
+	case "churn": // connect and close in a loop from 8 goroutines for n ms
+		end := time.Now().Add(time.Duration(n) * time.Millisecond)
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ok, failed := 0, 0
+				for time.Now().Before(end) {
+					c, err := net.Dial("unix", sock)
+					if err != nil {
+						failed++
+						continue
+					}
+					ok++
+					c.Close()
+				}
+				mu.Lock()
+				res.Status[1] += ok
+				res.Status[0] += failed
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+	case "hold": // open n connections, hold them 4 s; 503 = refused at once
+		var conns []net.Conn
+		for range n {
+			c, err := net.Dial("unix", sock)
+			if err != nil {
+				res.Errors[err.Error()]++
+				continue
+			}
+			conns = append(conns, c)
+		}
+		for _, c := range conns {
+			c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			b := make([]byte, 512)
+			k, err := c.Read(b)
+			var ne net.Error
+			switch {
+			case k == 0 && errors.As(err, &ne) && ne.Timeout():
+				res.Status[1]++ // held
+			case k == 0:
+				res.Status[2]++ // closed: made room for a lighter uid
+			case strings.HasPrefix(string(b[:k]), "HTTP/1.1 503") && strings.Contains(string(b[:k]), api.CodeTooManyConnections):
+				res.Status[503]++
+			default:
+				res.Errors[fmt.Sprintf("%.60q", b[:k])]++
+			}
+		}
+		time.Sleep(4 * time.Second)
+		for _, c := range conns {
+			c.Close()
+		}
 	case "derive": // n derives, one connection each
 		for range n {
 			code, body, err := oneRequest(sock, "POST", "/v1/derive", deriveBody, 10*time.Second)
@@ -237,20 +292,28 @@ func oneRequest(sock, method, path, body string, timeout time.Duration) (int, []
 	return resp.StatusCode, b, err
 }
 
+var (
+	childExeOnce sync.Once
+	childExeErr  error
+)
+
 // runChildAs runs the test binary as cred in a child mode; the binary is
 // copied where other uids can run it.
 func runChildAs(t *testing.T, cred *syscall.Credential, mode, sock, arg string) childResult {
 	t.Helper()
 	exe := filepath.Join(filepath.Dir(binary), "pskvault.test")
-	if _, err := os.Stat(exe); err != nil {
+	childExeOnce.Do(func() {
 		raw, err := os.ReadFile(os.Args[0])
-		if err != nil {
-			t.Fatal(err)
+		if err == nil {
+			err = os.WriteFile(exe, raw, 0o755)
 		}
-		if err := os.WriteFile(exe, raw, 0o755); err != nil {
-			t.Fatal(err)
+		if err == nil {
+			err = os.Chmod(filepath.Dir(binary), 0o755)
 		}
-		os.Chmod(filepath.Dir(binary), 0o755)
+		childExeErr = err
+	})
+	if childExeErr != nil {
+		t.Fatal(childExeErr)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -622,4 +685,91 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestConnectionFlood (issue 11 item 6): one uid connecting and closing in
+// a loop does not keep another uid or root from being served and does not
+// flood the log; 8 uids holding 16 connections each do not lock out root
+// (reserved connections) or a well-behaved uid (it takes the place of an
+// idle connection of the heaviest uid); connections over a cap get a 503
+// with a JSON body, not a bare close.
+func TestConnectionFlood(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to connect as other uids")
+	}
+	n := newNode(t, "node-a", "soft")
+	out := n.serveWith("--allow-client", "user:65534")
+	if o, code := n.run(nil, "psk", "create", "--identity", "svc", "--client", "node-a", "--server", "node-b", "--out", filepath.Join(t.TempDir(), "k.hex")); code != 0 {
+		t.Fatal(o)
+	}
+	openToOthers(t, n)
+	data := defaultDataSocket(n.socket)
+	good := &syscall.Credential{Uid: 65534, Gid: 65534}
+
+	// One uid churns connections for 6 s while another derives.
+	logBefore := len(out.String())
+	churnDone := make(chan childResult, 1)
+	go func() {
+		churnDone <- runChildAs(t, &syscall.Credential{Uid: 65533, Gid: 65534}, "churn", data, "6000")
+	}()
+	time.Sleep(500 * time.Millisecond)
+	res := runChildAs(t, good, "derive", data, "200")
+	rootOK := 0
+	for range 50 {
+		if code, _, err := oneRequest(data, "POST", "/v1/derive", deriveBody, 5*time.Second); err == nil && code == 200 {
+			rootOK++
+		}
+	}
+	churn := <-churnDone
+	t.Logf("churn by uid 65533: %d connects, %d failed; uid 65534: %v %v; root: %d/50", churn.Status[1], churn.Status[0], res.Status, res.Errors, rootOK)
+	if res.Status[200] != 200 {
+		t.Errorf("uid 65534 during the churn: %d of 200 derives answered 200: %v %v", res.Status[200], res.Status, res.Errors)
+	}
+	if rootOK != 50 {
+		t.Errorf("root during the churn: %d of 50 derives answered 200", rootOK)
+	}
+	if grew := len(out.String()) - logBefore; grew > 4096 {
+		t.Errorf("the daemon log grew by %d bytes during the churn, want a few summary lines:\n%s", grew, out.String()[logBefore:])
+	}
+
+	// 8 uids hold 16 connections each: 128, the socket's whole cap.
+	results := make(chan childResult, 8)
+	for i := range 8 {
+		go func() {
+			results <- runChildAs(t, &syscall.Credential{Uid: uint32(65501 + i), Gid: 65534}, "hold", data, "16")
+		}()
+	}
+	// Wait until they are all connected (112 held, the rest refused).
+	baseline := daemonSockets(t, n.cmd.Process.Pid)
+	time.Sleep(1500 * time.Millisecond)
+	if open := daemonSockets(t, n.cmd.Process.Pid) - baseline; open > 128-128/8 {
+		t.Errorf("unprivileged uids hold %d connections, more than the unreserved %d", open, 128-128/8)
+	}
+	if code, b, err := oneRequest(data, "POST", "/v1/derive", deriveBody, 5*time.Second); err != nil || code != 200 {
+		t.Errorf("root while 8 uids hold the cap: %d %s %v", code, b, err)
+	}
+	if code, b, err := oneRequest(n.socket, "GET", "/v1/status", "", 5*time.Second); err != nil || code != 200 {
+		t.Errorf("root on the admin socket while 8 uids hold the data socket's cap: %d %s %v", code, b, err)
+	}
+	res = runChildAs(t, good, "derive", data, "5")
+	if res.Status[200] != 5 {
+		t.Errorf("uid 65534 while 8 uids hold the cap: %v %v", res.Status, res.Errors)
+	}
+	heldN, refused, closed := 0, 0, 0
+	for range 8 {
+		r := <-results
+		heldN += r.Status[1]
+		closed += r.Status[2]
+		refused += r.Status[503]
+		if len(r.Errors) > 0 {
+			t.Errorf("holder: unexpected answers %v", r.Errors)
+		}
+	}
+	t.Logf("8 uids x 16: %d held, %d refused with 503 too_many_connections, %d closed to make room", heldN, refused, closed)
+	if refused == 0 || heldN+refused+closed != 128 {
+		t.Errorf("8 uids x 16: %d held + %d refused with a 503 + %d closed, want 128 with some refused", heldN, refused, closed)
+	}
+	if c := strings.Count(out.String(), "connections refused over the limits"); c > 3 {
+		t.Errorf("%d log lines about refused connections, want at most one per 10 s", c)
+	}
 }
