@@ -4,12 +4,16 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,7 +62,23 @@ func apiCall(t *testing.T, n *node, method, path string, body any) (int, string)
 	} else {
 		rd = bytes.NewReader(nil)
 	}
-	status, resp := n.http(method, path, ctype, rd)
+	// One connection per call, closed after it: the tests poll the daemon
+	// hundreds of times, and kept-alive connections left behind would
+	// count against its connection cap.
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", n.socket)
+	}}, Timeout: 20 * time.Second}
+	req, _ := http.NewRequest(method, "http://pskvault"+path, rd)
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	r, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer r.Body.Close()
+	resp, _ := io.ReadAll(r.Body)
+	status := r.StatusCode
 	var e struct {
 		Code string `json:"code"`
 	}
@@ -316,5 +336,63 @@ func TestPKCS11KeyMissing(t *testing.T) {
 	}
 	if status, code := deriveStatus(t, a, "kept"); status != 200 {
 		t.Fatalf("derive of the kept PSK: %d %s", status, code)
+	}
+}
+
+// TestPKCS11ChangedPIN: the token's PIN is changed while the daemon runs
+// and the daemon has to log in again (the token directory moved away and
+// back). With the old PIN still in its PIN file the daemon answers 503
+// backend_unavailable (never 500, and it does not keep presenting the
+// refused PIN: see TestChangedPINFile); once the PIN file holds the new
+// PIN, derives work again without a restart.
+func TestPKCS11ChangedPIN(t *testing.T) {
+	tok := pkcs11test.Require(t, "pskvault-pin")
+	a := newNode(t, "node-a", tok.URI())
+	a.start()
+	var responses bytes.Buffer
+	epsk := testKey(32)
+	epsk[2] ^= 0x5a
+	psks := []provisioned{importPSK(t, a, &responses, provisioned{"pin-changed", importer.SHA256, epsk}, "--key-file", writeKey(t, epsk))}
+
+	oldPIN, newPIN := tok.PIN(), "new-pin-"+hex.EncodeToString(epsk[:4])
+	cmd := exec.Command("pkcs11-tool", "--module", tok.Module, "--token-label", tok.Label, "--login", "--pin", "env:PSKVAULT_OLD_PIN", "--change-pin", "--new-pin", "env:PSKVAULT_NEW_PIN")
+	cmd.Env = append(os.Environ(), tok.Env(), "PSKVAULT_OLD_PIN="+oldPIN, "PSKVAULT_NEW_PIN="+newPIN)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("pkcs11-tool --change-pin: %v: %s", err, out)
+	}
+	// Make the daemon log in again: the token goes away and comes back.
+	dir := filepath.Join(tok.Dir, "tokens")
+	if err := os.Rename(dir, dir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if status, code := deriveStatus(t, a, "pin-changed"); status != 503 || code != "backend_unavailable" {
+		t.Fatalf("derive with the token away: %d %s", status, code)
+	}
+	if err := os.Rename(dir+".away", dir); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		time.Sleep(250 * time.Millisecond) // past the back-off: each may try to log in
+		if status, code := deriveStatus(t, a, "pin-changed"); status != 503 || code != "backend_unavailable" {
+			t.Fatalf("derive #%d with the old PIN in the PIN file: %d %s, want 503 backend_unavailable", i, status, code)
+		}
+	}
+	if err := os.WriteFile(tok.PINFile, []byte(newPIN+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		status, code := deriveStatus(t, a, "pin-changed")
+		if status == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("derive after the PIN file was updated: still %d %s after 20 s (needs a restart?)", status, code)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	checkDerivations(t, a, psks, "after the PIN change", &responses)
+	if strings.Contains(a.log.String(), oldPIN) || strings.Contains(a.log.String(), newPIN) || strings.Contains(responses.String(), newPIN) {
+		t.Error("a PIN appears in the daemon log or a response")
 	}
 }
