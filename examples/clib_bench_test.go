@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -84,6 +85,7 @@ func BenchmarkCLibHandshakes(b *testing.B) {
 			}
 			const per = 100
 			var memSec, vaultSec float64
+			var memCPU, vaultCPU, daemonCPU time.Duration
 			done := 0
 			b.ResetTimer()
 			for done < b.N {
@@ -91,17 +93,52 @@ func BenchmarkCLibHandshakes(b *testing.B) {
 				if n < 2 {
 					n = 2
 				}
+				c0 := cpuOf(b, memSrv.cmd.Process.Pid)
 				memSec += batch(memAddr, n)
+				memCPU += cpuOf(b, memSrv.cmd.Process.Pid) - c0
+				v0, d0 := cpuOf(b, vaultSrv.cmd.Process.Pid), cpuOf(b, bn.pid)
 				vaultSec += batch(vaultAddr, n)
+				vaultCPU += cpuOf(b, vaultSrv.cmd.Process.Pid) - v0
+				daemonCPU += cpuOf(b, bn.pid) - d0
 				done += n
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(done)/memSec, "memory-hs/s")
 			b.ReportMetric(float64(done)/vaultSec, "vault-hs/s")
 			b.ReportMetric(100*memSec/vaultSec, "vault/memory-%")
+			// CPU per handshake does not depend on what else the machine
+			// runs: the server's alone in memory, the server's plus the
+			// daemon's (one lookup) with the vault.
+			us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(done) }
+			b.ReportMetric(us(memCPU), "memory-server-cpu-us/hs")
+			b.ReportMetric(us(vaultCPU), "vault-server-cpu-us/hs")
+			b.ReportMetric(us(daemonCPU), "daemon-cpu-us/hs")
+			b.ReportMetric(100*us(memCPU)/(us(vaultCPU)+us(daemonCPU)), "cpu-memory/vault-%")
 			if strings.Contains(vaultSrv.out.String(), "status=") {
 				b.Fatalf("the vault server refused lookups:\n%s", vaultSrv.out.String())
 			}
 		})
 	}
+}
+
+// cpuOf is the CPU time (user and system, every thread) of process pid so
+// far, from /proc/PID/task/*/schedstat.
+func cpuOf(tb testing.TB, pid int) time.Duration {
+	tb.Helper()
+	files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var ns int64
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // a thread that just ended
+		}
+		if fs := strings.Fields(string(b)); len(fs) > 0 {
+			v, _ := strconv.ParseInt(fs[0], 10, 64)
+			ns += v
+		}
+	}
+	if len(files) == 0 {
+		tb.Fatalf("no schedstat for pid %d", pid)
+	}
+	return time.Duration(ns)
 }
