@@ -324,7 +324,7 @@ func TestCLibEarlyData(t *testing.T) {
 				args = append(args, "--allow-early-data")
 			}
 			a.cli(t, append(append([]string{"psk", "create"}, args...), "--out", keyFile)...)
-			b.cli(t, append(append([]string{"psk", "import"}, args...), "--key-file", keyFile)...)
+			b.cli(t, "psk", "import", "--bundle", keyFile) // the bundle carries the identity, nodes and policy
 			srv, addr := cServer(t, filepath.Join(dir, "ossl_echo_server"), b, "--early-data")
 
 			out, err := cClient(t, filepath.Join(dir, "ossl_echo_client"), a, addr, "node-b", "--early-data", "zero-rtt-from-vault-client")
