@@ -305,7 +305,7 @@ func TestAgentStunnel(t *testing.T) {
 	// once and leaves it within a second of its not-after, with no request
 	// to either daemon in between.
 	short := filepath.Join(t.TempDir(), "short.hex")
-	p.a.cli(t, "psk", "create", "--identity", "short", "--client", "node-a", "--server", "node-b", "--valid-for", "4s", "--out", short)
+	p.a.cli(t, "psk", "create", "--identity", "short", "--client", "node-a", "--server", "node-b", "--valid-for", "4s", "--format", "hex", "--out", short)
 	p.b.cli(t, "psk", "import", "--identity", "short", "--client", "node-a", "--server", "node-b", "--valid-for", "4s", "--key-file", short)
 	rec, err := p.b.client.Get(t.Context(), []byte("short"))
 	if err != nil {
