@@ -101,7 +101,7 @@ func (s *Server) keys(w http.ResponseWriter, r *http.Request) {
 		out.Keys = append(out.Keys, Offer{
 			IdentityHex:      p.IdentityHex(),
 			ImportedIdentity: hexOf(d.ImportedIdentity),
-			IPSKX:            hexOf(d.IPSKX),
+			IPSKX:            secretRef(len(keys) - 1), // written by writeSecretJSON
 			ContextHex:       hexOf(d.Context),
 			Protocol:         t.Protocol.String(),
 			KDF:              t.KDF.String(),
@@ -113,5 +113,5 @@ func (s *Server) keys(w http.ResponseWriter, r *http.Request) {
 	sortOffers(out.Keys, created)
 	ae.Count = len(out.Keys)
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, out)
+	writeSecretJSON(w, http.StatusOK, out, keys)
 }

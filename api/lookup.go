@@ -86,7 +86,7 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 		writeTLV(w, http.StatusOK, k.AppendTo(nil))
 		return
 	}
-	writeJSON(w, http.StatusOK, deriveResponse(d, dreq))
+	writeSecretJSON(w, http.StatusOK, deriveResponse(d, dreq), [][]byte{d.IPSKX})
 }
 
 // lookupKey returns the key for a wire identity, or why there is none.
@@ -205,7 +205,7 @@ func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
 		out.Offers = append(out.Offers, Offer{
 			IdentityHex:      p.IdentityHex(),
 			ImportedIdentity: hexOf(d.ImportedIdentity),
-			IPSKX:            hexOf(d.IPSKX),
+			IPSKX:            secretRef(len(keys) - 1), // written by writeSecretJSON
 			ContextHex:       hexOf(d.Context),
 			Protocol:         t.Protocol.String(),
 			KDF:              t.KDF.String(),
@@ -221,7 +221,7 @@ func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
 		writeTLV(w, http.StatusOK, AppendOffers(nil, sortedLike(bins, out.Offers)))
 		return
 	}
-	writeJSON(w, http.StatusOK, out)
+	writeSecretJSON(w, http.StatusOK, out, keys)
 }
 
 // sortOffers puts the newest generation first, then the most recently

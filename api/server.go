@@ -682,7 +682,7 @@ func (s *Server) deriveFor(r *http.Request, req vault.DeriveRequest) (*vault.Der
 func deriveResponse(d *vault.Derived, req vault.DeriveRequest) DeriveResponse {
 	return DeriveResponse{
 		ImportedIdentity: hexOf(d.ImportedIdentity),
-		IPSKX:            hexOf(d.IPSKX),
+		IPSKX:            secretRef(0), // written by writeSecretJSON
 		IdentityHex:      d.PSK.IdentityHex(),
 		ContextHex:       hexOf(d.Context),
 		Protocol:         req.Target.Protocol.String(),
@@ -717,5 +717,5 @@ func (s *Server) derive(w http.ResponseWriter, r *http.Request) {
 		writeTLV(w, http.StatusOK, k.AppendTo(nil))
 		return
 	}
-	writeJSON(w, http.StatusOK, deriveResponse(d, req))
+	writeSecretJSON(w, http.StatusOK, deriveResponse(d, req), [][]byte{d.IPSKX})
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/pskvault/pskvault/backends/pkcs11/pkcs11test"
+	"github.com/pskvault/pskvault/importer"
 	"github.com/pskvault/pskvault/internal/swtpmsim"
 )
 
@@ -84,7 +86,8 @@ func hmacPads(key []byte, block int) (ipad, opad []byte) {
 // TestKeyMaterialNotInDaemonMemory: after importing a known EPSK and
 // deriving from it, neither the EPSK nor the PRK (epskx) is anywhere in the
 // daemon's memory, nor (soft backend, which computes HMACs in process) the
-// PRK's HMAC pads; on every backend. Scanned through /proc/PID/mem, as
+// PRK's HMAC pads, nor the hex of the imported keys the answers carried;
+// on every backend. Scanned through /proc/PID/mem, as
 // root.
 func TestKeyMaterialNotInDaemonMemory(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -112,6 +115,14 @@ func TestKeyMaterialNotInDaemonMemory(t *testing.T) {
 			prk := m.Sum(nil)
 			ipad, opad := hmacPads(prk, 64)
 			needles := map[string][]byte{"EPSK": epsk, "PRK": prk, "HMAC ipad of the PRK": ipad, "HMAC opad of the PRK": opad}
+			// The imported keys in hex, as the derive answers carry them.
+			for _, kdf := range []importer.KDF{importer.HKDFSHA256, importer.HKDFSHA384} {
+				_, ipskx, err := importer.Import(importer.SHA256, epsk, importer.Identity{External: []byte("mem-1"), Protocol: importer.TLS13, KDF: kdf})
+				if err != nil {
+					t.Fatal(err)
+				}
+				needles["hex of the "+kdf.String()+" ipskx"] = []byte(hex.EncodeToString(ipskx))
+			}
 			if out, code := a.run(nil, "psk", "import", "--identity", "mem-1", "--client", "node-a", "--server", "node-b", "--key-file", writeKey(t, epsk)); code != 0 {
 				t.Fatalf("import: exit %d: %s", code, out)
 			}
