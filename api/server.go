@@ -501,7 +501,27 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		}
 		info = vault.BackendInfo{Name: info.Name, Hardware: info.Hardware, HashNames: info.HashNames}
 	}
-	writeJSON(w, http.StatusOK, Status{Version: Version, NodeID: s.v.NodeID(), Backend: info, PSKs: n})
+	st := Status{Version: Version, NodeID: s.v.NodeID(), Backend: info, PSKs: n}
+	if sock, _ := r.Context().Value(keySocket).(Socket); sock != SocketData {
+		st.Problems = s.problems()
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// problems says what keeps the daemon from full service, for the admin
+// socket's status.
+func (s *Server) problems() []string {
+	var out []string
+	if s.auditBroken.Load() {
+		out = append(out, "audit log not writable: requests are refused with 503 audit_unavailable (audit_failure = \"refuse\") or answered unaudited (\"log\")")
+	}
+	if stalled, since := s.v.BackendStalled(); stalled {
+		out = append(out, "backend stalled: a call has been running past its request's deadline since "+since.UTC().Format(time.RFC3339)+"; requests that need it get 503 backend_unavailable")
+	}
+	if err := s.v.CompactionPending(); err != nil {
+		out = append(out, "compaction of vault.db pending (no room for a second copy?): destroyed records may linger in its freed pages")
+	}
+	return out
 }
 
 func (s *Server) list(w http.ResponseWriter, _ *http.Request) {

@@ -42,6 +42,10 @@ type Status struct {
 	NodeID  string            `json:"node_id"`
 	Backend vault.BackendInfo `json:"backend"`
 	PSKs    int               `json:"psks"`
+	// Problems (admin socket only) lists what keeps the daemon from full
+	// service: an audit log that cannot be written, a backend stalled past
+	// a request's deadline, a compaction of vault.db still pending.
+	Problems []string `json:"problems,omitempty"`
 }
 
 // PSK is a PSK record as the API shows it: no key bytes, no backend handle.

@@ -136,6 +136,7 @@ func TestFullDiskStart(t *testing.T) {
 		t.Errorf("no start-up warning about the pending compaction:\n%s", out)
 	}
 	data := defaultDataSocket(n.socket)
+	waitSocket(t, data)
 	if code, b := rawHTTP(t, data, "POST", "/v1/derive", "application/json", deriveBody); code != 200 {
 		t.Fatalf("derive on a full disk: %d %s", code, b)
 	}
@@ -151,6 +152,9 @@ func TestFullDiskStart(t *testing.T) {
 		t.Errorf("the refused create left a record: show answered %d", code)
 	}
 
+	if _, b := rawHTTP(t, n.socket, "GET", "/v1/status", "", ""); !strings.Contains(string(b), "compaction of vault.db pending") {
+		t.Errorf("admin status on a full disk does not report the pending compaction: %s", b)
+	}
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
@@ -358,6 +362,7 @@ func TestAuditFailsClosed(t *testing.T) {
 		t.Fatal(o)
 	}
 	data := defaultDataSocket(n.socket)
+	waitSocket(t, data)
 
 	// Connections that send nothing write nothing.
 	before := len(auditLines(t, auditPath))
@@ -470,6 +475,9 @@ func TestAuditFailsClosed(t *testing.T) {
 		t.Errorf("want exactly one daemon log line about the failing audit log:\n%s", out)
 	}
 
+	if _, b := rawHTTP(t, n.socket, "GET", "/v1/status", "", ""); !strings.Contains(string(b), "audit log not writable") {
+		t.Errorf("admin status does not report the failing audit log: %s", b)
+	}
 	// Space returns: everything works, and the create is made now.
 	os.Remove(filler)
 	if code, b := rawHTTP(t, data, "POST", "/v1/derive", "application/json", deriveBody); code != 200 {
@@ -576,6 +584,7 @@ func TestStalledTPM(t *testing.T) {
 		t.Fatal(o)
 	}
 	data := defaultDataSocket(n.socket)
+	waitSocket(t, data)
 	if code, b := rawHTTP(t, data, "POST", "/v1/derive", "application/json", deriveBody); code != 200 {
 		t.Fatalf("derive: %d %s", code, b)
 	}
@@ -663,6 +672,9 @@ func TestStalledTPM(t *testing.T) {
 		}
 	}
 
+	if _, b := rawHTTP(t, n.socket, "GET", "/v1/status", "", ""); !strings.Contains(string(b), "backend stalled") {
+		t.Errorf("admin status does not report the stalled backend: %s", b)
+	}
 	resume()
 	end := time.Now().Add(30 * time.Second)
 	for {
@@ -704,6 +716,7 @@ func TestConnectionFlood(t *testing.T) {
 	}
 	openToOthers(t, n)
 	data := defaultDataSocket(n.socket)
+	waitSocket(t, data)
 	good := &syscall.Credential{Uid: 65534, Gid: 65534}
 
 	// One uid churns connections for 6 s while another derives.
@@ -771,5 +784,23 @@ func TestConnectionFlood(t *testing.T) {
 	}
 	if c := strings.Count(out.String(), "connections refused over the limits"); c > 3 {
 		t.Errorf("%d log lines about refused connections, want at most one per 10 s", c)
+	}
+}
+
+// waitSocket waits until a socket accepts connections (serveWith waits for
+// the admin socket only; the data socket comes up right after it).
+func waitSocket(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", path, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
