@@ -67,15 +67,20 @@ func ReadInventory(path string) (*Inventory, error) {
 	}
 	defer f.Close()
 	dir := filepath.Dir(path)
-	rel := func(p string) string {
-		if filepath.IsAbs(p) {
-			return p
+	return ParseInventory(f, path, func(p string) ([]byte, error) {
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
 		}
-		return filepath.Join(dir, p)
-	}
+		return os.ReadFile(p)
+	})
+}
+
+// ParseInventory parses an inventory from r (name is for errors); load
+// reads the files it names.
+func ParseInventory(r io.Reader, path string, load func(string) ([]byte, error)) (*Inventory, error) {
 	inv := &Inventory{Nodes: map[string]*Node{}}
 	seen := map[string]bool{}
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 64<<10)
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
@@ -88,7 +93,7 @@ func ReadInventory(path string) (*Inventory, error) {
 		}
 		switch {
 		case fs[0] == "node" && len(fs) == 4 && fs[2] == bundle.KeyTPM:
-			pub, err := os.ReadFile(rel(fs[3]))
+			pub, err := load(fs[3])
 			if err != nil {
 				return nil, bad("%v", err)
 			}
@@ -97,7 +102,7 @@ func ReadInventory(path string) (*Inventory, error) {
 			}
 			inv.Nodes[fs[1]] = &Node{ID: fs[1], Kind: bundle.KeyTPM, ParentPub: pub}
 		case fs[0] == "node" && len(fs) == 5 && fs[2] == bundle.KeyPKCS11:
-			kek, err := readHex(rel(fs[3]))
+			kek, err := readHex(load, fs[3])
 			if err != nil {
 				return nil, bad("node %s: %v", fs[1], err)
 			}
@@ -136,8 +141,8 @@ func ReadInventory(path string) (*Inventory, error) {
 	return inv, nil
 }
 
-func readHex(path string) ([]byte, error) {
-	raw, err := os.ReadFile(path)
+func readHex(load func(string) ([]byte, error), path string) ([]byte, error) {
+	raw, err := load(path)
 	if err != nil {
 		return nil, err
 	}
