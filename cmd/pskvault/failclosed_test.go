@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -192,16 +193,20 @@ func init() {
 		return
 	}
 	out := runChild(mode, os.Getenv("PSKVAULT_TEST_SOCK"), os.Getenv("PSKVAULT_TEST_ARG"))
+	out.Retries = eagainRetries.Load()
 	json.NewEncoder(os.Stdout).Encode(out)
 	os.Exit(0)
 }
 
+var eagainRetries atomic.Int64
+
 // childResult counts answers by status (0: no answer: refused connect, or
 // closed without an answer).
 type childResult struct {
-	Status map[int]int    `json:"status"`
-	Codes  map[string]int `json:"codes"`
-	Errors map[string]int `json:"errors"`
+	Retries int64          `json:"eagain_retries"`
+	Status  map[int]int    `json:"status"`
+	Codes   map[string]int `json:"codes"`
+	Errors  map[string]int `json:"errors"`
 }
 
 func runChild(mode, sock, arg string) childResult {
@@ -279,8 +284,22 @@ func runChild(mode, sock, arg string) childResult {
 }
 
 // oneRequest sends one request on a fresh connection and reads the answer.
+//
+// A Unix socket's listen queue has no per-uid fairness in the kernel: while
+// another user floods it, connect can fail with EAGAIN (queue full) for
+// anyone, and a well-behaved client tries again (up to 1 s here, as
+// docs/DESIGN.md advises); eagainRetries counts those retries.
 func oneRequest(sock, method, path, body string, timeout time.Duration) (int, []byte, error) {
-	c, err := net.DialTimeout("unix", sock, timeout)
+	var c net.Conn
+	var err error
+	for try := 0; ; try++ {
+		c, err = net.DialTimeout("unix", sock, timeout)
+		if err == nil || !errors.Is(err, syscall.EAGAIN) || try == 100 {
+			break
+		}
+		eagainRetries.Add(1)
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err != nil {
 		return 0, nil, errors.Unwrap(errors.Unwrap(err))
 	}
@@ -728,18 +747,25 @@ func TestConnectionFlood(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	res := runChildAs(t, good, "derive", data, "200")
 	rootOK := 0
+	rootErrs := map[string]int{}
 	for range 50 {
-		if code, _, err := oneRequest(data, "POST", "/v1/derive", deriveBody, 5*time.Second); err == nil && code == 200 {
+		code, b, err := oneRequest(data, "POST", "/v1/derive", deriveBody, 5*time.Second)
+		switch {
+		case err != nil:
+			rootErrs[err.Error()]++
+		case code != 200:
+			rootErrs[fmt.Sprintf("%d %s", code, errCode(b))]++
+		default:
 			rootOK++
 		}
 	}
 	churn := <-churnDone
-	t.Logf("churn by uid 65533: %d connects, %d failed; uid 65534: %v %v; root: %d/50", churn.Status[1], churn.Status[0], res.Status, res.Errors, rootOK)
+	t.Logf("churn by uid 65533: %d connects, %d failed; uid 65534: %v %v (%d EAGAIN retries); root: %d/50 (%d EAGAIN retries in all)", churn.Status[1], churn.Status[0], res.Status, res.Errors, res.Retries, rootOK, eagainRetries.Load())
 	if res.Status[200] != 200 {
 		t.Errorf("uid 65534 during the churn: %d of 200 derives answered 200: %v %v", res.Status[200], res.Status, res.Errors)
 	}
 	if rootOK != 50 {
-		t.Errorf("root during the churn: %d of 50 derives answered 200", rootOK)
+		t.Errorf("root during the churn: %d of 50 derives answered 200: %v", rootOK, rootErrs)
 	}
 	if grew := len(out.String()) - logBefore; grew > 4096 {
 		t.Errorf("the daemon log grew by %d bytes during the churn, want a few summary lines:\n%s", grew, out.String()[logBefore:])
