@@ -27,7 +27,10 @@ type Backend interface {
 	// HMAC returns HMAC(key, data) with key.Hash: exactly key.Hash.Size() bytes.
 	HMAC(ctx context.Context, key KeyRef, data []byte) ([]byte, error)
 	// DeleteKey destroys the key. Deleting a key that is already gone is
-	// not an error.
+	// not an error; a backend that cannot tell whether the key is gone
+	// (device unreachable) fails with ErrBackendUnavailable, never
+	// success. Likewise HMAC returns ErrKeyNotFound only when the device
+	// answered and the key is not there.
 	DeleteKey(ctx context.Context, key KeyRef) error
 	// Close releases the backend (and, for a TPM, shuts it down cleanly).
 	Close() error
