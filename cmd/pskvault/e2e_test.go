@@ -48,7 +48,7 @@ type node struct {
 	t      *testing.T
 	dir    string
 	socket string
-	log    *bytes.Buffer
+	log    *syncBuffer
 	cmd    *exec.Cmd
 }
 
@@ -82,7 +82,7 @@ func (n *node) run(stdin []byte, args ...string) (string, int) {
 
 func (n *node) start() {
 	n.t.Helper()
-	n.log = &bytes.Buffer{}
+	n.log = &syncBuffer{}
 	n.cmd = exec.Command(binary, "--state-dir", n.dir, "--socket", n.socket, "serve")
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	if err := n.cmd.Start(); err != nil {
@@ -424,7 +424,7 @@ func TestDataSocketDefault(t *testing.T) {
 
 	b := newNode(t, "node-b", "soft")
 	b.cmd = exec.Command(binary, "--state-dir", b.dir, "--socket", b.socket, "--data-socket", "none", "serve")
-	b.log = &bytes.Buffer{}
+	b.log = &syncBuffer{}
 	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
 	if err := b.cmd.Start(); err != nil {
 		t.Fatal(err)
