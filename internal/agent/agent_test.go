@@ -88,3 +88,37 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestParseConfigNeverQuotesTheFile: a key file given as the configuration,
+// or a secret pasted into any field, never reaches an error message (issue
+// 11 item 3's rule for the daemon's configuration, kept for the agent's).
+func TestParseConfigNeverQuotesTheFile(t *testing.T) {
+	const secret = "5ec7e75ec7e75ec7e75ec7e75ec7e75e"
+	out := `{"path":"/a","format":"stunnel","role":"server"`
+	cases := []string{
+		secret + "\n",
+		"zz" + secret,
+		`{"` + secret + `":1}`,
+		`{"data_socket":"/s","outputs":[{"path":"/a","format":"stunnel","role":"server","` + secret + `":1}]}`,
+		`{"data_socket":"/s","outputs":[{"path":"/a","format":"` + secret + `","role":"server"}]}`,
+		`{"data_socket":"/s","outputs":[{"path":"/a","format":"stunnel","role":"` + secret + `"}]}`,
+		`{"data_socket":"/s","outputs":[` + out + `,"identities_hex":["` + secret + `zz"]}]}`,
+		`{"data_socket":"/s","outputs":[` + out + `,"protocol":"` + secret + `"}]}`,
+		`{"data_socket":"/s","outputs":[` + out + `,"kdf":"` + secret + `"}]}`,
+		`{"data_socket":"/s","outputs":[` + out + `,"identity_form":"` + secret + `"}]}`,
+		`{"data_socket":"/s","outputs":[` + out + `,"mode":"` + secret + `"}]}`,
+		`{"data_socket":"/s","outputs":[` + out + `,"reload_unit":"-` + secret + `"}]}`,
+		`{"data_socket":"/s","outputs":[` + out + `,"owner":"u` + secret + `"}]}`,
+		`{"data_socket":"/s","outputs":[` + out + `,"group":"g` + secret + `"}]}`,
+	}
+	for i, c := range cases {
+		_, err := ParseConfig([]byte(c))
+		if err == nil {
+			t.Errorf("case %d: accepted", i)
+			continue
+		}
+		if strings.Contains(err.Error(), secret[:8]) || strings.Contains(err.Error(), "5ec7") {
+			t.Errorf("case %d: the error quotes the file", i)
+		}
+	}
+}

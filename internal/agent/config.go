@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -98,7 +99,7 @@ func ParseConfig(data []byte) (*Config, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		return nil, fmt.Errorf("%w: %s", ErrConfig, jsonProblem(data, dec, err))
 	}
 	if dec.More() {
 		return nil, fmt.Errorf("%w: trailing data after the object", ErrConfig)
@@ -137,10 +138,10 @@ func (o *Output) check() error {
 		return errors.New("path: want a clean absolute file path")
 	}
 	if !contains(Formats, o.Format) {
-		return fmt.Errorf("format %q: want one of %s", o.Format, strings.Join(Formats, ", "))
+		return fmt.Errorf("format: want one of %s", strings.Join(Formats, ", "))
 	}
 	if o.Role != "client" && o.Role != "server" {
-		return fmt.Errorf("role %q: want client or server", o.Role)
+		return errors.New("role: want client or server")
 	}
 	if o.Peer != "" {
 		if err := vault.CheckNodeID(o.Peer); err != nil {
@@ -157,7 +158,7 @@ func (o *Output) check() error {
 	for _, h := range o.IdentitiesHex {
 		b, err := hex.DecodeString(h)
 		if err != nil || len(b) == 0 {
-			return fmt.Errorf("identities_hex: %q is not a non-empty hex string", h)
+			return errors.New("identities_hex: an entry is not a non-empty hex string")
 		}
 		o.ids[string(b)] = true
 	}
@@ -169,10 +170,10 @@ func (o *Output) check() error {
 		o.KDF = "sha256"
 	}
 	if o.target.Protocol, err = importer.ParseProtocol(o.Protocol); err != nil {
-		return err
+		return errors.New("protocol: want tls1.3 or dtls1.3")
 	}
 	if o.target.KDF, err = importer.ParseKDF(o.KDF); err != nil {
-		return err
+		return errors.New("kdf: want sha256 or sha384")
 	}
 	if o.context, err = hex.DecodeString(o.ContextHex); err != nil {
 		return errors.New("context_hex: not hex")
@@ -189,7 +190,7 @@ func (o *Output) check() error {
 			return fmt.Errorf("identity_form bytes: %s files cannot carry binary identities (hex-text only)", o.Format)
 		}
 	default:
-		return fmt.Errorf("identity_form %q: want bytes or hex-text", o.IdentityForm)
+		return errors.New("identity_form: want bytes or hex-text")
 	}
 	o.uid, o.gid = os.Geteuid(), os.Getegid()
 	if o.Owner != "" {
@@ -206,7 +207,7 @@ func (o *Output) check() error {
 	if o.Mode != "" {
 		m, err := strconv.ParseUint(o.Mode, 8, 32)
 		if err != nil || m&^0o777 != 0 {
-			return fmt.Errorf("mode %q: want octal permission bits, e.g. 0640", o.Mode)
+			return errors.New("mode: want octal permission bits, e.g. 0640")
 		}
 		if m&0o007 != 0 {
 			return fmt.Errorf("mode %s: the file holds keys; no access for others", o.Mode)
@@ -223,7 +224,7 @@ func (o *Output) check() error {
 		o.argv = o.Reload
 	case o.ReloadUnit != "":
 		if strings.ContainsAny(o.ReloadUnit, " /\n") || strings.HasPrefix(o.ReloadUnit, "-") {
-			return fmt.Errorf("reload_unit %q: not a unit name", o.ReloadUnit)
+			return errors.New("reload_unit: not a unit name")
 		}
 		o.argv = []string{"systemctl", "reload", "--", o.ReloadUnit}
 	}
@@ -238,13 +239,13 @@ func lookupID(s string, isUser bool) (int, error) {
 	if isUser {
 		u, err := user.Lookup(s)
 		if err != nil {
-			return 0, fmt.Errorf("owner %q: %w", s, err)
+			return 0, errors.New("owner: no such user")
 		}
 		id = u.Uid
 	} else {
 		g, err := user.LookupGroup(s)
 		if err != nil {
-			return 0, fmt.Errorf("group %q: %w", s, err)
+			return 0, errors.New("group: no such group")
 		}
 		id = g.Gid
 	}
@@ -259,4 +260,31 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// jsonProblem describes a JSON decoding error by line and kind only. The
+// decoder's own messages quote the file (an offending character, an unknown
+// field's name), and a key file given as the configuration by mistake must
+// not reach the terminal or a log through them.
+func jsonProblem(data []byte, dec *json.Decoder, err error) string {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return fmt.Sprintf("line %d: not valid JSON", lineAt(data, syn.Offset))
+	case errors.As(err, &typ):
+		return fmt.Sprintf("line %d: %s: wrong type, want %s", lineAt(data, typ.Offset), typ.Field, typ.Type)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "the file ends inside the JSON object"
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return fmt.Sprintf("line %d: unknown field", lineAt(data, dec.InputOffset()))
+	}
+	return "not a valid configuration object"
+}
+
+func lineAt(data []byte, off int64) int {
+	if off > int64(len(data)) {
+		off = int64(len(data))
+	}
+	return 1 + bytes.Count(data[:off], []byte("\n"))
 }
