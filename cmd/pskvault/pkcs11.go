@@ -18,6 +18,10 @@ func init() {
 		file := fs.String("pkcs11-kek", "", "wrap for a PKCS#11 token holding this AES wrapping key (hex `file`, 16/24/32 bytes; see 'pskvault pkcs11 import-wrapping-key'); import on the node with --param wrapping-key=LABEL")
 		given := func() bool { return *file != "" }
 		wrap := func(prk []byte, h importer.Hash) ([]byte, error) {
+			if *file == "-" {
+				// Standard input may already carry the key being wrapped.
+				return nil, errors.New("--pkcs11-kek: give the wrapping key's file, not standard input")
+			}
 			kek, err := readHexKey(&globals{}, *file)
 			if err != nil {
 				return nil, fmt.Errorf("--pkcs11-kek: %w", err)

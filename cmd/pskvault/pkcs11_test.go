@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -141,4 +142,14 @@ func BenchmarkPKCS11DeriveDaemon(b *testing.B) {
 	tok := pkcs11test.Require(b, "pskvault-bench") // sets SOFTHSM2_CONF for the daemon
 	b.Run("pkcs11", func(b *testing.B) { benchDaemonDerive(b, tok.URI()) })
 	b.Run("soft", func(b *testing.B) { benchDaemonDerive(b, "soft") })
+}
+
+// TestWrapKEKFromStdinRefused: '--pkcs11-kek -' is a clear error, not a
+// nil-pointer panic (standard input may already carry the key being wrapped).
+func TestWrapKEKFromStdinRefused(t *testing.T) {
+	dir := t.TempDir()
+	out, err := exec.Command(binary, "wrap", "--pkcs11-kek", "-", "--key-file", writeKey(t, testKey(32)), "--out", filepath.Join(dir, "blob")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "not standard input") || strings.Contains(string(out), "panic") {
+		t.Fatalf("wrap --pkcs11-kek -: err %v, output:\n%s", err, out)
+	}
 }
