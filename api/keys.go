@@ -98,17 +98,7 @@ func (s *Server) keys(w http.ResponseWriter, r *http.Request) {
 		}
 		keys = append(keys, d.IPSKX)
 		created = append(created, d.PSK.Created)
-		out.Keys = append(out.Keys, Offer{
-			IdentityHex:      p.IdentityHex(),
-			ImportedIdentity: hexOf(d.ImportedIdentity),
-			IPSKX:            secretRef(len(keys) - 1), // written by writeSecretJSON
-			ContextHex:       hexOf(d.Context),
-			Protocol:         t.Protocol.String(),
-			KDF:              t.KDF.String(),
-			Hash:             d.PSK.Hash.String(),
-			NotAfter:         d.PSK.NotAfter,
-			PSKPolicy:        PolicyOf(d.PSK),
-		})
+		out.Keys = append(out.Keys, offerOf(p, d, t, len(keys)-1))
 	}
 	sortOffers(out.Keys, created)
 	ae.Count = len(out.Keys)

@@ -202,17 +202,7 @@ func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
 		if binary {
 			bins = append(bins, binKeyOf(d, t))
 		}
-		out.Offers = append(out.Offers, Offer{
-			IdentityHex:      p.IdentityHex(),
-			ImportedIdentity: hexOf(d.ImportedIdentity),
-			IPSKX:            secretRef(len(keys) - 1), // written by writeSecretJSON
-			ContextHex:       hexOf(d.Context),
-			Protocol:         t.Protocol.String(),
-			KDF:              t.KDF.String(),
-			Hash:             d.PSK.Hash.String(),
-			NotAfter:         d.PSK.NotAfter,
-			PSKPolicy:        PolicyOf(d.PSK),
-		})
+		out.Offers = append(out.Offers, offerOf(p, d, t, len(keys)-1))
 	}
 	sortOffers(out.Offers, created)
 	ae.Count = len(out.Offers)
@@ -265,4 +255,20 @@ func sortedLike(bins []BinKey, offers []Offer) []BinKey {
 		}
 	}
 	return out
+}
+
+// offerOf is the JSON entry of one derived key in an offers or keys answer;
+// its ipskx is the secretRef'th key that writeSecretJSON writes.
+func offerOf(p *vault.PSK, d *vault.Derived, t vault.Target, ref int) Offer {
+	return Offer{
+		IdentityHex:      p.IdentityHex(),
+		ImportedIdentity: hexOf(d.ImportedIdentity),
+		IPSKX:            secretRef(ref),
+		ContextHex:       hexOf(d.Context),
+		Protocol:         t.Protocol.String(),
+		KDF:              t.KDF.String(),
+		Hash:             d.PSK.Hash.String(),
+		NotAfter:         d.PSK.NotAfter,
+		PSKPolicy:        PolicyOf(d.PSK),
+	}
 }
