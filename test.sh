@@ -28,7 +28,7 @@ declare -A needfile=(
 	[/usr/include/openssl/ssl.h]=libssl-dev
 	[/usr/include/gnutls/gnutls.h]=libgnutls28-dev
 )
-need+=([stunnel4]=stunnel4 [make]=make [pkg-config]=pkg-config [debootstrap]=debootstrap)
+need+=([stunnel4]=stunnel4 [mosquitto]=mosquitto [mosquitto_pub]=mosquitto-clients [make]=make [pkg-config]=pkg-config [debootstrap]=debootstrap)
 missing=()
 for cmd in "${!need[@]}"; do
 	command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
