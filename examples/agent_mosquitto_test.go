@@ -27,8 +27,9 @@ func startMosquitto(t *testing.T, pskFile string) (*proc, int) {
 			"use_identity_as_username true",
 		}
 		if os.Geteuid() == 0 {
-			// Started as root, mosquitto drops to this user and reads
-			// psk_file as it on every reload: the agent chowns the file.
+			// Started as root, mosquitto drops to this user before it
+			// reads psk_file (at start and on every reload; a root-owned
+			// 0600 file stops it starting): the agent chowns the file.
 			lines = append(lines, "user mosquitto")
 		}
 		if err := os.WriteFile(conf, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
