@@ -1,0 +1,243 @@
+package packaging
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// want is every file the .deb must hold, with its mode and owner.
+var want = map[string]string{
+	"./usr/bin/pskvault":                              "-rwxr-xr-x root/root",
+	"./usr/lib/systemd/system/pskvault.service":       "-rw-r--r-- root/root",
+	"./usr/lib/systemd/system/pskvault-admin.socket":  "-rw-r--r-- root/root",
+	"./usr/lib/systemd/system/pskvault-data.socket":   "-rw-r--r-- root/root",
+	"./usr/lib/systemd/system/pskvault-agent.service": "-rw-r--r-- root/root",
+	"./usr/lib/systemd/system/pskvault-sweep.service": "-rw-r--r-- root/root",
+	"./usr/lib/systemd/system/pskvault-sweep.timer":   "-rw-r--r-- root/root",
+	"./usr/lib/sysusers.d/pskvault.conf":              "-rw-r--r-- root/root",
+	"./usr/lib/tmpfiles.d/pskvault.conf":              "-rw-r--r-- root/root",
+	"./etc/pskvault/pskvault.toml":                    "-rw-r--r-- root/root",
+	"./etc/logrotate.d/pskvault":                      "-rw-r--r-- root/root",
+	"./usr/share/doc/pskvault/API.md":                 "-rw-r--r-- root/root",
+	"./usr/share/doc/pskvault/README.md":              "-rw-r--r-- root/root",
+}
+
+func require(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("PSKVAULT_REQUIRE_SIMULATORS") == "1" {
+			t.Fatalf("%s not installed and PSKVAULT_REQUIRE_SIMULATORS=1 (./test.sh installs it)", name)
+		}
+		t.Skipf("%s not installed (./test.sh installs it)", name)
+	}
+	return p
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// TestDeb builds the .deb with packaging/build.sh (the pinned nfpm), checks
+// its files, modes, owners and conffiles with dpkg-deb, unpacks it into a
+// throwaway root with dpkg --root, creates the users and directories there
+// with systemd-sysusers / systemd-tmpfiles --root as the postinst does on a
+// host, and checks the installed units with systemd-analyze verify and the
+// installed default configuration with the installed binary.
+func TestDeb(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: dpkg --root and systemd-tmpfiles chown files")
+	}
+	for _, tool := range []string{"dpkg", "dpkg-deb", "systemd-sysusers", "systemd-tmpfiles", "systemd-analyze"} {
+		require(t, tool)
+	}
+	nfpm, err := exec.Command("./build.sh", "--nfpm").CombinedOutput()
+	if err != nil {
+		if os.Getenv("PSKVAULT_REQUIRE_SIMULATORS") == "1" {
+			t.Fatalf("cannot fetch the pinned nfpm through the Go module proxy: %v\n%s", err, nfpm)
+		}
+		t.Skipf("cannot fetch the pinned nfpm: %v\n%s", err, nfpm)
+	}
+	dist := t.TempDir()
+	cmd := exec.Command("./build.sh", "deb")
+	cmd.Env = append(os.Environ(), "DIST="+dist, "NFPM="+strings.TrimSpace(lastLine(string(nfpm))))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build.sh deb: %v\n%s", err, out)
+	}
+	debs, _ := filepath.Glob(filepath.Join(dist, "pskvault_*.deb"))
+	if len(debs) != 1 {
+		t.Fatalf("build.sh deb made %v, want one pskvault_*.deb", debs)
+	}
+	deb := debs[0]
+
+	// Contents: path -> "mode owner/group".
+	got := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(run(t, "dpkg-deb", "-c", deb)))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 6 {
+			got[f[len(f)-1]] = f[0] + " " + f[1]
+		}
+	}
+	for p, w := range want {
+		if g, ok := got[p]; !ok {
+			t.Errorf("%s missing from the .deb", p)
+		} else if g != w {
+			t.Errorf("%s: %s, want %s", p, g, w)
+		}
+	}
+	info := run(t, "dpkg-deb", "-I", deb)
+	for _, s := range []string{"Package: pskvault", "Architecture: ", "postinst"} {
+		if !strings.Contains(info, s) {
+			t.Errorf("dpkg-deb -I: no %q in\n%s", s, info)
+		}
+	}
+	conf := run(t, "dpkg-deb", "-f", deb, "Package") // sanity: a field reads back
+	if strings.TrimSpace(conf) != "pskvault" {
+		t.Errorf("Package field %q", conf)
+	}
+	ctl := t.TempDir()
+	run(t, "dpkg-deb", "-e", deb, ctl)
+	cf, err := os.ReadFile(filepath.Join(ctl, "conffiles"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{"/etc/pskvault/pskvault.toml", "/etc/logrotate.d/pskvault"} {
+		if !bytes.Contains(cf, []byte(c+"\n")) {
+			t.Errorf("conffiles lacks %s (an upgrade would overwrite the admin's edits):\n%s", c, cf)
+		}
+	}
+
+	// Install into a throwaway root. --unpack: the postinst would run
+	// systemd-sysusers on the host (dpkg chroots only with a full system in
+	// the root); the same two steps are run below with --root instead.
+	root := t.TempDir()
+	for _, d := range []string{"var/lib/dpkg/info", "var/lib/dpkg/updates", "etc"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "var/lib/dpkg/status"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "dpkg", "--root="+root, "--unpack", deb)
+	if st := run(t, "dpkg", "--root="+root, "-s", "pskvault"); !strings.Contains(st, "Status: install ok unpacked") {
+		t.Errorf("dpkg -s after unpack:\n%s", st)
+	}
+	run(t, "systemd-sysusers", "--root="+root)
+	run(t, "systemd-tmpfiles", "--root="+root, "--create")
+	uid, err := strconv.Atoi(lookup(t, filepath.Join(root, "etc/passwd"), "pskvault", 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gid, err := strconv.Atoi(lookup(t, filepath.Join(root, "etc/group"), "pskvault-admin", 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tss := lookup(t, filepath.Join(root, "etc/group"), "tss", 3); !strings.Contains(","+tss+",", ",pskvault,") {
+		t.Errorf("group tss members %q: pskvault is not one (no TPM access)", tss)
+	}
+	checkDir(t, filepath.Join(root, "var/lib/pskvault"), 0o700, uid, -1)
+	checkDir(t, filepath.Join(root, "run/pskvault/admin"), 0o750, 0, gid)
+	checkDir(t, filepath.Join(root, "run/pskvault/data"), 0o755, 0, 0)
+
+	// The installed units, as installed (only the binary's path made the
+	// unpacked one), with systemd's own parser: no output at all.
+	bin := filepath.Join(root, "usr/bin/pskvault")
+	units, _ := filepath.Glob(filepath.Join(root, "usr/lib/systemd/system", "pskvault*"))
+	if len(units) != 6 {
+		t.Fatalf("installed units %v, want 6", units)
+	}
+	udir := t.TempDir()
+	var names []string
+	for _, u := range units {
+		b, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = bytes.ReplaceAll(b, []byte("/usr/bin/pskvault"), []byte(bin))
+		if err := os.WriteFile(filepath.Join(udir, filepath.Base(u)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, filepath.Base(u))
+	}
+	verify := exec.Command("systemd-analyze", append([]string{"verify", "--man=no"}, names...)...)
+	verify.Dir = udir
+	if out, err := verify.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("systemd-analyze verify of the installed units: %v\n%s", err, out)
+	}
+
+	// The installed default configuration passes the installed binary's
+	// check. Its admin group exists only in the throwaway root, so the
+	// copy checked names root's group instead (the check resolves names on
+	// this host).
+	// (dpkg --unpack leaves conffiles as .dpkg-new until configure.)
+	b, err := os.ReadFile(filepath.Join(root, "etc/pskvault/pskvault.toml.dpkg-new"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, []byte(`admin_group = "pskvault-admin"`)) {
+		t.Fatal("the default configuration no longer names admin_group pskvault-admin; update this test")
+	}
+	b = bytes.Replace(b, []byte(`admin_group = "pskvault-admin"`), []byte(`admin_group = "root"`), 1)
+	cfg := filepath.Join(t.TempDir(), "pskvault.toml")
+	if err := os.WriteFile(cfg, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "config", "check", "--config", cfg).CombinedOutput(); err != nil {
+		t.Errorf("installed pskvault config check of the default configuration: %v\n%s", err, out)
+	}
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	return s[strings.LastIndexByte(s, '\n')+1:]
+}
+
+// lookup returns field n (0-based) of NAME's line in a passwd or group file.
+func lookup(t *testing.T, file, name string, n int) string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Split(l, ":")
+		if f[0] == name && len(f) > n {
+			return f[n]
+		}
+	}
+	t.Fatalf("%s: no %s", file, name)
+	return ""
+}
+
+func checkDir(t *testing.T, p string, mode os.FileMode, uid, gid int) {
+	t.Helper()
+	st, err := os.Lstat(p)
+	if err != nil {
+		t.Errorf("%v", err)
+		return
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	if !st.IsDir() || st.Mode().Perm() != mode {
+		t.Errorf("%s: %v, want a directory %04o", p, st.Mode(), mode)
+	}
+	if uid >= 0 && int(sys.Uid) != uid {
+		t.Errorf("%s: owner uid %d, want %d", p, sys.Uid, uid)
+	}
+	if gid >= 0 && int(sys.Gid) != gid {
+		t.Errorf("%s: group gid %d, want %d", p, sys.Gid, gid)
+	}
+}
