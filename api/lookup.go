@@ -30,7 +30,7 @@ func parseLookup(r *http.Request) (LookupRequest, vault.Target, error) {
 		if br.Identity != nil || br.Node != "" || br.Role != 0 {
 			return req, t, badRequest("lookup takes imported identity, context, protocol and KDF fields only")
 		}
-		if req, err = br.lookupRequest(); err != nil {
+		if req, err = binLookupRequest(br); err != nil {
 			return req, t, err
 		}
 	} else if err := decodeJSON(r, &req); err != nil {
@@ -140,7 +140,7 @@ func parseOffers(r *http.Request) (server string, ctxBytes []byte, t vault.Targe
 			err = badRequest("offers takes node, context, protocol and KDF fields only")
 			return
 		}
-		if req, err = br.offersRequest(); err != nil {
+		if req, err = binOffersRequest(br); err != nil {
 			return
 		}
 	} else if err = decodeJSON(r, &req); err != nil {

@@ -5,34 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"time"
 
 	"github.com/pskvault/pskvault/importer"
 	"github.com/pskvault/pskvault/vault"
 )
-
-// PSKPolicy is the RFC 9257 part of a PSK as the API shows it. It is
-// embedded in PSK (show, list) and in DeriveResponse (derive, lookup) so a
-// TLS stack learns, with every key, the rules it must enforce:
-// psk_dhe_ke_required (offer and accept only psk_dhe_ke) and
-// early_data_allowed (never accept 0-RTT data when false).
-type PSKPolicy struct {
-	DHERequired   bool      `json:"psk_dhe_ke_required"`
-	EarlyData     bool      `json:"early_data_allowed"`
-	Kind          string    `json:"kind"` // "pairwise" or "group"
-	Group         []string  `json:"group,omitempty"`
-	NodeContext   bool      `json:"node_context,omitempty"`
-	LowEntropy    bool      `json:"low_entropy,omitempty"`
-	Provenance    string    `json:"provenance,omitempty"`
-	Finalized     bool      `json:"finalized,omitempty"`
-	Generation    int       `json:"generation,omitempty"`
-	KCV           string    `json:"kcv,omitempty"` // key check value (docs/BUNDLE.md)
-	RotatedFrom   string    `json:"rotated_from_hex,omitempty"`
-	RotatedTo     string    `json:"rotated_to_hex,omitempty"`
-	RevokedAt     time.Time `json:"revoked_at,omitzero"`
-	RevokeReason  string    `json:"revoke_reason,omitempty"`
-	PolicyWarning []string  `json:"warnings,omitempty"` // identity and entropy findings
-}
 
 // PolicyOf converts a record's policy for the wire.
 func PolicyOf(p *vault.PSK) PSKPolicy {
@@ -71,19 +47,6 @@ func PolicyOf(p *vault.PSK) PSKPolicy {
 	return out
 }
 
-// Policy error codes.
-const (
-	CodeLowEntropy      = "low_entropy"
-	CodeKeyReused       = "key_reused"
-	CodeGroup           = "group_policy"
-	CodeContextMismatch = "context_mismatch"
-	CodeIdentity        = "identity_refused"
-	CodeFinalized       = "finalized"
-	CodeStackLimit      = "stack_limit"
-	CodeBundleMAC       = "bundle_mac" // a provisioning bundle that does not authenticate
-	CodeMustViolation   = "must_violation"
-)
-
 // policyError maps the vault's RFC 9257 refusals to a status and code.
 func policyError(err error) (int, string, bool) {
 	for _, e := range []struct {
@@ -108,22 +71,6 @@ func policyError(err error) (int, string, bool) {
 	return 0, "", false
 }
 
-// RevokeRequest is POST /v1/psks/revoke.
-type RevokeRequest struct {
-	Identity    string `json:"identity,omitempty"`
-	IdentityHex string `json:"identity_hex,omitempty"`
-	Reason      string `json:"reason,omitempty"`
-}
-
-// FinalizeRequest is POST /v1/psks/finalize. ContextsHex lists the
-// contexts to keep for a PSK without a node-identifier context (default:
-// the empty context only).
-type FinalizeRequest struct {
-	Identity    string   `json:"identity,omitempty"`
-	IdentityHex string   `json:"identity_hex,omitempty"`
-	ContextsHex []string `json:"contexts_hex,omitempty"`
-}
-
 // policyRoutes adds the RFC 9257 lifecycle and audit endpoints. All are
 // admin endpoints.
 func (s *Server) policyRoutes() {
@@ -132,12 +79,6 @@ func (s *Server) policyRoutes() {
 	s.mux.HandleFunc("POST /v1/psks/finalize", s.finalize)
 	s.mux.HandleFunc("POST /v1/psks/rotate", s.rotate)
 	s.mux.HandleFunc("POST /v1/sweep", s.sweep)
-}
-
-// SweepResponse answers POST /v1/sweep: the PSKs whose expired keys were
-// destroyed.
-type SweepResponse struct {
-	SweptHex []string `json:"swept_hex"`
 }
 
 func (s *Server) sweep(w http.ResponseWriter, r *http.Request) {
@@ -239,7 +180,7 @@ func (s *Server) rotate(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, badRequest("Content-Type must be application/json or %s", ContentTypeEnvelope))
 		return
 	}
-	id, req, err := spec.request()
+	id, req, err := rotateRequest(spec)
 	auditOf(r).Identity = hexOf(id)
 	if err != nil {
 		s.fail(w, err)

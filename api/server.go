@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pskvault/pskvault/api/wire"
 	"github.com/pskvault/pskvault/importer"
 	"github.com/pskvault/pskvault/vault"
 )
@@ -501,7 +502,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		}
 		info = vault.BackendInfo{Name: info.Name, Hardware: info.Hardware, HashNames: info.HashNames}
 	}
-	st := Status{Version: Version, NodeID: s.v.NodeID(), Backend: info, PSKs: n}
+	st := Status{Version: Version, NodeID: s.v.NodeID(), Backend: wire.BackendInfo{Name: info.Name, Description: info.Description, Hardware: info.Hardware, HashNames: info.HashNames}, PSKs: n}
 	if sock, _ := r.Context().Value(keySocket).(Socket); sock != SocketData {
 		st.Problems = s.problems()
 	}
@@ -539,7 +540,7 @@ func (s *Server) refIdentity(r *http.Request) ([]byte, error) {
 	if err := decodeJSON(r, &ref); err != nil {
 		return nil, err
 	}
-	id, err := ref.bytes()
+	id, err := refBytes(ref)
 	auditOf(r).Identity = hexOf(id)
 	return id, err
 }
@@ -590,7 +591,7 @@ func (s *Server) importPSK(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	req, err := spec.request(false)
+	req, err := specRequest(spec, false)
 	auditOf(r).Identity = hexOf(req.Identity)
 	if err != nil {
 		s.fail(w, err)
@@ -613,7 +614,7 @@ func (s *Server) createPSK(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	req, err := spec.request(true)
+	req, err := specRequest(spec, true)
 	auditOf(r).Identity = hexOf(req.Identity)
 	if err != nil {
 		s.fail(w, err)
@@ -644,7 +645,7 @@ func parseDerive(r *http.Request) (vault.DeriveRequest, error) {
 		if br.ImportedIdentity != nil {
 			return vault.DeriveRequest{}, badRequest("derive takes the external identity field, not an imported identity (use lookup)")
 		}
-		if req, err = br.deriveRequest(); err != nil {
+		if req, err = binDeriveRequest(br); err != nil {
 			return vault.DeriveRequest{}, err
 		}
 	} else if err := decodeJSON(r, &req); err != nil {

@@ -7,7 +7,7 @@ import (
 	"io"
 	"net/http"
 
-	"github.com/pskvault/pskvault/api"
+	"github.com/pskvault/pskvault/api/wire"
 	"github.com/pskvault/pskvault/importer"
 )
 
@@ -16,7 +16,7 @@ import (
 const MaxBinaryAnswer = 1 << 20
 
 // UseBinary makes Lookup, Offers and Derive speak the binary form of the
-// protocol (api.ContentTypeTLV, docs/API.md "Binary form") instead of JSON.
+// protocol (wire.ContentTypeTLV, docs/API.md "Binary form") instead of JSON.
 // The answers are the same; Derived.Response then holds only the fields
 // the binary form carries (no warnings, provenance or rotation links).
 // Call it before the client is shared.
@@ -42,13 +42,13 @@ func targetCodes(protocol, kdf string) (p, k uint16, err error) {
 
 // binExchange posts a binary request and returns the binary answer, which
 // the caller wipes.
-func (c *Client) binExchange(ctx context.Context, path string, req api.BinRequest) ([]byte, error) {
-	resp, err := c.doAccept(ctx, http.MethodPost, path, nil, api.ContentTypeTLV, api.ContentTypeTLV, req.Marshal())
+func (c *Client) binExchange(ctx context.Context, path string, req wire.BinRequest) ([]byte, error) {
+	resp, err := c.doAccept(ctx, http.MethodPost, path, nil, wire.ContentTypeTLV, wire.ContentTypeTLV, req.Marshal())
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if ct := resp.Header.Get("Content-Type"); ct != api.ContentTypeTLV {
+	if ct := resp.Header.Get("Content-Type"); ct != wire.ContentTypeTLV {
 		return nil, fmt.Errorf("daemon answered %q, not the binary form (a daemon older than the binary protocol?)", ct)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBinaryAnswer+1))
@@ -63,7 +63,7 @@ func (c *Client) binExchange(ctx context.Context, path string, req api.BinReques
 	return body, nil
 }
 
-func derivedFromBin(k api.BinKey) *Derived {
+func derivedFromBin(k wire.BinKey) *Derived {
 	d := &Derived{ImportedIdentity: k.ImportedIdentity, IPSKX: k.IPSKX}
 	r := &d.Response
 	r.ImportedIdentity = fmt.Sprintf("%x", k.ImportedIdentity)
@@ -73,31 +73,31 @@ func derivedFromBin(k api.BinKey) *Derived {
 	r.KDF = importer.KDF(k.KDF).String()
 	r.Hash = importer.Hash(k.Hash).String()
 	switch k.Role {
-	case api.RoleClient:
+	case wire.RoleClient:
 		r.Role = "client"
-	case api.RoleServer:
+	case wire.RoleServer:
 		r.Role = "server"
 	}
 	r.NotAfter = k.NotAfter
-	r.DHERequired = k.Flags&api.FlagDHERequired != 0
-	r.EarlyData = k.Flags&api.FlagEarlyData != 0
-	r.LowEntropy = k.Flags&api.FlagLowEntropy != 0
-	r.NodeContext = k.Flags&api.FlagNodeContext != 0
-	r.Finalized = k.Flags&api.FlagFinalized != 0
+	r.DHERequired = k.Flags&wire.FlagDHERequired != 0
+	r.EarlyData = k.Flags&wire.FlagEarlyData != 0
+	r.LowEntropy = k.Flags&wire.FlagLowEntropy != 0
+	r.NodeContext = k.Flags&wire.FlagNodeContext != 0
+	r.Finalized = k.Flags&wire.FlagFinalized != 0
 	r.Kind = "pairwise"
-	if k.Flags&api.FlagGroup != 0 {
+	if k.Flags&wire.FlagGroup != 0 {
 		r.Kind = "group"
 	}
 	r.Generation = int(k.Generation)
 	return d
 }
 
-func (c *Client) lookupBinary(ctx context.Context, wire, expectContext []byte, protocol, kdf string) (*Derived, error) {
+func (c *Client) lookupBinary(ctx context.Context, imported, expectContext []byte, protocol, kdf string) (*Derived, error) {
 	p, k, err := targetCodes(protocol, kdf)
 	if err != nil {
 		return nil, err
 	}
-	req := api.BinRequest{ImportedIdentity: wire, Context: expectContext, HasContext: expectContext != nil, Protocol: p, KDF: k}
+	req := wire.BinRequest{ImportedIdentity: imported, Context: expectContext, HasContext: expectContext != nil, Protocol: p, KDF: k}
 	if req.ImportedIdentity == nil {
 		req.ImportedIdentity = []byte{}
 	}
@@ -106,7 +106,7 @@ func (c *Client) lookupBinary(ctx context.Context, wire, expectContext []byte, p
 		return nil, err
 	}
 	defer clear(body)
-	key, err := api.ParseBinKey(body)
+	key, err := wire.ParseBinKey(body)
 	if err != nil {
 		return nil, fmt.Errorf("daemon sent a malformed key: %w", err)
 	}
@@ -118,12 +118,12 @@ func (c *Client) deriveBinary(ctx context.Context, r DeriveRequest) (*Derived, e
 	if err != nil {
 		return nil, err
 	}
-	req := api.BinRequest{Identity: r.Identity, Context: r.Context, HasContext: true, Protocol: p, KDF: k, Node: r.Peer}
+	req := wire.BinRequest{Identity: r.Identity, Context: r.Context, HasContext: true, Protocol: p, KDF: k, Node: r.Peer}
 	switch r.Role {
 	case "client":
-		req.Role = api.RoleClient
+		req.Role = wire.RoleClient
 	case "server":
-		req.Role = api.RoleServer
+		req.Role = wire.RoleServer
 	case "":
 	default:
 		return nil, errors.New(`role: want "client" or "server"`)
@@ -133,7 +133,7 @@ func (c *Client) deriveBinary(ctx context.Context, r DeriveRequest) (*Derived, e
 		return nil, err
 	}
 	defer clear(body)
-	key, err := api.ParseBinKey(body)
+	key, err := wire.ParseBinKey(body)
 	if err != nil {
 		return nil, fmt.Errorf("daemon sent a malformed key: %w", err)
 	}
@@ -145,12 +145,12 @@ func (c *Client) offersBinary(ctx context.Context, server string, context []byte
 	if err != nil {
 		return nil, err
 	}
-	body, err := c.binExchange(ctx, "/v1/offers", api.BinRequest{Node: server, Context: context, HasContext: true, Protocol: p, KDF: k})
+	body, err := c.binExchange(ctx, "/v1/offers", wire.BinRequest{Node: server, Context: context, HasContext: true, Protocol: p, KDF: k})
 	if err != nil {
 		return nil, err
 	}
 	defer clear(body)
-	keys, err := api.ParseBinOffers(body)
+	keys, err := wire.ParseBinOffers(body)
 	if err != nil {
 		return nil, fmt.Errorf("daemon sent a malformed offer: %w", err)
 	}

@@ -17,7 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pskvault/pskvault/api"
+	"github.com/pskvault/pskvault/api/wire"
 )
 
 // ErrNoDaemon reports that nothing listens on the socket.
@@ -128,8 +128,8 @@ func (c *Client) doAccept(ctx context.Context, method, path string, q url.Values
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
 		e := &Error{Status: resp.StatusCode}
-		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4*api.MaxBody)) // a message may name two long identities
-		var ae api.Error
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4*wire.MaxBody)) // a message may name two long identities
+		var ae wire.Error
 		if json.Unmarshal(raw, &ae) != nil || ae.Code == "" {
 			ae.Code, ae.Message = "http_"+strconv.Itoa(resp.StatusCode), "daemon answered "+resp.Status
 		}
@@ -155,26 +155,26 @@ func (c *Client) getJSON(ctx context.Context, method, path string, q url.Values,
 }
 
 // Status reports the daemon's node, backend and version.
-func (c *Client) Status(ctx context.Context) (*api.Status, error) {
-	var s api.Status
+func (c *Client) Status(ctx context.Context) (*wire.Status, error) {
+	var s wire.Status
 	return &s, c.getJSON(ctx, http.MethodGet, "/v1/status", nil, "", nil, &s)
 }
 
 // List returns every PSK record.
-func (c *Client) List(ctx context.Context) ([]api.PSK, error) {
-	var l api.PSKList
+func (c *Client) List(ctx context.Context) ([]wire.PSK, error) {
+	var l wire.PSKList
 	return l.PSKs, c.getJSON(ctx, http.MethodGet, "/v1/psks", nil, "", nil, &l)
 }
 
 // ref is the JSON body naming one PSK.
 func ref(identity []byte) []byte {
-	b, _ := json.Marshal(api.IdentityRef{IdentityHex: hex.EncodeToString(identity)})
+	b, _ := json.Marshal(wire.IdentityRef{IdentityHex: hex.EncodeToString(identity)})
 	return b
 }
 
 // Get returns one PSK record.
-func (c *Client) Get(ctx context.Context, identity []byte) (*api.PSK, error) {
-	var p api.PSK
+func (c *Client) Get(ctx context.Context, identity []byte) (*wire.PSK, error) {
+	var p wire.PSK
 	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/show", nil, "application/json", ref(identity), &p)
 }
 
@@ -195,11 +195,11 @@ type PSKSpec struct {
 	Policy     PolicySpec        // RFC 9257 options (policy.go)
 	// Bundle authenticates an import from a provisioning bundle: the
 	// daemon keeps the key only if it verifies the bundle's MAC.
-	Bundle *api.BundleAuth
+	Bundle *wire.BundleAuth
 }
 
-func (s PSKSpec) wire() api.PSKSpec {
-	w := api.PSKSpec{Client: s.ClientNode, Server: s.ServerNode, Hash: s.Hash, Targets: s.Targets, Params: s.Params}
+func (s PSKSpec) wire() wire.PSKSpec {
+	w := wire.PSKSpec{Client: s.ClientNode, Server: s.ServerNode, Hash: s.Hash, Targets: s.Targets, Params: s.Params}
 	if len(s.Identity) > 0 {
 		w.IdentityHex = hex.EncodeToString(s.Identity)
 	}
@@ -213,23 +213,23 @@ func (s PSKSpec) wire() api.PSKSpec {
 
 // Import stores an EPSK. key is sent raw after the metadata in the
 // request's envelope body, never as JSON.
-func (c *Client) Import(ctx context.Context, spec PSKSpec, key []byte) (*api.PSK, error) {
+func (c *Client) Import(ctx context.Context, spec PSKSpec, key []byte) (*wire.PSK, error) {
 	return c.importEnvelope(ctx, spec.wire(), key)
 }
 
-func (c *Client) importEnvelope(ctx context.Context, w api.PSKSpec, key []byte) (*api.PSK, error) {
-	body, err := api.MarshalEnvelope(w, key)
+func (c *Client) importEnvelope(ctx context.Context, w wire.PSKSpec, key []byte) (*wire.PSK, error) {
+	body, err := wire.MarshalEnvelope(w, key)
 	if err != nil {
 		return nil, err
 	}
 	defer clear(body)
-	var p api.PSK
-	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/import", nil, api.ContentTypeEnvelope, body, &p)
+	var p wire.PSK
+	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/import", nil, wire.ContentTypeEnvelope, body, &p)
 }
 
 // ImportWrapped stores a PRK wrapped for the daemon's hardware; keyBits is
 // the EPSK size the provisioning side attests.
-func (c *Client) ImportWrapped(ctx context.Context, spec PSKSpec, blob []byte, keyBits int) (*api.PSK, error) {
+func (c *Client) ImportWrapped(ctx context.Context, spec PSKSpec, blob []byte, keyBits int) (*wire.PSK, error) {
 	if keyBits <= 0 {
 		return nil, fmt.Errorf("wrapped key bits must be positive, got %d", keyBits)
 	}
@@ -250,15 +250,15 @@ func (c *Client) Create(ctx context.Context, spec PSKSpec) (identity, key []byte
 		return nil, nil, err
 	}
 	defer resp.Body.Close()
-	key, err = io.ReadAll(io.LimitReader(resp.Body, api.MaxBody))
+	key, err = io.ReadAll(io.LimitReader(resp.Body, wire.MaxBody))
 	if err != nil {
 		clear(key)
 		return nil, nil, fmt.Errorf("read created key: %w", err)
 	}
-	identity, err = hex.DecodeString(resp.Header.Get(api.HeaderIdentity))
+	identity, err = hex.DecodeString(resp.Header.Get(wire.HeaderIdentity))
 	if err != nil {
 		clear(key)
-		return nil, nil, fmt.Errorf("daemon sent a bad %s header", api.HeaderIdentity)
+		return nil, nil, fmt.Errorf("daemon sent a bad %s header", wire.HeaderIdentity)
 	}
 	return identity, key, nil
 }
@@ -277,7 +277,7 @@ type DeriveRequest struct {
 type Derived struct {
 	ImportedIdentity []byte
 	IPSKX            []byte
-	Response         api.DeriveResponse // IPSKX field cleared
+	Response         wire.DeriveResponse // IPSKX field cleared
 }
 
 // Derive asks the daemon for an imported PSK.
@@ -285,7 +285,7 @@ func (c *Client) Derive(ctx context.Context, r DeriveRequest) (*Derived, error) 
 	if c.binary {
 		return c.deriveBinary(ctx, r)
 	}
-	body, _ := json.Marshal(api.DeriveRequest{
+	body, _ := json.Marshal(wire.DeriveRequest{
 		IdentityHex: hex.EncodeToString(r.Identity),
 		ContextHex:  hex.EncodeToString(r.Context),
 		Protocol:    r.Protocol,
@@ -293,7 +293,7 @@ func (c *Client) Derive(ctx context.Context, r DeriveRequest) (*Derived, error) 
 		Peer:        r.Peer,
 		Role:        r.Role,
 	})
-	var resp api.DeriveResponse
+	var resp wire.DeriveResponse
 	if err := c.getJSON(ctx, http.MethodPost, "/v1/derive", nil, "application/json", body, &resp); err != nil {
 		return nil, err
 	}
@@ -308,13 +308,13 @@ func (c *Client) Lookup(ctx context.Context, wireIdentity, expectContext []byte,
 	if c.binary {
 		return c.lookupBinary(ctx, wireIdentity, expectContext, protocol, kdf)
 	}
-	req := api.LookupRequest{IdentityHex: hex.EncodeToString(wireIdentity), Protocol: protocol, KDF: kdf}
+	req := wire.LookupRequest{IdentityHex: hex.EncodeToString(wireIdentity), Protocol: protocol, KDF: kdf}
 	if expectContext != nil {
 		h := hex.EncodeToString(expectContext)
 		req.ContextHex = &h
 	}
 	body, _ := json.Marshal(req)
-	var resp api.DeriveResponse
+	var resp wire.DeriveResponse
 	if err := c.getJSON(ctx, http.MethodPost, "/v1/lookup", nil, "application/json", body, &resp); err != nil {
 		return nil, err
 	}
@@ -332,7 +332,7 @@ type Offer struct {
 	// Policy is what the TLS stack must enforce with this key
 	// (psk_dhe_ke_required, early_data_allowed, ...) and the PSK's
 	// generation (Policy.Generation, 1 for a PSK never rotated).
-	Policy api.PSKPolicy
+	Policy wire.PSKPolicy
 }
 
 // Offers lists the imported PSKs a TLS client on this node offers to server
@@ -343,8 +343,8 @@ func (c *Client) Offers(ctx context.Context, server string, context []byte, prot
 	if c.binary {
 		return c.offersBinary(ctx, server, context, protocol, kdf)
 	}
-	body, _ := json.Marshal(api.OffersRequest{Server: server, ContextHex: hex.EncodeToString(context), Protocol: protocol, KDF: kdf})
-	var resp api.OfferList
+	body, _ := json.Marshal(wire.OffersRequest{Server: server, ContextHex: hex.EncodeToString(context), Protocol: protocol, KDF: kdf})
+	var resp wire.OfferList
 	if err := c.getJSON(ctx, http.MethodPost, "/v1/offers", nil, "application/json", body, &resp); err != nil {
 		return nil, err
 	}
@@ -352,7 +352,7 @@ func (c *Client) Offers(ctx context.Context, server string, context []byte, prot
 }
 
 // offersFrom decodes offers (or keys) answered in JSON.
-func offersFrom(list []api.Offer) ([]Offer, error) {
+func offersFrom(list []wire.Offer) ([]Offer, error) {
 	out := make([]Offer, 0, len(list))
 	for _, o := range list {
 		var x Offer
@@ -374,7 +374,7 @@ func offersFrom(list []api.Offer) ([]Offer, error) {
 	return out, nil
 }
 
-func derivedFrom(resp api.DeriveResponse) (*Derived, error) {
+func derivedFrom(resp wire.DeriveResponse) (*Derived, error) {
 	d := &Derived{Response: resp}
 	var err error
 	if d.ImportedIdentity, err = hex.DecodeString(resp.ImportedIdentity); err != nil {
@@ -395,13 +395,13 @@ func derivedFrom(resp api.DeriveResponse) (*Derived, error) {
 // Changes to PSKs the caller may not derive are invisible: the answer
 // then comes when wait ends, unchanged.
 func (c *Client) Watch(ctx context.Context, since string, wait time.Duration) (token string, changed bool, err error) {
-	req := api.WatchRequest{Since: since}
+	req := wire.WatchRequest{Since: since}
 	if wait > 0 {
 		n := int((wait + time.Second - 1) / time.Second)
 		req.WaitSeconds = &n
 	}
 	body, _ := json.Marshal(req)
-	var resp api.WatchResponse
+	var resp wire.WatchResponse
 	if err := c.getJSON(ctx, http.MethodPost, "/v1/watch", nil, "application/json", body, &resp); err != nil {
 		return "", false, err
 	}
@@ -420,8 +420,8 @@ type KeysRequest struct {
 // Keys lists the keys of every PSK the caller may derive in r.Role for one
 // target, newest generation first. Each IPSKX is secret: zero it after use.
 func (c *Client) Keys(ctx context.Context, r KeysRequest) ([]Offer, error) {
-	body, _ := json.Marshal(api.KeysRequest{Role: r.Role, Peer: r.Peer, ContextHex: hex.EncodeToString(r.Context), Protocol: r.Protocol, KDF: r.KDF})
-	var resp api.KeyList
+	body, _ := json.Marshal(wire.KeysRequest{Role: r.Role, Peer: r.Peer, ContextHex: hex.EncodeToString(r.Context), Protocol: r.Protocol, KDF: r.KDF})
+	var resp wire.KeyList
 	if err := c.getJSON(ctx, http.MethodPost, "/v1/keys", nil, "application/json", body, &resp); err != nil {
 		return nil, err
 	}

@@ -9,8 +9,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/pskvault/pskvault/api"
-	"github.com/pskvault/pskvault/vault"
+	"github.com/pskvault/pskvault/api/wire"
 )
 
 // PolicySpec is the RFC 9257 part of a PSK to import or create. Zero values
@@ -28,7 +27,7 @@ type PolicySpec struct {
 	Stack                 string   // check against a TLS stack's limits
 }
 
-func (p PolicySpec) addTo(w *api.PSKSpec) {
+func (p PolicySpec) addTo(w *wire.PSKSpec) {
 	w.AllowLowEntropy, w.AllowPSKKE, w.AllowEarlyData = p.AllowLowEntropy, p.AllowPSKKE, p.AllowEarlyData
 	w.NodeContext, w.RandomIdentity = p.NodeContext, p.RandomIdentity
 	w.AllowIdentityWarnings, w.Finalize = p.AllowIdentityWarnings, p.Finalize
@@ -36,33 +35,33 @@ func (p PolicySpec) addTo(w *api.PSKSpec) {
 }
 
 // Check audits the vault against RFC 9257.
-func (c *Client) Check(ctx context.Context) (*vault.Report, error) {
-	var r vault.Report
+func (c *Client) Check(ctx context.Context) (*wire.Report, error) {
+	var r wire.Report
 	return &r, c.getJSON(ctx, http.MethodGet, "/v1/check", nil, "", nil, &r)
 }
 
 // Sweep destroys the keys of expired PSKs and returns their identities.
 func (c *Client) Sweep(ctx context.Context) ([]string, error) {
-	var r api.SweepResponse
+	var r wire.SweepResponse
 	return r.SweptHex, c.getJSON(ctx, http.MethodPost, "/v1/sweep", nil, "", nil, &r)
 }
 
 // Revoke stops a PSK now and destroys its key; the record stays.
-func (c *Client) Revoke(ctx context.Context, identity []byte, reason string) (*api.PSK, error) {
-	body, _ := json.Marshal(api.RevokeRequest{IdentityHex: hex.EncodeToString(identity), Reason: reason})
-	var p api.PSK
+func (c *Client) Revoke(ctx context.Context, identity []byte, reason string) (*wire.PSK, error) {
+	body, _ := json.Marshal(wire.RevokeRequest{IdentityHex: hex.EncodeToString(identity), Reason: reason})
+	var p wire.PSK
 	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/revoke", nil, "application/json", body, &p)
 }
 
 // Finalize keeps the imported keys for the PSK's targets (and contexts) and
 // destroys its main key.
-func (c *Client) Finalize(ctx context.Context, identity []byte, contexts [][]byte) (*api.PSK, error) {
-	req := api.FinalizeRequest{IdentityHex: hex.EncodeToString(identity)}
+func (c *Client) Finalize(ctx context.Context, identity []byte, contexts [][]byte) (*wire.PSK, error) {
+	req := wire.FinalizeRequest{IdentityHex: hex.EncodeToString(identity)}
 	for _, x := range contexts {
 		req.ContextsHex = append(req.ContextsHex, hex.EncodeToString(x))
 	}
 	body, _ := json.Marshal(req)
-	var p api.PSK
+	var p wire.PSK
 	return &p, c.getJSON(ctx, http.MethodPost, "/v1/psks/finalize", nil, "application/json", body, &p)
 }
 
@@ -78,13 +77,13 @@ type RotateSpec struct {
 	// hardware; Params are backend parameters; Bundle authenticates it.
 	WrappedKeyBits int
 	Params         map[string]string
-	Bundle         *api.BundleAuth
+	Bundle         *wire.BundleAuth
 }
 
 // Rotate makes the next generation. With key nil the daemon generates it and
 // Rotate returns it for the peer (the caller zeroes it).
 func (c *Client) Rotate(ctx context.Context, identity []byte, spec RotateSpec, key []byte) (newIdentity, newKey []byte, err error) {
-	w := api.RotateSpec{
+	w := wire.RotateSpec{
 		IdentityHex:           hex.EncodeToString(identity),
 		Overlap:               spec.Overlap.String(),
 		Provenance:            spec.Provenance,
@@ -102,13 +101,13 @@ func (c *Client) Rotate(ctx context.Context, identity []byte, spec RotateSpec, k
 	}
 	const path = "/v1/psks/rotate"
 	if key != nil {
-		body, err := api.MarshalEnvelope(w, key)
+		body, err := wire.MarshalEnvelope(w, key)
 		if err != nil {
 			return nil, nil, err
 		}
 		defer clear(body)
-		var p api.PSK
-		if err := c.getJSON(ctx, http.MethodPost, path, nil, api.ContentTypeEnvelope, body, &p); err != nil {
+		var p wire.PSK
+		if err := c.getJSON(ctx, http.MethodPost, path, nil, wire.ContentTypeEnvelope, body, &p); err != nil {
 			return nil, nil, err
 		}
 		id, err := hex.DecodeString(p.IdentityHex)
@@ -120,14 +119,14 @@ func (c *Client) Rotate(ctx context.Context, identity []byte, spec RotateSpec, k
 		return nil, nil, err
 	}
 	defer resp.Body.Close()
-	newKey, err = io.ReadAll(io.LimitReader(resp.Body, api.MaxBody))
+	newKey, err = io.ReadAll(io.LimitReader(resp.Body, wire.MaxBody))
 	if err != nil {
 		clear(newKey)
 		return nil, nil, fmt.Errorf("read generated key: %w", err)
 	}
-	if newIdentity, err = hex.DecodeString(resp.Header.Get(api.HeaderIdentity)); err != nil {
+	if newIdentity, err = hex.DecodeString(resp.Header.Get(wire.HeaderIdentity)); err != nil {
 		clear(newKey)
-		return nil, nil, fmt.Errorf("daemon sent a bad %s header", api.HeaderIdentity)
+		return nil, nil, fmt.Errorf("daemon sent a bad %s header", wire.HeaderIdentity)
 	}
 	return newIdentity, newKey, nil
 }

@@ -10,7 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/pskvault/pskvault/vault"
+	"github.com/pskvault/pskvault/api/wire"
 )
 
 func init() {
@@ -54,7 +54,7 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-func printCheck(g *globals, rep *vault.Report) {
+func printCheck(g *globals, rep *wire.Report) {
 	tw := tabwriter.NewWriter(g.stdout, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "IDENTITY\tKIND\tNODES\tBITS\tENTROPY\tDHE REQUIRED\tEARLY DATA\tIMPORTER ONLY\tFINALIZED\tNOT AFTER\tSTATE\tFINDINGS")
 	for _, a := range rep.PSKs {
@@ -70,11 +70,11 @@ func printCheck(g *globals, rep *vault.Report) {
 		var must, should, warn int
 		for _, f := range a.Findings {
 			switch f.Level {
-			case vault.LevelMust:
+			case wire.LevelMust:
 				must++
-			case vault.LevelShould:
+			case wire.LevelShould:
 				should++
-			case vault.LevelWarn:
+			case wire.LevelWarn:
 				warn++
 			}
 		}
@@ -84,7 +84,7 @@ func printCheck(g *globals, rep *vault.Report) {
 	tw.Flush()
 	for _, a := range rep.PSKs {
 		for _, f := range a.Findings {
-			if f.Level == vault.LevelInfo {
+			if f.Level == wire.LevelInfo {
 				continue
 			}
 			if f.Section == "" {
