@@ -63,24 +63,7 @@ func TestDeb(t *testing.T) {
 	for _, tool := range []string{"dpkg", "dpkg-deb", "systemd-sysusers", "systemd-tmpfiles", "systemd-analyze"} {
 		require(t, tool)
 	}
-	nfpm, err := exec.Command("./build.sh", "--nfpm").CombinedOutput()
-	if err != nil {
-		if os.Getenv("PSKVAULT_REQUIRE_SIMULATORS") == "1" {
-			t.Fatalf("cannot fetch the pinned nfpm through the Go module proxy: %v\n%s", err, nfpm)
-		}
-		t.Skipf("cannot fetch the pinned nfpm: %v\n%s", err, nfpm)
-	}
-	dist := t.TempDir()
-	cmd := exec.Command("./build.sh", "deb")
-	cmd.Env = append(os.Environ(), "DIST="+dist, "NFPM="+strings.TrimSpace(lastLine(string(nfpm))))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build.sh deb: %v\n%s", err, out)
-	}
-	debs, _ := filepath.Glob(filepath.Join(dist, "pskvault_*.deb"))
-	if len(debs) != 1 {
-		t.Fatalf("build.sh deb made %v, want one pskvault_*.deb", debs)
-	}
-	deb := debs[0]
+	deb := build(t, "deb", "pskvault_*.deb")
 
 	// Contents: path -> "mode owner/group".
 	got := map[string]string{}
@@ -198,6 +181,62 @@ func TestDeb(t *testing.T) {
 	}
 	if out, err := exec.Command(bin, "config", "check", "--config", cfg).CombinedOutput(); err != nil {
 		t.Errorf("installed pskvault config check of the default configuration: %v\n%s", err, out)
+	}
+}
+
+// build runs packaging/build.sh FORMAT into a temporary directory and
+// returns the one package it made.
+func build(t *testing.T, format, glob string) string {
+	t.Helper()
+	nfpm, err := exec.Command("./build.sh", "--nfpm").CombinedOutput()
+	if err != nil {
+		if os.Getenv("PSKVAULT_REQUIRE_SIMULATORS") == "1" {
+			t.Fatalf("cannot fetch the pinned nfpm through the Go module proxy: %v\n%s", err, nfpm)
+		}
+		t.Skipf("cannot fetch the pinned nfpm: %v\n%s", err, nfpm)
+	}
+	dist := t.TempDir()
+	cmd := exec.Command("./build.sh", format)
+	cmd.Env = append(os.Environ(), "DIST="+dist, "NFPM="+strings.TrimSpace(lastLine(string(nfpm))))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build.sh %s: %v\n%s", format, err, out)
+	}
+	pkgs, _ := filepath.Glob(filepath.Join(dist, glob))
+	if len(pkgs) != 1 {
+		t.Fatalf("build.sh %s made %v, want one %s", format, pkgs, glob)
+	}
+	return pkgs[0]
+}
+
+// TestRPM builds the .rpm and checks every file, mode and owner (the same
+// list as the .deb's), the configuration files and the post-install script
+// with rpm -qp.
+func TestRPM(t *testing.T) {
+	require(t, "rpm")
+	pkg := build(t, "rpm", "pskvault-*.rpm")
+	got := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(run(t, "rpm", "-qlpv", pkg)))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 9 {
+			got["."+f[len(f)-1]] = f[0] + " " + f[2] + "/" + f[3]
+		}
+	}
+	for p, w := range want {
+		if g, ok := got[p]; !ok {
+			t.Errorf("%s missing from the .rpm", p)
+		} else if g != w {
+			t.Errorf("%s: %s, want %s", p, g, w)
+		}
+	}
+	conf := run(t, "rpm", "-qpc", pkg)
+	for _, c := range []string{"/etc/pskvault/pskvault.toml", "/etc/logrotate.d/pskvault"} {
+		if !strings.Contains(conf, c+"\n") {
+			t.Errorf("rpm -qpc lacks %s:\n%s", c, conf)
+		}
+	}
+	if s := run(t, "rpm", "-qp", "--scripts", pkg); !strings.Contains(s, "systemd-sysusers pskvault.conf") {
+		t.Errorf("the .rpm's post-install script does not create the users:\n%s", s)
 	}
 }
 
