@@ -154,6 +154,15 @@ func TestDaemonAsSystemUser(t *testing.T) {
 	if out, err := list(member); err != nil || !strings.Contains(out, "sysuser-1") {
 		t.Fatalf("psk list as a member of the admin group: %v\n%s", err, out)
 	}
+	// pskvault-sweep.service: the daemon's own user in the admin group,
+	// the socket from PSKVAULT_SOCKET, no PSKVAULT_DAEMON_UID (a daemon
+	// of the caller's own uid is trusted).
+	sweep := exec.Command(pskvaultBin, "psk", "sweep")
+	sweep.Env = append(os.Environ(), "HOME=/nonexistent", "PSKVAULT_SOCKET="+admin, "PSKVAULT_DAEMON_UID=")
+	sweep.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: daemonUID, Gid: daemonUID, Groups: []uint32{adminGID}}}
+	if out, err := sweep.CombinedOutput(); err != nil {
+		t.Fatalf("psk sweep as pskvault-sweep.service runs it: %v\n%s", err, out)
+	}
 	out, err := list(outsider)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || strings.Contains(out, "sysuser-1") {
