@@ -82,7 +82,7 @@ func TestDeb(t *testing.T) {
 		}
 	}
 	info := run(t, "dpkg-deb", "-I", deb)
-	for _, s := range []string{"Package: pskvault", "Architecture: ", "postinst"} {
+	for _, s := range []string{"Package: pskvault", "Architecture: ", "postinst", "prerm"} {
 		if !strings.Contains(info, s) {
 			t.Errorf("dpkg-deb -I: no %q in\n%s", s, info)
 		}
@@ -235,8 +235,8 @@ func TestRPM(t *testing.T) {
 			t.Errorf("rpm -qpc lacks %s:\n%s", c, conf)
 		}
 	}
-	if s := run(t, "rpm", "-qp", "--scripts", pkg); !strings.Contains(s, "systemd-sysusers pskvault.conf") {
-		t.Errorf("the .rpm's post-install script does not create the users:\n%s", s)
+	if s := run(t, "rpm", "-qp", "--scripts", pkg); !strings.Contains(s, "systemd-sysusers pskvault.conf") || !strings.Contains(s, "preuninstall scriptlet") {
+		t.Errorf("the .rpm's scripts: no post-install that creates the users, or no pre-uninstall:\n%s", s)
 	}
 }
 
