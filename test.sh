@@ -29,8 +29,8 @@ declare -A needfile=(
 	[/usr/include/gnutls/gnutls.h]=libgnutls28-dev
 )
 need+=([stunnel4]=stunnel4 [mosquitto]=mosquitto [mosquitto_pub]=mosquitto-clients [make]=make [pkg-config]=pkg-config [debootstrap]=debootstrap)
-# packaging/ tests: rpm reads back the .rpm nfpm builds (dpkg-deb comes with every Debian)
-need+=([rpm]=rpm [dpkg-deb]=dpkg)
+# packaging/ tests: rpm reads back the .rpm nfpm builds, logrotate runs the snippet (dpkg-deb comes with every Debian)
+need+=([rpm]=rpm [dpkg-deb]=dpkg [logrotate]=logrotate)
 missing=()
 for cmd in "${!need[@]}"; do
 	command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")

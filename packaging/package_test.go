@@ -3,6 +3,7 @@ package packaging
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,7 +61,7 @@ func TestDeb(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: dpkg --root and systemd-tmpfiles chown files")
 	}
-	for _, tool := range []string{"dpkg", "dpkg-deb", "systemd-sysusers", "systemd-tmpfiles", "systemd-analyze"} {
+	for _, tool := range []string{"dpkg", "dpkg-deb", "systemd-sysusers", "systemd-tmpfiles", "systemd-analyze", "logrotate"} {
 		require(t, tool)
 	}
 	deb := build(t, "deb", "pskvault_*.deb")
@@ -181,6 +182,47 @@ func TestDeb(t *testing.T) {
 	}
 	if out, err := exec.Command(bin, "config", "check", "--config", cfg).CombinedOutput(); err != nil {
 		t.Errorf("installed pskvault config check of the default configuration: %v\n%s", err, out)
+	}
+
+	logrotate(t, filepath.Join(root, "etc/logrotate.d/pskvault.dpkg-new"))
+}
+
+// logrotate runs the installed snippet (forced) on an audit log in a
+// directory like /var/lib/pskvault: the log is renamed and no new file is
+// created (nocreate: the daemon makes it, 0600, on reload). Only the path and
+// the su line differ (the host has no pskvault user).
+func logrotate(t *testing.T, snippet string) {
+	b, err := os.ReadFile(snippet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(dir, "audit.log")
+	for _, r := range [][2]string{{"/var/lib/pskvault/audit.log", log}, {"su pskvault pskvault", "su root root"}} {
+		if !bytes.Contains(b, []byte(r[0])) {
+			t.Fatalf("logrotate snippet: no %q; update this test", r[0])
+		}
+		b = bytes.ReplaceAll(b, []byte(r[0]), []byte(r[1]))
+	}
+	conf := filepath.Join(t.TempDir(), "pskvault")
+	if err := os.WriteFile(conf, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(log, []byte("{\"op\":\"derive\"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("logrotate", "-v", "-f", "-s", filepath.Join(dir, "state"), conf).CombinedOutput()
+	if err != nil || bytes.Contains(out, []byte("error")) {
+		t.Fatalf("logrotate of the installed snippet: %v\n%s", err, out)
+	}
+	if _, err := os.Lstat(log); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after rotation %s exists (%v): the snippet created it (want nocreate)", log, err)
+	}
+	if rot, err := os.ReadFile(log + ".1"); err != nil || !bytes.Contains(rot, []byte("derive")) {
+		t.Errorf("rotated file %s.1: %v", log, err)
 	}
 }
 
