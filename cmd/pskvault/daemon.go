@@ -23,12 +23,6 @@ import (
 func init() {
 	register(&command{name: "init", summary: "create a vault for this node", setup: setupInit})
 	register(&command{name: "serve", summary: "run the daemon: own the vault, listen on the admin and data sockets", setup: setupServe})
-	register(&command{name: "version", summary: "print the version", setup: func(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
-		return func(context.Context, []string) error {
-			fmt.Fprintln(g.stdout, "pskvault", api.Version)
-			return nil
-		}
-	}})
 }
 
 func setupInit(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {

@@ -159,12 +159,29 @@ func run(ctx context.Context, argv []string, g *globals) int {
 	g.register(top)
 	help := top.Bool("help", false, "show help")
 	top.BoolVar(help, "h", false, "show help")
+	version := top.Bool("version", false, "print the version")
 	if err := top.Parse(argv); err != nil {
 		fmt.Fprintf(g.stderr, "pskvault: error: %v\n", err)
 		fmt.Fprintln(g.stderr, "pskvault: hint: run 'pskvault --help'")
 		return 2
 	}
 	rest := top.Args()
+	if *version && !*help {
+		if err := printVersion(g.stdout, false); err != nil {
+			return 1
+		}
+		return 0
+	}
+	if len(rest) > 0 && commands[rest[0]] == nil && isGroup(rest[0]) {
+		// A group word alone or with --help: list its subcommands.
+		if len(rest) == 1 || isHelpWord(rest[1]) {
+			printGroup(g.stdout, rest[0])
+			if len(rest) == 1 {
+				return 2
+			}
+			return 0
+		}
+	}
 	if *help || len(rest) == 0 || rest[0] == "help" {
 		printOverview(g.stdout)
 		if len(rest) == 0 && !*help {
@@ -252,6 +269,41 @@ func printOverview(w io.Writer) {
 		fmt.Fprintf(w, "  %-27s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintln(w, "\nRun 'pskvault COMMAND --help' for a command's flags. Key material is never taken on the command line.")
+}
+
+// isGroup reports whether word is the first word of two-word commands
+// ("psk", "tpm", "pkcs11", "config", "fleet").
+func isGroup(word string) bool {
+	for n := range commands {
+		if strings.HasPrefix(n, word+" ") {
+			return true
+		}
+	}
+	return false
+}
+
+func isHelpWord(s string) bool {
+	switch s {
+	case "-h", "-help", "--help", "help":
+		return true
+	}
+	return false
+}
+
+// printGroup lists a group's subcommands.
+func printGroup(w io.Writer, group string) {
+	fmt.Fprintf(w, "Usage: pskvault %s COMMAND [flags]\n\nCommands:\n", group)
+	names := []string{}
+	for n := range commands {
+		if strings.HasPrefix(n, group+" ") {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-27s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintf(w, "\nRun 'pskvault %s COMMAND --help' for a command's flags.\n", group)
 }
 
 func printUsage(w io.Writer, c *command, fs *flag.FlagSet) {

@@ -1,0 +1,197 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"runtime"
+	"runtime/debug"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/pskvault/pskvault/api"
+	"github.com/pskvault/pskvault/api/wire"
+	"github.com/pskvault/pskvault/vault"
+)
+
+func init() {
+	register(&command{name: "version", summary: "print the version, commit, Go version and the backends compiled in", setup: setupVersion})
+	register(&command{name: "status", summary: "ask the daemon whether it serves: node, backend health and problems, PSK counts by state, next expiry", setup: setupStatus})
+}
+
+// versionInfo is `pskvault version --json`.
+type versionInfo struct {
+	Version   string   `json:"version"`
+	Commit    string   `json:"commit,omitempty"`      // vcs.revision of the build, when built from a checkout
+	Modified  bool     `json:"modified,omitempty"`    // the checkout had uncommitted changes
+	BuildTime string   `json:"commit_time,omitempty"` // vcs.time
+	GoVersion string   `json:"go_version"`
+	Backends  []string `json:"backends"`
+}
+
+func buildVersion() versionInfo {
+	v := versionInfo{Version: api.Version, GoVersion: runtime.Version(), Backends: vault.Backends()}
+	sort.Strings(v.Backends)
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				v.Commit = s.Value
+			case "vcs.modified":
+				v.Modified = s.Value == "true"
+			case "vcs.time":
+				v.BuildTime = s.Value
+			}
+		}
+	}
+	return v
+}
+
+func printVersion(w io.Writer, asJSON bool) error {
+	v := buildVersion()
+	if asJSON {
+		return json.NewEncoder(w).Encode(v)
+	}
+	commit := v.Commit
+	if commit == "" {
+		commit = "unknown"
+	}
+	if v.Modified {
+		commit += " (modified)"
+	}
+	_, err := fmt.Fprintf(w, "pskvault %s\ncommit %s\n%s\nbackends: %s\n", v.Version, commit, v.GoVersion, strings.Join(v.Backends, ", "))
+	return err
+}
+
+func setupVersion(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
+	asJSON := fs.Bool("json", false, "print JSON")
+	return func(context.Context, []string) error { return printVersion(g.stdout, *asJSON) }
+}
+
+// statusInfo is `pskvault status --json`.
+type statusInfo struct {
+	Daemon     string            `json:"daemon"` // "running" or "unreachable"
+	Error      string            `json:"error,omitempty"`
+	Socket     string            `json:"socket"`
+	Version    string            `json:"version,omitempty"` // the daemon's
+	Node       string            `json:"node,omitempty"`
+	Backend    *wire.BackendInfo `json:"backend,omitempty"`
+	Problems   []string          `json:"problems"`
+	PSKs       map[string]int    `json:"psks_by_state"` // null when the list could not be read (Error says why)
+	Expired    int               `json:"expired"`       // active records past not_after (psk sweep destroys their keys)
+	NextExpiry *nextExpiry       `json:"next_expiry,omitempty"`
+}
+
+type nextExpiry struct {
+	IdentityHex string    `json:"identity_hex"`
+	Identity    string    `json:"identity,omitempty"`
+	NotAfter    time.Time `json:"not_after"`
+}
+
+// errDaemonProblems: the daemon answers but reports problems.
+var errDaemonProblems = fmt.Errorf("the daemon reports problems")
+
+func setupStatus(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
+	asJSON := fs.Bool("json", false, "print JSON")
+	return func(ctx context.Context, args []string) error {
+		out := statusInfo{Socket: g.socket, Problems: []string{}, PSKs: map[string]int{}}
+		st, err := g.client().Status(ctx)
+		if err != nil {
+			out.Daemon, out.Error = "unreachable", oneLine(err.Error())
+			if *asJSON {
+				json.NewEncoder(g.stdout).Encode(out)
+			}
+			return err
+		}
+		out.Daemon, out.Version, out.Node, out.Backend = "running", st.Version, st.NodeID, &st.Backend
+		if st.Problems != nil {
+			out.Problems = st.Problems
+		}
+		// The list can fail while the status answers (an audit log that
+		// cannot be written refuses audited requests): say so, keep the rest.
+		psks, listErr := g.client().List(ctx)
+		if listErr != nil {
+			out.PSKs = nil
+			out.Error = "listing PSKs: " + oneLine(listErr.Error())
+		}
+		now := time.Now()
+		for _, p := range psks {
+			out.PSKs[p.State]++
+			if p.State != string(vault.StateActive) || p.NotAfter.IsZero() {
+				continue
+			}
+			if !p.NotAfter.After(now) {
+				out.Expired++
+				continue
+			}
+			if out.NextExpiry == nil || p.NotAfter.Before(out.NextExpiry.NotAfter) {
+				out.NextExpiry = &nextExpiry{IdentityHex: p.IdentityHex, Identity: p.Identity, NotAfter: p.NotAfter}
+			}
+		}
+		if *asJSON {
+			if err := json.NewEncoder(g.stdout).Encode(out); err != nil {
+				return err
+			}
+		} else {
+			printStatus(g.stdout, &out)
+		}
+		if listErr != nil {
+			return fmt.Errorf("listing PSKs: %w", listErr)
+		}
+		if len(out.Problems) > 0 {
+			return errDaemonProblems
+		}
+		return nil
+	}
+}
+
+func printStatus(w io.Writer, s *statusInfo) {
+	fmt.Fprintf(w, "daemon:      running (pskvault %s) on %s\n", s.Version, s.Socket)
+	fmt.Fprintf(w, "node:        %s\n", s.Node)
+	hw := "software"
+	if s.Backend.Hardware {
+		hw = "hardware"
+	}
+	desc := ""
+	if s.Backend.Description != "" {
+		desc = ", " + s.Backend.Description
+	}
+	fmt.Fprintf(w, "backend:     %s (%s%s), hashes %s\n", s.Backend.Name, hw, desc, strings.Join(s.Backend.HashNames, ", "))
+	if len(s.Problems) == 0 {
+		fmt.Fprintln(w, "problems:    none")
+	} else {
+		fmt.Fprintln(w, "problems:")
+		for _, p := range s.Problems {
+			fmt.Fprintf(w, "  - %s\n", oneLine(p))
+		}
+	}
+	states := make([]string, 0, len(s.PSKs))
+	for k := range s.PSKs {
+		states = append(states, k)
+	}
+	sort.Strings(states)
+	parts := []string{}
+	for _, k := range states {
+		parts = append(parts, fmt.Sprintf("%d %s", s.PSKs[k], k))
+	}
+	if len(parts) == 0 {
+		parts = append(parts, "none")
+	}
+	if s.PSKs == nil {
+		parts = []string{"unknown (" + s.Error + ")"}
+	}
+	fmt.Fprintf(w, "psks:        %s", strings.Join(parts, ", "))
+	if s.Expired > 0 {
+		fmt.Fprintf(w, " (%d active past not_after: run 'pskvault psk sweep')", s.Expired)
+	}
+	fmt.Fprintln(w)
+	if s.NextExpiry == nil {
+		fmt.Fprintln(w, "next expiry: none")
+	} else {
+		id := displayIdentity(wire.PSK{Identity: s.NextExpiry.Identity, IdentityHex: s.NextExpiry.IdentityHex})
+		fmt.Fprintf(w, "next expiry: %s (%s, in %s)\n", s.NextExpiry.NotAfter.Format(time.RFC3339), id, time.Until(s.NextExpiry.NotAfter).Round(time.Second))
+	}
+}
