@@ -48,7 +48,10 @@ stage=packaging/.stage
 rm -rf "$stage"
 mkdir -p "$stage"
 trap 'rm -rf "$stage"' EXIT
-CGO_ENABLED=0 GOOS=linux GOARCH=$arch go build -trimpath -o "$stage/pskvault" ./cmd/pskvault
+# cgo on: the PKCS#11 backend dlopens C modules, and a CGO_ENABLED=0 build
+# has only a stub that refuses every pkcs11: backend. Another GOARCH than
+# the host's then needs CC set to a cross compiler.
+CGO_ENABLED=1 GOOS=linux GOARCH=$arch go build -trimpath -o "$stage/pskvault" ./cmd/pskvault
 
 export PSKVAULT_ARCH=$arch PSKVAULT_VERSION
 for f in "${formats[@]}"; do

@@ -83,7 +83,7 @@ func TestDeb(t *testing.T) {
 		}
 	}
 	info := run(t, "dpkg-deb", "-I", deb)
-	for _, s := range []string{"Package: pskvault", "Architecture: ", "postinst", "prerm"} {
+	for _, s := range []string{"Package: pskvault", "Architecture: ", "Depends: libc6", "postinst", "prerm"} {
 		if !strings.Contains(info, s) {
 			t.Errorf("dpkg-deb -I: no %q in\n%s", s, info)
 		}
@@ -161,6 +161,11 @@ func TestDeb(t *testing.T) {
 	verify.Dir = udir
 	if out, err := verify.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
 		t.Errorf("systemd-analyze verify of the installed units: %v\n%s", err, out)
+	}
+
+	// Built with cgo: without it the PKCS#11 backend is a stub.
+	if bi := run(t, "go", "version", "-m", bin); !strings.Contains(bi, "CGO_ENABLED=1") {
+		t.Errorf("the packaged binary was built without cgo (no PKCS#11 backend):\n%s", bi)
 	}
 
 	// The installed default configuration passes the installed binary's
