@@ -163,6 +163,10 @@ func TestDeb(t *testing.T) {
 		t.Errorf("systemd-analyze verify of the installed units: %v\n%s", err, out)
 	}
 
+	// The installed binary runs.
+	if v := run(t, bin, "--version"); !strings.HasPrefix(v, "pskvault ") {
+		t.Errorf("installed pskvault --version: %q", v)
+	}
 	// Built with cgo: without it the PKCS#11 backend is a stub.
 	if bi := run(t, "go", "version", "-m", bin); !strings.Contains(bi, "CGO_ENABLED=1") {
 		t.Errorf("the packaged binary was built without cgo (no PKCS#11 backend):\n%s", bi)
