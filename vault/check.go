@@ -251,7 +251,11 @@ func (v *Vault) refuseViolation(p *PSK) error {
 	var same [][]byte
 	if holdsKey(p) {
 		v.mu.RLock()
-		same = slices.Clone(v.sameKey[string(p.Fingerprint)])
+		for _, id := range v.sameKey[string(p.Fingerprint)] {
+			if o := v.psks[string(id)]; o != nil && holdsKey(o) {
+				same = append(same, id)
+			}
+		}
 		v.mu.RUnlock()
 	}
 	fs := v.mustViolations(p, same)
@@ -265,21 +269,40 @@ func (v *Vault) refuseViolation(p *PSK) error {
 	return fmt.Errorf("%w: %s", ErrMustViolation, strings.Join(msgs, "; "))
 }
 
-// indexKey keeps v.sameKey (fingerprint -> live identities holding it) in
-// step with v.psks when the record for one identity goes from old to next
-// (either nil). The caller holds v.mu for writing.
-func (v *Vault) indexKey(old, next *PSK) {
-	if old != nil && holdsKey(old) {
-		k := string(old.Fingerprint)
-		ids := slices.DeleteFunc(slices.Clone(v.sameKey[k]), func(id []byte) bool { return bytes.Equal(id, old.Identity) })
-		if len(ids) == 0 {
-			delete(v.sameKey, k)
-		} else {
-			v.sameKey[k] = ids
+// index keeps v.sameKey (fingerprint -> identities of the records made
+// with that key, revoked ones included) and v.skel (skeleton -> text
+// identities) in step with v.psks when the record for one identity goes
+// from old to next (either nil). The caller holds v.mu for writing.
+func (v *Vault) index(old, next *PSK) {
+	if old != nil && next != nil && bytes.Equal(old.Fingerprint, next.Fingerprint) && bytes.Equal(old.Identity, next.Identity) {
+		return
+	}
+	if old != nil {
+		if len(old.Fingerprint) > 0 {
+			removeID(v.sameKey, string(old.Fingerprint), old.Identity)
+		}
+		if sk, ok := skeletonOf(old.Identity); ok {
+			removeID(v.skel, sk, old.Identity)
 		}
 	}
-	if next != nil && holdsKey(next) {
-		k := string(next.Fingerprint)
-		v.sameKey[k] = append(slices.Clone(v.sameKey[k]), next.Identity)
+	if next != nil {
+		if len(next.Fingerprint) > 0 {
+			k := string(next.Fingerprint)
+			v.sameKey[k] = append(slices.Clone(v.sameKey[k]), next.Identity)
+		}
+		if sk, ok := skeletonOf(next.Identity); ok {
+			v.skel[sk] = append(slices.Clone(v.skel[sk]), next.Identity)
+		}
+	}
+}
+
+// removeID drops id from m[k]. The slices are copied on change, never
+// edited in place, so a reader's copy of one stays valid.
+func removeID(m map[string][][]byte, k string, id []byte) {
+	ids := slices.DeleteFunc(slices.Clone(m[k]), func(e []byte) bool { return bytes.Equal(e, id) })
+	if len(ids) == 0 {
+		delete(m, k)
+	} else {
+		m[k] = ids
 	}
 }

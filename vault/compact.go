@@ -37,8 +37,10 @@ import (
 // shared (bbolt serializes writers itself); a compaction holds it
 // exclusively, so no write can slip in between the copy and the swap. The
 // in-memory index (Vault.mu) is not held, so derivations keep being
-// answered from memory while the file is rewritten. Lock order: Vault.mu
-// (or auxKey.mu) before boltStore.mu, never the reverse.
+// answered from memory while the file is rewritten, and a change waiting
+// for the database holds Vault.wmu, never Vault.mu. Lock order: Vault.wmu
+// (or auxKey.mu) before boltStore.mu, never the reverse; Vault.mu is never
+// held while waiting for boltStore.mu.
 //
 // The new database is opened on vault.db.tmp and stays open across the
 // rename, so bbolt's file lock never lapses and no other process can open
@@ -68,6 +70,10 @@ type boltStore struct {
 	// pending holds the error of the last compaction when it failed, until
 	// one succeeds: freed pages may still hold destroyed records meanwhile.
 	pending atomic.Pointer[error]
+
+	// beforeUpdate, when set (tests only), is called at the start of every
+	// Update, before it waits for the database.
+	beforeUpdate atomic.Pointer[func()]
 }
 
 var errDBClosed = errors.New("vault database is closed")
@@ -84,6 +90,9 @@ func (s *boltStore) View(fn func(*bolt.Tx) error) error {
 
 // Update runs a read-write transaction.
 func (s *boltStore) Update(fn func(*bolt.Tx) error) error {
+	if f := s.beforeUpdate.Load(); f != nil {
+		(*f)()
+	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.db == nil {

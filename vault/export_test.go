@@ -1,6 +1,11 @@
 package vault
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
 
 // SetNow replaces the vault's clock (tests only).
 func SetNow(v *Vault, now func() time.Time) { v.now = now }
@@ -16,4 +21,43 @@ func SetCompactFault(v *Vault, f func(step string) error) {
 	v.db.mu.Lock()
 	v.db.fault = f
 	v.db.mu.Unlock()
+}
+
+// PutRecords writes many records as they are, in one transaction,
+// bypassing every check (tests and benchmarks only: it builds a large
+// vault quickly, as an offline provisioning run would).
+func PutRecords(v *Vault, ps []*PSK) error {
+	err := v.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPSKs)
+		for _, p := range ps {
+			raw, err := json.Marshal(p)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(recordKey(p.Identity), raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, p := range ps {
+		v.index(v.psks[string(p.Identity)], p)
+		v.psks[string(p.Identity)] = p
+	}
+	return nil
+}
+
+// SetBeforeWrite makes every later database write call f first, before it
+// waits for the database (tests only); nil removes it.
+func SetBeforeWrite(v *Vault, f func()) {
+	if f == nil {
+		v.db.beforeUpdate.Store(nil)
+		return
+	}
+	v.db.beforeUpdate.Store(&f)
 }

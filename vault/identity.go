@@ -107,12 +107,20 @@ type skeletons map[string][][]byte
 func newSkeletons(ids [][]byte) skeletons {
 	s := skeletons{}
 	for _, e := range ids {
-		if utf8.Valid(e) {
-			k := confusables.Skeleton(string(e))
+		if k, ok := skeletonOf(e); ok {
 			s[k] = append(s[k], e)
 		}
 	}
 	return s
+}
+
+// skeletonOf is the UTS #39 skeleton of a text identity; ok is false for a
+// binary one (not UTF-8), which gets no text checks.
+func skeletonOf(id []byte) (string, bool) {
+	if !utf8.Valid(id) {
+		return "", false
+	}
+	return confusables.Skeleton(string(id)), true
 }
 
 func checkIdentity(id []byte, known skeletons, allowWarnings bool) (record []Finding, err error) {

@@ -1,7 +1,6 @@
 package vault
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -42,13 +41,16 @@ func (v *Vault) preparePolicy(ctx context.Context, req *ImportRequest) (Policy, 
 	}
 	// Identities (sections 6.1.1, 7).
 	if !req.RandomIdentity {
-		v.mu.RLock()
-		existing := make([][]byte, 0, len(v.psks))
-		for _, p := range v.psks {
-			existing = append(existing, p.Identity)
+		// Only the identities sharing this one's skeleton matter to the
+		// confusable rule: one lookup in the index, not a skeleton of
+		// every stored identity.
+		known := skeletons{}
+		if sk, ok := skeletonOf(req.Identity); ok {
+			v.mu.RLock()
+			known[sk] = v.skel[sk] // never edited in place (removeID)
+			v.mu.RUnlock()
 		}
-		v.mu.RUnlock()
-		f, err := CheckIdentity(req.Identity, existing, req.AllowIdentityWarnings)
+		f, err := checkIdentity(req.Identity, known, req.AllowIdentityWarnings)
 		if err != nil {
 			return pol, err
 		}
@@ -104,11 +106,14 @@ func (v *Vault) preparePolicy(ctx context.Context, req *ImportRequest) (Policy, 
 	if err != nil {
 		return pol, err
 	}
+	// Any record made with this key, revoked ones included: one lookup in
+	// the fingerprint index.
 	v.mu.RLock()
 	var dup *PSK
-	for _, p := range v.psks {
-		if len(p.Fingerprint) > 0 && bytes.Equal(p.Fingerprint, fp) {
+	for _, id := range v.sameKey[string(fp)] {
+		if p := v.psks[string(id)]; p != nil {
 			dup = p
+			break
 		}
 	}
 	v.mu.RUnlock()

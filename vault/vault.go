@@ -94,11 +94,24 @@ type Vault struct {
 	backend Backend
 	now     func() time.Time
 
+	// wmu serializes the changes to records: a change holds it across its
+	// checks, its database write (which may wait for a compaction) and its
+	// index update. mu guards the in-memory index below and is only ever
+	// held for the index update itself, never while waiting for the
+	// database or a backend, so derivations (which read the index under
+	// mu.RLock) never wait behind a write. Lock order: wmu, then
+	// boltStore.mu (compact.go), released before mu is taken.
+	wmu  sync.Mutex
 	mu   sync.RWMutex
 	psks map[string]*PSK // by string(identity)
-	// sameKey indexes live records by key fingerprint, for the key-reuse
-	// MUST that Derive enforces (check.go); guarded by mu.
+	// sameKey indexes records by key fingerprint (identities of every
+	// record that has one, revoked ones included): the import refuses a
+	// key any record was made with, and Derive enforces the key-reuse MUST
+	// on the live ones (check.go). skel indexes text identities by their
+	// UTS #39 skeleton, for the confusable-identity rule at import
+	// (identity.go). Both are kept by index() and guarded by mu.
 	sameKey map[string][][]byte
+	skel    skeletons
 
 	aux auxKey // the auxiliary backend key (aux.go)
 
@@ -177,7 +190,7 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	v := &Vault{dir: dir, db: boltStore{db: db, path: path}, now: time.Now, psks: map[string]*PSK{}, sameKey: map[string][][]byte{}}
+	v := &Vault{dir: dir, db: boltStore{db: db, path: path}, now: time.Now, psks: map[string]*PSK{}, sameKey: map[string][][]byte{}, skel: skeletons{}}
 	v.access.Store(DefaultAccess(uint32(os.Geteuid())))
 	err = db.View(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
@@ -192,7 +205,7 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 			if err := json.Unmarshal(val, &p); err != nil {
 				return fmt.Errorf("read PSK record %x: %w", k, err)
 			}
-			v.indexKey(v.psks[string(p.Identity)], &p)
+			v.index(v.psks[string(p.Identity)], &p)
 			v.psks[string(p.Identity)] = &p
 			return nil
 		})
@@ -477,9 +490,12 @@ func (v *Vault) put(p *PSK, mustBeNew bool) error {
 	if err != nil {
 		return err
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if _, dup := v.psks[string(p.Identity)]; dup && mustBeNew {
+	v.wmu.Lock()
+	defer v.wmu.Unlock()
+	v.mu.RLock()
+	old := v.psks[string(p.Identity)]
+	v.mu.RUnlock()
+	if old != nil && mustBeNew {
 		return fmt.Errorf("%w: %x", ErrExists, p.Identity)
 	}
 	err = v.db.Update(func(tx *bolt.Tx) error {
@@ -493,9 +509,7 @@ func (v *Vault) put(p *PSK, mustBeNew bool) error {
 	if err != nil {
 		return fmt.Errorf("write PSK record: %w", err)
 	}
-	v.indexKey(v.psks[string(p.Identity)], p)
-	v.psks[string(p.Identity)] = p
-	v.changes.notify()
+	v.setRecord(p.Identity, old, p)
 	return nil
 }
 
@@ -509,9 +523,11 @@ func (v *Vault) replace(prev, next *PSK) error {
 	if err != nil {
 		return err
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
+	v.wmu.Lock()
+	defer v.wmu.Unlock()
+	v.mu.RLock()
 	cur := v.psks[string(prev.Identity)]
+	v.mu.RUnlock()
 	switch {
 	case cur == nil:
 		return fmt.Errorf("%w: it was deleted meanwhile", ErrNotFound)
@@ -526,10 +542,24 @@ func (v *Vault) replace(prev, next *PSK) error {
 	if err != nil {
 		return fmt.Errorf("write PSK record: %w", err)
 	}
-	v.indexKey(cur, next)
-	v.psks[string(next.Identity)] = next
-	v.changes.notify()
+	v.setRecord(next.Identity, cur, next)
 	return nil
+}
+
+// setRecord makes next (nil: none) the record for identity in the
+// in-memory index, in place of old, and wakes the watchers. The caller
+// holds v.wmu and has written the change to the database; v.mu is held
+// here only for the update itself.
+func (v *Vault) setRecord(identity []byte, old, next *PSK) {
+	v.mu.Lock()
+	v.index(old, next)
+	if next == nil {
+		delete(v.psks, string(identity))
+	} else {
+		v.psks[string(identity)] = next
+	}
+	v.mu.Unlock()
+	v.changes.notify()
 }
 
 // recordKey is the bbolt key of a PSK record: the identity itself when it
@@ -581,9 +611,11 @@ func (v *Vault) Delete(ctx context.Context, identity []byte) error {
 }
 
 func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
-	v.mu.Lock()
-	defer v.mu.Unlock()
+	v.wmu.Lock()
+	defer v.wmu.Unlock()
+	v.mu.RLock()
 	p := v.psks[string(identity)]
+	v.mu.RUnlock()
 	if p == nil {
 		return ErrNotFound
 	}
@@ -605,9 +637,7 @@ func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
 			if err := v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPSKs).Put(recordKey(identity), raw) }); err != nil {
 				return fmt.Errorf("mark PSK for deletion: %w", err)
 			}
-			v.indexKey(p, n)
-			v.psks[string(identity)] = n
-			v.changes.notify()
+			v.setRecord(identity, p, n)
 			p = n
 		}
 		if err := v.guard.change(ctx, func() error { return v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}) }); err != nil {
@@ -617,9 +647,7 @@ func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
 	if err := v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPSKs).Delete(recordKey(identity)) }); err != nil {
 		return fmt.Errorf("delete PSK record: %w", err)
 	}
-	v.indexKey(p, nil)
-	delete(v.psks, string(identity))
-	v.changes.notify()
+	v.setRecord(identity, p, nil)
 	return nil
 }
 

@@ -1,0 +1,69 @@
+package vault_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/pskvault/pskvault/vault"
+)
+
+// TestImportIndexesFollowChanges: the skeleton and fingerprint indexes that
+// replaced the import's scans (issue 12) follow every change and survive a
+// restart: a revoked PSK's key stays refused, a deleted PSK's key and
+// identity become free again, a held identity's confusable stays refused
+// after a reopen.
+func TestImportIndexesFollowChanges(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir() + "/v"
+	if err := vault.Init(ctx, dir, vault.Config{NodeID: "node-a", Backend: "soft"}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := vault.Open(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { v.Close() }()
+	kRevoked, kDeleted, kHeld := randKey(t, 32), randKey(t, 32), randKey(t, 32)
+	for _, r := range []vault.ImportRequest{pairReq("revoked", kRevoked), pairReq("deleted", kDeleted), pairReq("paypal", kHeld)} {
+		if _, err := v.Import(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := v.Revoke(ctx, []byte("revoked"), "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Delete(ctx, []byte("deleted")); err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		t.Helper()
+		if _, err := v.Import(ctx, pairReq("again-revoked-"+when, kRevoked)); !errors.Is(err, vault.ErrKeyReused) {
+			t.Fatalf("%s: the key of a revoked PSK: %v, want ErrKeyReused", when, err)
+		}
+		if _, err := v.Import(ctx, pairReq("again-held-"+when, kHeld)); !errors.Is(err, vault.ErrKeyReused) {
+			t.Fatalf("%s: the key of a held PSK: %v, want ErrKeyReused", when, err)
+		}
+		r := pairReq("p\u0430ypal", randKey(t, 32)) // Cyrillic a
+		r.AllowIdentityWarnings = true
+		if _, err := v.Import(ctx, r); !errors.Is(err, vault.ErrIdentity) {
+			t.Fatalf("%s: an identity confusable with a held one: %v, want ErrIdentity", when, err)
+		}
+	}
+	check("before-reopen")
+	// The deleted PSK's key and identity are free again.
+	if _, err := v.Import(ctx, pairReq("deleted", kDeleted)); err != nil {
+		t.Fatalf("re-import of a deleted PSK's identity and key: %v", err)
+	}
+	if err := v.Delete(ctx, []byte("deleted")); err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+	if v, err = vault.Open(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	check("after-reopen")
+	if _, err := v.Import(ctx, pairReq("deleted", kDeleted)); err != nil {
+		t.Fatalf("after reopen, re-import of a deleted PSK's identity and key: %v", err)
+	}
+}
