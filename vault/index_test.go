@@ -67,3 +67,40 @@ func TestImportIndexesFollowChanges(t *testing.T) {
 		t.Fatalf("after reopen, re-import of a deleted PSK's identity and key: %v", err)
 	}
 }
+
+// TestCount: status's counts come without copying the records (issue 12:
+// it cloned and sorted every record to count them) and agree with List
+// and MayDerive.
+func TestCount(t *testing.T) {
+	ctx := context.Background()
+	v := newVault(t, "node-a")
+	for _, id := range []string{"one", "two", "three"} {
+		if _, err := v.Import(ctx, pairReq(id, randKey(t, 32))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alice := &vault.Caller{UID: 1000, GID: 1000}
+	v.SetAccess(&vault.Access{Trusted: []uint32{0}, PSKs: map[string]vault.AccessRule{
+		"two": {Client: []vault.Principal{{ID: 1000}}},
+	}})
+	for _, c := range []*vault.Caller{nil, {UID: 0}, alice, {UID: 1001, GID: 1001}} {
+		want := 0
+		for _, p := range v.List() {
+			if v.MayDerive(c, p) {
+				want++
+			}
+		}
+		if got := v.CountDerivable(c); got != want {
+			t.Fatalf("CountDerivable(%+v) = %d, want %d", c, got, want)
+		}
+	}
+	if got := v.CountDerivable(alice); got != 1 {
+		t.Fatalf("alice may derive %d PSKs, want 1", got)
+	}
+	if v.Count() != 3 || v.CountDerivable(nil) != 3 {
+		t.Fatalf("Count %d, CountDerivable(nil) %d, want 3", v.Count(), v.CountDerivable(nil))
+	}
+	if a := testing.AllocsPerRun(100, func() { v.Count(); v.CountDerivable(&vault.Caller{UID: 0}) }); a != 0 {
+		t.Fatalf("counting allocates %v times: it copies records", a)
+	}
+}

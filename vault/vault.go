@@ -586,6 +586,37 @@ func (v *Vault) Get(identity []byte) (*PSK, error) {
 	return p.clone(), nil
 }
 
+// Count is the number of PSK records, in O(1).
+func (v *Vault) Count() int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return len(v.psks)
+}
+
+// CountDerivable counts the PSKs c may derive (MayDerive), without cloning
+// or sorting them: O(1) for a trusted or in-process caller (who may derive
+// them all), one pass over the index otherwise. Records in the index are
+// never edited in place (a change replaces the pointer), so the pass reads
+// them after the lock is released; the access check takes the lock itself.
+func (v *Vault) CountDerivable(c *Caller) int {
+	if c == nil || v.Access().IsTrusted(c) {
+		return v.Count()
+	}
+	v.mu.RLock()
+	ps := make([]*PSK, 0, len(v.psks))
+	for _, p := range v.psks {
+		ps = append(ps, p)
+	}
+	v.mu.RUnlock()
+	n := 0
+	for _, p := range ps {
+		if v.mayDerive(c, p, "") {
+			n++
+		}
+	}
+	return n
+}
+
 // List returns copies of all PSKs, ordered by identity.
 func (v *Vault) List() []*PSK {
 	v.mu.RLock()
