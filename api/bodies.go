@@ -77,7 +77,13 @@ func readBody(r *http.Request) ([]byte, error) {
 	_, err := body.ReadFrom(r.Body)
 	if err != nil {
 		clear(body.Bytes()[:body.Cap()])
-		return nil, err
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, err // answered 413
+		}
+		// A body shorter than its Content-Length, or a broken chunked
+		// encoding, is the client's fault: 400, not 500.
+		return nil, badRequest("request body: %v", err)
 	}
 	return body.Bytes(), nil
 }

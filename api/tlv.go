@@ -1,7 +1,6 @@
 package api
 
 import (
-	"io"
 	"mime"
 	"net/http"
 
@@ -35,9 +34,9 @@ func writeTLV(w http.ResponseWriter, code int, body []byte) {
 
 // readBinRequest reads and decodes a binary request body.
 func readBinRequest(r *http.Request) (BinRequest, error) {
-	b, err := io.ReadAll(r.Body)
+	b, err := readBody(r)
 	if err != nil {
-		return BinRequest{}, err // *http.MaxBytesError answers 413
+		return BinRequest{}, err
 	}
 	br, err := ParseBinRequest(b)
 	if err != nil {
