@@ -242,7 +242,8 @@ type proc struct {
 	cmd   *exec.Cmd
 	out   *syncBuffer
 	lines chan string
-	done  chan struct{}
+	done  chan struct{} // closed when the process has exited
+	eof   chan struct{} // closed when all of its output has been read
 	err   error
 	stdin interface {
 		Write([]byte) (int, error)
@@ -257,7 +258,7 @@ func spawn(t testing.TB, timeout time.Duration, name string, args ...string) *pr
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.WaitDelay = 2 * time.Second
 	cmd.Dir = t.TempDir()
-	p := &proc{cmd: cmd, out: &syncBuffer{}, lines: make(chan string, 256), done: make(chan struct{})}
+	p := &proc{cmd: cmd, out: &syncBuffer{}, lines: make(chan string, 256), done: make(chan struct{}), eof: make(chan struct{})}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -284,6 +285,7 @@ func spawn(t testing.TB, timeout time.Duration, name string, args ...string) *pr
 		}
 		pr.Close()
 		close(p.lines)
+		close(p.eof)
 	}()
 	go func() {
 		p.err = cmd.Wait()
@@ -315,16 +317,26 @@ func (p *proc) waitFor(want string, timeout time.Duration) bool {
 	}
 }
 
-// wait waits for the process to exit, killing it after timeout.
+// wait waits for the process to exit, killing it after timeout, and then
+// for the last of its output to reach p.out: the process may exit before
+// the reader has drained the pipe, so p.done alone does not mean p.out is
+// complete.
 func (p *proc) wait(timeout time.Duration) error {
+	var err error
 	select {
 	case <-p.done:
-		return p.err
+		err = p.err
 	case <-time.After(timeout):
 		p.cmd.Process.Kill()
 		<-p.done
-		return errors.New("timed out")
+		err = errors.New("timed out")
 	}
+	// A child the tool left behind may hold the pipe open: bounded.
+	select {
+	case <-p.eof:
+	case <-time.After(2 * time.Second):
+	}
+	return err
 }
 
 func unhex(t testing.TB, s string) []byte {
@@ -334,4 +346,18 @@ func unhex(t testing.TB, s string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestProcWaitDrainsOutput: wait returns only once the output written
+// before (or, by a child still holding the pipe, shortly after) the exit
+// is in p.out. Without it, mosquitto_sub's one message was sometimes
+// missing from its output in TestAgentMosquitto although it had exited 0.
+func TestProcWaitDrainsOutput(t *testing.T) {
+	p := spawn(t, 10*time.Second, "sh", "-c", "(sleep 0.3; echo late) & echo early")
+	if err := p.wait(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.out.String(); got != "early\nlate\n" {
+		t.Fatalf("output after wait: %q, want %q", got, "early\nlate\n")
+	}
 }
