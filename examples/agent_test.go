@@ -19,12 +19,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pskvault/pskvault/internal/syncbuf"
 )
 
 // agentProc is a running `pskvault agent`.
 type agentProc struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *syncbuf.Buffer
 }
 
 // writeAgentConfig writes an agent configuration with one output.
@@ -46,7 +48,7 @@ func startAgent(t testing.TB, cfg string) *agentProc {
 	cmd := exec.CommandContext(ctx, pskvaultBin, "agent", "--config", cfg)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
-	p := &agentProc{cmd: cmd, stderr: &syncBuffer{}}
+	p := &agentProc{cmd: cmd, stderr: &syncbuf.Buffer{}}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		cancel()

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pskvault/pskvault/client"
+	"github.com/pskvault/pskvault/internal/syncbuf"
 )
 
 // TestConfigCheck: `pskvault config check` reports each problem with its line.
@@ -80,7 +81,7 @@ func TestSocketActivation(t *testing.T) {
 	cmd.ExtraFiles = files
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -16,12 +16,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pskvault/pskvault/client"
+	"github.com/pskvault/pskvault/internal/syncbuf"
 )
 
 // pskvaultBin is the binary built once by TestMain.
@@ -69,7 +69,7 @@ type node struct {
 	socket   string // admin socket
 	data     string // data socket
 	client   *client.Client
-	stderr   *syncBuffer
+	stderr   *syncbuf.Buffer
 	pid      int
 }
 
@@ -106,7 +106,7 @@ func (n *node) start(serveArgs ...string) {
 	cmd := exec.CommandContext(ctx, pskvaultBin, args...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
-	n.stderr = &syncBuffer{}
+	n.stderr = &syncbuf.Buffer{}
 	cmd.Stderr = n.stderr
 	if err := cmd.Start(); err != nil {
 		cancel()
@@ -189,24 +189,6 @@ func context2() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 10*time.Second)
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // freePort returns a loopback TCP port that was free a moment ago.
 func freePort(t testing.TB) int {
 	t.Helper()
@@ -240,7 +222,7 @@ func listenOnFreePort(t testing.TB, what, ready string, start func(port int) *pr
 // proc is a spawned TLS tool whose combined output is watched line by line.
 type proc struct {
 	cmd   *exec.Cmd
-	out   *syncBuffer
+	out   *syncbuf.Buffer
 	lines chan string
 	done  chan struct{} // closed when the process has exited
 	eof   chan struct{} // closed when all of its output has been read
@@ -258,7 +240,7 @@ func spawn(t testing.TB, timeout time.Duration, name string, args ...string) *pr
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.WaitDelay = 2 * time.Second
 	cmd.Dir = t.TempDir()
-	p := &proc{cmd: cmd, out: &syncBuffer{}, lines: make(chan string, 256), done: make(chan struct{}), eof: make(chan struct{})}
+	p := &proc{cmd: cmd, out: &syncbuf.Buffer{}, lines: make(chan string, 256), done: make(chan struct{}), eof: make(chan struct{})}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pskvault/pskvault/client"
+	"github.com/pskvault/pskvault/internal/syncbuf"
 )
 
 // TestDaemonAsSystemUser runs the daemon the way the packaged
@@ -83,7 +84,7 @@ func TestDaemonAsSystemUser(t *testing.T) {
 		"--inh-caps=-all", "--bounding-set=-all",
 		pskvaultBin, "--state-dir", state, "serve", "--config", cfg)
 	srv.Env = append(os.Environ(), "HOME=/nonexistent")
-	var log syncBuffer
+	var log syncbuf.Buffer
 	srv.Stdout, srv.Stderr = &log, &log
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pskvault/pskvault/client"
+	"github.com/pskvault/pskvault/internal/syncbuf"
 )
 
 // The chroot, the programs built in it, and the pskvault binary, set up once
@@ -202,7 +203,7 @@ type node struct {
 	cancel   context.CancelFunc
 	done     chan struct{}
 	pid      int
-	stderr   *syncBuffer
+	stderr   *syncbuf.Buffer
 }
 
 func newNode(t testing.TB, id string) *node {
@@ -223,7 +224,7 @@ func newNode(t testing.TB, id string) *node {
 		"--data-socket", n.data, "--log-level", "warn")
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
-	n.stderr = &syncBuffer{}
+	n.stderr = &syncbuf.Buffer{}
 	cmd.Stderr = n.stderr
 	if err := cmd.Start(); err != nil {
 		cancel()
@@ -367,7 +368,7 @@ func (p *pair) addPSK(t testing.TB, identity []byte, createArgs ...string) {
 // proc is a program run in the chroot, its output watched line by line.
 type proc struct {
 	cmd   *exec.Cmd
-	out   *syncBuffer
+	out   *syncbuf.Buffer
 	lines chan string
 	done  chan struct{}
 	err   error
@@ -390,7 +391,7 @@ func spawnCmd(t testing.TB, timeout time.Duration, name string, args ...string) 
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.WaitDelay = 2 * time.Second
 	cmd.Dir = "/"
-	p := &proc{cmd: cmd, out: &syncBuffer{}, lines: make(chan string, 1024), done: make(chan struct{})}
+	p := &proc{cmd: cmd, out: &syncbuf.Buffer{}, lines: make(chan string, 1024), done: make(chan struct{})}
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -461,21 +462,4 @@ func listening(t testing.TB, name string, args ...string) (*proc, string) {
 		t.Fatalf("%s did not start:\n%s", name, p.out.String())
 	}
 	return p, strings.TrimPrefix(l, "listening on ")
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -16,10 +16,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/pskvault/pskvault/client"
+	"github.com/pskvault/pskvault/internal/syncbuf"
 	"github.com/pskvault/pskvault/vault"
 )
 
@@ -249,7 +249,7 @@ func demoTLS(ctx context.Context, w io.Writer, d *client.Derived) error {
 // demoServer is a running openssl s_server.
 type demoServer struct {
 	port   string
-	out    *syncBuffer
+	out    *syncbuf.Buffer
 	hold   io.WriteCloser // s_server closes the connection when its stdin ends
 	cmd    *exec.Cmd
 	exited chan struct{}
@@ -272,7 +272,7 @@ func startDemoServer(ctx context.Context, openssl, pskHex, idHex string) (*demoS
 		}
 		port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 		l.Close()
-		s := &demoServer{port: port, out: &syncBuffer{}, exited: make(chan struct{})}
+		s := &demoServer{port: port, out: &syncbuf.Buffer{}, exited: make(chan struct{})}
 		s.cmd = exec.CommandContext(ctx, openssl, "s_server", "-accept", "127.0.0.1:"+port, "-nocert", "-tls1_3",
 			"-ciphersuites", "TLS_AES_128_GCM_SHA256", "-psk", pskHex, "-psk_identity", idHex, "-naccept", "1")
 		s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
@@ -307,25 +307,4 @@ func (s *demoServer) ready(wait time.Duration) bool {
 		}
 	}
 	return true
-}
-
-// syncBuffer is a bytes.Buffer safe for a child process writing while we read.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
-// Bytes returns a copy of what was written so far (the buffer may still be
-// written to by a running process).
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return bytes.Clone(s.b.Bytes())
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/pskvault/pskvault/api"
 	"github.com/pskvault/pskvault/importer"
 	"github.com/pskvault/pskvault/internal/squatter"
+	"github.com/pskvault/pskvault/internal/syncbuf"
 )
 
 // binary is the pskvault executable built once for the end-to-end tests.
@@ -48,7 +49,7 @@ type node struct {
 	t      *testing.T
 	dir    string
 	socket string
-	log    *syncBuffer
+	log    *syncbuf.Buffer
 	cmd    *exec.Cmd
 }
 
@@ -82,7 +83,7 @@ func (n *node) run(stdin []byte, args ...string) (string, int) {
 
 func (n *node) start() {
 	n.t.Helper()
-	n.log = &syncBuffer{}
+	n.log = &syncbuf.Buffer{}
 	n.cmd = exec.Command(binary, "--state-dir", n.dir, "--socket", n.socket, "serve")
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	if err := n.cmd.Start(); err != nil {
@@ -424,7 +425,7 @@ func TestDataSocketDefault(t *testing.T) {
 
 	b := newNode(t, "node-b", "soft")
 	b.cmd = exec.Command(binary, "--state-dir", b.dir, "--socket", b.socket, "--data-socket", "none", "serve")
-	b.log = &syncBuffer{}
+	b.log = &syncbuf.Buffer{}
 	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
 	if err := b.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -17,13 +17,14 @@ import (
 	"time"
 
 	"github.com/pskvault/pskvault/api"
+	"github.com/pskvault/pskvault/internal/syncbuf"
 )
 
 // serveWith starts the daemon like start, with serve flags, and returns its
 // output, readable while it runs.
-func (n *node) serveWith(args ...string) *syncBuffer {
+func (n *node) serveWith(args ...string) *syncbuf.Buffer {
 	n.t.Helper()
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	n.cmd = exec.Command(binary, append([]string{"--state-dir", n.dir, "--socket", n.socket, "serve"}, args...)...)
 	n.cmd.Stdout, n.cmd.Stderr = out, out
 	if err := n.cmd.Start(); err != nil {
@@ -43,7 +44,7 @@ func (n *node) serveWith(args ...string) *syncBuffer {
 }
 
 // reload sends SIGHUP and waits for the daemon's reload line (the k-th).
-func (n *node) reload(out *syncBuffer, k int) {
+func (n *node) reload(out *syncbuf.Buffer, k int) {
 	n.t.Helper()
 	if err := n.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		n.t.Fatal(err)

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pskvault/pskvault/internal/syncbuf"
 )
 
 // startServe starts `serve` as cred (nil: this process) and waits until it
@@ -27,7 +29,7 @@ func startServe(t *testing.T, cred *syscall.Credential, sock string, args ...str
 	if cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		cancel()

@@ -407,36 +407,7 @@ static int send_all(int fd, struct iovec *iov, int iovcnt, int64_t deadline, psk
 	return 0;
 }
 
-/* hdr_eq compares a header name case-insensitively. */
-static int hdr_eq(const char *line, size_t n, const char *name)
-{
-	size_t i, l = strlen(name);
-	if (n < l + 1 || line[l] != ':')
-		return 0;
-	for (i = 0; i < l; i++) {
-		char a = line[i], b = name[i];
-		if (a >= 'A' && a <= 'Z')
-			a = (char)(a - 'A' + 'a');
-		if (b >= 'A' && b <= 'Z')
-			b = (char)(b - 'A' + 'a');
-		if (a != b)
-			return 0;
-	}
-	return 1;
-}
-
-/* hdr_value returns the trimmed value of a header line. */
-static const char *hdr_value(const char *line, size_t n, const char *name, size_t *vlen)
-{
-	const char *v = line + strlen(name) + 1, *end = line + n;
-	while (v < end && (*v == ' ' || *v == '\t'))
-		v++;
-	while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
-		end--;
-	*vlen = (size_t)(end - v);
-	return v;
-}
-
+/* ieq compares a[0..n) with the string b, ASCII case-insensitively. */
 static int ieq(const char *a, size_t n, const char *b)
 {
 	size_t i;
@@ -452,6 +423,25 @@ static int ieq(const char *a, size_t n, const char *b)
 			return 0;
 	}
 	return 1;
+}
+
+/* hdr_eq: the header line is "name:..." (name case-insensitive). */
+static int hdr_eq(const char *line, size_t n, const char *name)
+{
+	size_t l = strlen(name);
+	return n >= l + 1 && line[l] == ':' && ieq(line, l, name);
+}
+
+/* hdr_value returns the trimmed value of a header line. */
+static const char *hdr_value(const char *line, size_t n, const char *name, size_t *vlen)
+{
+	const char *v = line + strlen(name) + 1, *end = line + n;
+	while (v < end && (*v == ' ' || *v == '\t'))
+		v++;
+	while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+		end--;
+	*vlen = (size_t)(end - v);
+	return v;
 }
 
 /* parse_head parses the status line and headers in buf[0..n) (n excludes
