@@ -102,18 +102,23 @@ gnutls_handshake() { # SERVER_ID SERVER_KEY CLIENT_ID CLIENT_KEY
 	timeout 20 gnutls-serv --pskpasswd "$W/psk.passwd" --priority "$pri" -p "$port" --echo >"$W/gnutls-serv.log" 2>&1 &
 	local sp=$!; pids+=($sp)
 	for _ in $(seq 200); do grep -q "listening on IPv4" "$W/gnutls-serv.log" && break; sleep 0.05; done
-	local out
-	out=$( (echo hello-from-node-a; sleep 2) | timeout 10 gnutls-cli --pskusername "$3" --pskkey "$4" \
-		--priority "$pri" -p "$port" 127.0.0.1 2>&1 || true)
+	# stdin stays open until the echo is back (at most 10 s), not for a
+	# fixed time: on a loaded machine a fixed 2 s was sometimes too short.
+	local out="$W/gnutls-cli.log"
+	: >"$out"
+	(echo hello-from-node-a
+	 for _ in $(seq 200); do grep -q "^hello-from-node-a" "$out" && break; sleep 0.05; done) |
+		timeout 15 gnutls-cli --pskusername "$3" --pskkey "$4" \
+		--priority "$pri" -p "$port" 127.0.0.1 >"$out" 2>&1 || true
 	kill "$sp" 2>/dev/null || true
-	echo "$out" | grep -q "PSK authentication" && echo "$out" | grep -q "^hello-from-node-a"
+	grep -q "PSK authentication" "$out" && grep -q "^hello-from-node-a" "$out"
 }
 
 openssl_handshake "$B_ID" "$B_KEY" "$A_ID" "$A_KEY" && echo "OpenSSL: TLS 1.3 psk_dhe_ke handshake done, data crossed" \
 	|| { echo "OpenSSL handshake FAILED" >&2; cat "$W/s_server.log" >&2; exit 1; }
 if command -v gnutls-serv >/dev/null && command -v gnutls-cli >/dev/null; then
 	gnutls_handshake "$B_ID" "$B_KEY" "$A_ID" "$A_KEY" && echo "GnuTLS: TLS 1.3 (EC)DHE-PSK handshake done, data crossed" \
-		|| { echo "GnuTLS handshake FAILED" >&2; cat "$W/gnutls-serv.log" >&2; exit 1; }
+		|| { echo "GnuTLS handshake FAILED" >&2; cat "$W/gnutls-serv.log" "$W/gnutls-cli.log" >&2; exit 1; }
 else
 	echo "GnuTLS: skipped (install gnutls-bin)"
 fi
