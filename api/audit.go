@@ -35,6 +35,11 @@ type AuditEntry struct {
 	// intent ("result":"started"), written before the change is made,
 	// and its outcome.
 	Request uint64 `json:"request,omitempty"`
+
+	// For the metrics (never written): whether the request is a
+	// derivation (derive, lookup), and its result (metrics.go).
+	derive bool
+	result string
 }
 
 // Audit writes AuditEntry values as JSON lines. It is safe for concurrent use.

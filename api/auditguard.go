@@ -77,6 +77,7 @@ func (s *Server) writeAudit(ae *AuditEntry, caller *vault.Caller) error {
 // failing (once each, never per request).
 func (s *Server) auditResult(err error) error {
 	if err != nil {
+		s.metrics.auditFails.Inc()
 		if s.auditBroken.CompareAndSwap(false, true) {
 			what := "requests are refused with 503 audit_unavailable until it recovers (audit_failure = \"refuse\")"
 			if s.opts.AuditFailure == AuditLogOnly {

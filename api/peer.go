@@ -12,6 +12,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/pskvault/pskvault/vault"
@@ -114,9 +115,11 @@ func (c *peerConn) Close() error {
 //     that a few users holding connections cannot starve one that has none.
 //
 // A connection refused is answered "503 too_many_connections" with a JSON
-// body and closed, without delaying the accept loop; refusals are logged
-// as one summary line at most every refusalLogEvery, never one per
-// connection.
+// body and closed, without delaying the accept loop; refusals are counted
+// by reason (pskvault_refused_connections_total) and logged as one summary
+// line at most every refusalLogEvery, never one per connection: the first
+// refusal after a quiet spell at once, the rest of a flood when the period
+// ends.
 type limitListener struct {
 	*net.UnixListener
 	max, perUID, reserved int
@@ -124,17 +127,22 @@ type limitListener struct {
 	needGroups            bool // privileged looks at the caller's groups
 	log                   *slog.Logger
 
+	sock     Socket
+	counters map[string]prometheus.Counter // by refusal reason (set by Serve)
+
 	mu        sync.Mutex
 	total     int // all connections
 	shared    int // connections of unprivileged callers
 	byUID     map[uint32]map[*peerConn]bool
-	refused   int // since the last summary
+	refused   int            // since the last summary
+	byReason  map[string]int // since the last summary
 	lastLog   time.Time
+	flushing  bool // a summary is due at lastLog+refusalLogEvery
 	refusedBy map[uint32]int
 }
 
 // refusalLogEvery spaces the summary lines of refused connections.
-const refusalLogEvery = 10 * time.Second
+var refusalLogEvery = 10 * time.Second
 
 func newLimitListener(l net.Listener, max, perUID int, privileged func(*vault.Caller) bool, needGroups bool, log *slog.Logger) (*limitListener, error) {
 	ul, ok := l.(*net.UnixListener)
@@ -146,7 +154,7 @@ func newLimitListener(l net.Listener, max, perUID int, privileged func(*vault.Ca
 		reserved = 1
 	}
 	return &limitListener{UnixListener: ul, max: max, perUID: min(perUID, max-reserved), reserved: reserved, privileged: privileged, needGroups: needGroups, log: log,
-		byUID: map[uint32]map[*peerConn]bool{}, refusedBy: map[uint32]int{}}, nil
+		byUID: map[uint32]map[*peerConn]bool{}, refusedBy: map[uint32]int{}, byReason: map[string]int{}, counters: map[string]prometheus.Counter{}}, nil
 }
 
 // tooMany is the answer to a connection over the caps: a complete HTTP
@@ -168,17 +176,17 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		// connection's goroutine reads them, which keeps this loop short.
 		caller, err := peerCredOpt(c, l.needGroups)
 		if err != nil {
-			l.refuse(c, nil)
+			l.refuse(c, nil, refusedNoCreds)
 			continue
 		}
 		pc := &peerConn{UnixConn: c, caller: caller, groupsRead: l.needGroups}
 		pc.idle.Store(true)
-		victim, ok := l.admit(pc)
+		victim, reason := l.admit(pc)
 		if victim != nil {
 			victim.Close()
 		}
-		if !ok {
-			l.refuse(c, caller)
+		if reason != "" {
+			l.refuse(c, caller, reason)
 			continue
 		}
 		pc.release = func() { l.drop(pc) }
@@ -186,32 +194,32 @@ func (l *limitListener) Accept() (net.Conn, error) {
 	}
 }
 
-// admit counts pc in, or reports false when it is over a cap. It may pick
-// an idle connection of the heaviest unprivileged uid to make room (the
-// caller closes it).
-func (l *limitListener) admit(pc *peerConn) (victim *peerConn, ok bool) {
+// admit counts pc in, or says which cap it is over (refusedConnLimit,
+// refusedUIDLimit). It may pick an idle connection of the heaviest
+// unprivileged uid to make room (the caller closes it).
+func (l *limitListener) admit(pc *peerConn) (victim *peerConn, refused string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	uid := pc.caller.UID
 	priv := l.privileged(pc.caller)
 	if l.total >= l.max {
 		if !priv {
-			return nil, false
+			return nil, refusedConnLimit
 		}
 		// Full, and the reserve is used up too: an unprivileged idle
 		// connection makes room for the operator.
 		if victim = l.idleOfHeaviest(^uint32(0), 0); victim == nil {
-			return nil, false
+			return nil, refusedConnLimit
 		}
 		l.forget(victim)
 	} else if !priv {
 		mine := len(l.byUID[uid])
 		if mine >= l.perUID {
-			return nil, false
+			return nil, refusedUIDLimit
 		}
 		if l.shared >= l.max-l.reserved {
 			if victim = l.idleOfHeaviest(uid, mine+1); victim == nil {
-				return nil, false
+				return nil, refusedConnLimit
 			}
 			l.forget(victim)
 		}
@@ -226,7 +234,7 @@ func (l *limitListener) admit(pc *peerConn) (victim *peerConn, ok bool) {
 		l.byUID[uid] = m
 	}
 	m[pc] = priv
-	return victim, true
+	return victim, ""
 }
 
 // idleOfHeaviest finds an idle connection of the unprivileged uid (other
@@ -282,27 +290,59 @@ func (l *limitListener) drop(pc *peerConn) {
 // refuse answers a connection over the caps and closes it. The answer fits
 // the empty socket buffer of a new connection, so the write does not
 // block; a short deadline makes sure of it.
-func (l *limitListener) refuse(c *net.UnixConn, caller *vault.Caller) {
+func (l *limitListener) refuse(c *net.UnixConn, caller *vault.Caller, reason string) {
 	c.SetWriteDeadline(time.Now().Add(10 * time.Millisecond))
 	c.Write(tooMany)
 	c.Close()
+	if ctr := l.counters[reason]; ctr != nil {
+		ctr.Inc()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.refused++
+	l.byReason[reason]++
 	if caller != nil {
 		l.refusedBy[caller.UID]++
 	}
-	if now := time.Now(); now.Sub(l.lastLog) >= refusalLogEvery {
-		var top uint32
-		for uid, n := range l.refusedBy {
-			if n > l.refusedBy[top] {
-				top = uid
-			}
-		}
-		l.log.Warn("connections refused over the limits (summarized, at most one line every 10s)", "refused", l.refused, "top_uid", top, "top_uid_refused", l.refusedBy[top], "max", l.max, "per_uid", l.perUID, "reserved", l.reserved)
-		l.refused, l.lastLog = 0, now
-		clear(l.refusedBy)
+	if l.flushing {
+		return
 	}
+	if now := time.Now(); now.Sub(l.lastLog) >= refusalLogEvery {
+		l.logRefusals(now)
+		return
+	}
+	// Logged a moment ago: what follows is summed up when the period
+	// ends, in one line.
+	l.flushing = true
+	time.AfterFunc(time.Until(l.lastLog.Add(refusalLogEvery)), func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.flushing = false
+		if l.refused > 0 {
+			l.logRefusals(time.Now())
+		}
+	})
+}
+
+// logRefusals writes the summary line of the refusals counted since the
+// last one (under l.mu).
+func (l *limitListener) logRefusals(now time.Time) {
+	var top uint32
+	for uid, n := range l.refusedBy {
+		if n > l.refusedBy[top] {
+			top = uid
+		}
+	}
+	period := refusalLogEvery
+	if !l.lastLog.IsZero() && now.Sub(l.lastLog) < period {
+		period = now.Sub(l.lastLog)
+	}
+	l.log.Warn(fmt.Sprintf("connections refused over the limits: %d in the last %s (summarized, at most one line every %s)", l.refused, period.Round(time.Second), refusalLogEvery),
+		"socket", l.sock, "refused", l.refused, "conn_limit", l.byReason[refusedConnLimit], "uid_limit", l.byReason[refusedUIDLimit], "no_peer_credentials", l.byReason[refusedNoCreds],
+		"top_uid", top, "top_uid_refused", l.refusedBy[top], "max", l.max, "per_uid", l.perUID, "reserved", l.reserved)
+	l.refused, l.lastLog = 0, now
+	clear(l.refusedBy)
+	clear(l.byReason)
 }
 
 type ctxKey int

@@ -74,11 +74,14 @@ type Server struct {
 	auditBroken atomic.Bool     // the last audit write failed
 	changeSeq   atomic.Uint64   // pairs a change's intent and outcome lines
 	flushOnce   sync.Once
+	metrics     *metrics    // Prometheus collectors (metrics.go)
+	probe       healthCache // the last backend probe (metrics.go)
 }
 
 // dataRoutes are the endpoints the data socket serves.
 var dataRoutes = map[string]bool{
 	"GET /v1/status":  true,
+	"GET /v1/health":  true,
 	"POST /v1/derive": true,
 	"POST /v1/lookup": true,
 	"POST /v1/offers": true,
@@ -86,9 +89,9 @@ var dataRoutes = map[string]bool{
 	"POST /v1/keys":   true,
 }
 
-// NewServer returns a server for v. log receives one line per request (at
-// debug for successful data-socket requests, info otherwise) and never any
-// key material.
+// NewServer returns a server for v. log receives a line per admin change
+// and per internal error at info, every other request at debug (the audit
+// log records them), and never any key material.
 func NewServer(v *vault.Vault, log *slog.Logger) *Server {
 	return NewServerWith(v, Options{Log: log})
 }
@@ -135,6 +138,9 @@ func NewServerWith(v *vault.Vault, o Options) *Server {
 	s.mux.HandleFunc("POST /v1/offers", s.offers)
 	s.mux.HandleFunc("POST /v1/watch", s.watch)
 	s.mux.HandleFunc("POST /v1/keys", s.keys)
+	s.mux.HandleFunc("GET /v1/health", s.health)
+	s.metrics = newMetrics(s)
+	s.mux.Handle("GET /metrics", s.metricsHandler())
 	return s
 }
 
@@ -168,6 +174,10 @@ func (s *Server) Serve(l net.Listener, sock Socket) (*SocketServer, <-chan error
 	ll, err := newLimitListener(l, s.opts.MaxConns, s.opts.MaxConnsPerUID, privileged, sock == SocketAdmin && s.opts.AdminGroup != nil, s.log)
 	if err != nil {
 		return nil, nil, err
+	}
+	ll.sock = sock
+	for _, r := range refusalReasons {
+		ll.counters[r] = s.metrics.refusedCounter(sock, r)
 	}
 	ss := newSocketServer(s, sock, ll)
 	s.flushOnce.Do(func() { go s.flushRefused(ss.base) })
@@ -223,6 +233,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(ctx)
 	}
 	ae := &AuditEntry{Socket: string(sock), Op: opName(pattern, r)}
+	endpoint := ae.Op
+	if pattern == "" || (sock == SocketData && !dataRoutes[pattern]) {
+		endpoint = "other"
+	}
+	ae.derive = endpoint == "derive" || endpoint == "lookup"
 	if caller != nil {
 		ae.UID, ae.GID, ae.PID = &caller.UID, &caller.GID, &caller.PID
 	}
@@ -233,6 +248,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.log.Error("panic serving request", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(p))
 			rw.reset()
 			writeError(rec, http.StatusInternalServerError, CodeInternal, "internal error")
+		}
+		if ae.Op == "health" || (ae.Op == "metrics" && rec.code < 400) {
+			ae.Op = "" // probes and scrapes hand out nothing: not audited
 		}
 		if ae.Op != "" {
 			ae.Time, ae.Status = time.Now().UTC(), rec.code
@@ -257,18 +275,32 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				writeError(rec, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit log cannot be written, so nothing is handed out (see the daemon log)")
 			}
 		}
-		// Data-socket requests and anything refused to a non-admin caller
-		// log at debug: at thousands per second the info line cost more
-		// than the derivation, and a local user flooding the socket with
-		// refused requests must not flood the log (the audit line above
-		// records every request whatever the log level, rate-limited for
-		// refused ones). Admin requests, and internal errors, log at info.
+		took := time.Since(start)
+		if ae.derive {
+			result := ae.result
+			if result == "" || (result == resultOK && rec.code >= 300) {
+				result = resultOfCode(rec.code, rec.errCode)
+			}
+			role := ae.Role
+			if role == "" {
+				role = "none"
+			}
+			s.metrics.countDerive(result, role)
+		}
+		s.metrics.observeRequest(sock, endpoint, took)
+		// One line per request, and only where the audit log does not
+		// have it already: admin changes (made or refused) and internal
+		// errors at info, everything else at debug. At thousands per
+		// second an info line cost more than the derivation, and a local
+		// user flooding the socket with refused requests must not flood
+		// the log (the audit line above records every request whatever
+		// the log level, rate-limited for refused ones).
 		lvl := slog.LevelDebug
-		if (sock == SocketAdmin && s.isAdmin(caller) && !dataRoutes[pattern]) || rec.code == http.StatusInternalServerError {
+		if change || rec.code == http.StatusInternalServerError {
 			lvl = slog.LevelInfo
 		}
 		if s.log.Enabled(r.Context(), lvl) {
-			s.log.Log(r.Context(), lvl, "request", "socket", sock, "method", r.Method, "path", r.URL.Path, "status", rec.code, "duration", time.Since(start))
+			s.log.Log(r.Context(), lvl, "request", "socket", sock, "method", r.Method, "path", r.URL.Path, "status", rec.code, "duration", took)
 		}
 	}()
 	switch {
@@ -280,10 +312,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(rec, http.StatusBadRequest, CodeBadRequest, "query parameters are not used: identities, contexts and every other field go in the request body (docs/API.md)")
 		return
 	case caller == unknownCaller:
+		s.metrics.refusedCounter(sock, refusedNoCreds).Inc()
 		ae.Reason = "no peer credentials"
 		writeError(rec, http.StatusForbidden, CodeForbidden, "caller unknown: connect over the daemon's Unix socket")
 		return
 	case sock == SocketAdmin && !s.isAdmin(caller):
+		s.metrics.refusedCounter(sock, refusedNotAdmin).Inc()
 		ae.Reason = "not root, the daemon's user or in the admin group"
 		writeError(rec, http.StatusForbidden, CodeForbidden, "the admin socket is for root, the daemon's user and the admin group")
 		return
@@ -312,6 +346,8 @@ func opName(pattern string, r *http.Request) string {
 		return "status"
 	case "GET /v1/psks":
 		return "list"
+	case "GET /metrics":
+		return "metrics"
 	}
 	if _, rest, ok := strings.Cut(pattern, "/v1/"); ok {
 		return strings.ReplaceAll(strings.TrimPrefix(rest, "psks/"), "/", "-")
@@ -683,6 +719,7 @@ func (s *Server) deriveFor(r *http.Request, req vault.DeriveRequest) (*vault.Der
 	ae := auditOf(r)
 	req.Caller = callerOf(r.Context())
 	d, err := s.v.Derive(r.Context(), req)
+	ae.result = resultOf(err)
 	if errors.Is(err, vault.ErrDenied) {
 		ae.Result, ae.Reason, ae.Role = "denied", "caller not in the access list", req.Role
 	}

@@ -59,7 +59,7 @@ func (v *Vault) auxHandle(ctx context.Context) ([]byte, error) {
 			return nil, fmt.Errorf("OS RNG: %w", err)
 		}
 		var err error
-		err = v.guard.change(ctx, func() (err error) {
+		err = v.guard.change(ctx, OpStore, func() (err error) {
 			h, err = v.backend.StoreKey(v.intentContext(ctx, "aux", nil, importer.SHA256), StoreRequest{PRK: k, Hash: importer.SHA256, Label: "pskvault-aux"})
 			return err
 		})

@@ -274,6 +274,7 @@ func (v *Vault) refuseViolation(p *PSK) error {
 // identities) in step with v.psks when the record for one identity goes
 // from old to next (either nil). The caller holds v.mu for writing.
 func (v *Vault) index(old, next *PSK) {
+	v.stats.update(old, next) // counts by state for Stats (stats.go)
 	if old != nil && next != nil && bytes.Equal(old.Fingerprint, next.Fingerprint) && bytes.Equal(old.Identity, next.Identity) {
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,6 +30,14 @@ import (
 // backendGuard tracks the backend calls in flight on their own goroutines.
 type backendGuard struct {
 	direct bool // the backend only computes (soft): call it inline
+
+	// down is set when the last call's answer was ErrBackendUnavailable
+	// (a device removed, a swtpm stopped, a token gone) and cleared by
+	// the next call the backend answers. With stalledSince it is what
+	// BackendAvailable reports.
+	down atomic.Bool
+	// observe, when set (SetBackendObserver), sees every backend call.
+	observe atomic.Pointer[BackendObserver]
 
 	mu      sync.Mutex
 	running map[*guardedCall]struct{}
@@ -75,13 +84,20 @@ func deadlineErr(err error) error {
 // read runs op, a backend read whose result may be dropped, so that the
 // caller has an answer by ctx's end. The result of a read given up on is
 // wiped when it arrives.
-func (g *backendGuard) read(ctx context.Context, op func(context.Context) ([]byte, error)) ([]byte, error) {
+func (g *backendGuard) read(ctx context.Context, name string, op func(context.Context) ([]byte, error)) ([]byte, error) {
 	if err := g.ready(ctx); err != nil {
 		return nil, err
 	}
+	obs := g.observe.Load()
+	var start time.Time
+	if obs != nil {
+		start = time.Now()
+	}
 	if g.direct {
 		b, err := op(ctx)
-		return b, deadlineErr(err)
+		err = deadlineErr(err)
+		g.finished(obs, name, start, err)
+		return b, err
 	}
 	type result struct {
 		b   []byte
@@ -101,6 +117,7 @@ func (g *backendGuard) read(ctx context.Context, op func(context.Context) ([]byt
 		g.mu.Lock()
 		delete(g.running, call)
 		g.mu.Unlock()
+		g.finished(obs, name, start, deadlineErr(err))
 		ch <- result{b, err}
 	}()
 	select {
@@ -116,16 +133,91 @@ func (g *backendGuard) read(ctx context.Context, op func(context.Context) ([]byt
 }
 
 // change runs op, a backend change, when the backend is not stalled.
-func (g *backendGuard) change(ctx context.Context, op func() error) error {
+func (g *backendGuard) change(ctx context.Context, name string, op func() error) error {
 	if err := g.ready(ctx); err != nil {
 		return err
 	}
-	return deadlineErr(op())
+	obs := g.observe.Load()
+	var start time.Time
+	if obs != nil {
+		start = time.Now()
+	}
+	err := deadlineErr(op())
+	g.finished(obs, name, start, err)
+	return err
+}
+
+// finished notes a backend call's end: whether the backend answered
+// (down), and its duration for the observer. A call cut short because its
+// client hung up says nothing about the device.
+func (g *backendGuard) finished(obs *BackendObserver, name string, start time.Time, err error) {
+	switch {
+	case err == nil:
+		g.down.Store(false)
+	case errors.Is(err, context.Canceled):
+	case errors.Is(err, ErrBackendUnavailable):
+		g.down.Store(true)
+	default:
+		g.down.Store(false) // an answer, even a refusal
+	}
+	if obs != nil {
+		(*obs)(name, time.Since(start), err)
+	}
+}
+
+// Backend operations, as BackendObserver names them.
+const (
+	OpHMAC   = "hmac"
+	OpStore  = "store" // StoreKey and ImportWrapped
+	OpDelete = "delete"
+	OpRandom = "random"
+)
+
+// BackendObserver sees each backend call the vault makes: its operation
+// (OpHMAC, ...), how long the backend took, and its error. It runs on the
+// request's path and must be cheap.
+type BackendObserver func(op string, took time.Duration, err error)
+
+// SetBackendObserver makes f see every later backend call; nil stops it.
+func (v *Vault) SetBackendObserver(f BackendObserver) {
+	if f == nil {
+		v.guard.observe.Store(nil)
+		return
+	}
+	v.guard.observe.Store(&f)
+}
+
+// BackendAvailable reports whether the backend is taken to answer: no call
+// is running past its request's deadline (BackendStalled), and the last
+// call that ended was answered (not ErrBackendUnavailable: a device
+// removed or unreachable). It calls nothing; ProbeBackend does.
+func (v *Vault) BackendAvailable() bool {
+	if _, stalled := v.guard.stalledSince(time.Now()); stalled {
+		return false
+	}
+	return !v.guard.down.Load()
+}
+
+// ProbeBackend makes one cheap real call to the backend (8 random bytes
+// from a TPM or token; nothing for the soft backend, which only computes)
+// under the guard, so that it also updates BackendAvailable. The caller
+// bounds it with ctx, and limits how often it runs.
+func (v *Vault) ProbeBackend(ctx context.Context) error {
+	if v.guard.direct {
+		return nil
+	}
+	rs, ok := v.backend.(RandomSource)
+	if !ok {
+		return v.guard.ready(ctx)
+	}
+	b, err := v.guard.read(ctx, OpRandom, func(ctx context.Context) ([]byte, error) { return rs.Random(ctx, 8) })
+	clear(b)
+	return err
 }
 
 // hmac is the backend's HMAC under the guard.
 func (v *Vault) hmac(ctx context.Context, key KeyRef, data []byte) ([]byte, error) {
-	return v.guard.read(ctx, func(ctx context.Context) ([]byte, error) { return v.backend.HMAC(ctx, key, data) })
+	return v.guard.read(ctx, OpHMAC, func(ctx context.Context) ([]byte, error) { return v.backend.HMAC(ctx, key, data) })
 }
 
 // BackendStalled reports whether a backend call is running past its

@@ -18,7 +18,7 @@ func TestGuardStalledRead(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	t0 := time.Now()
-	_, err := g.read(ctx, func(context.Context) ([]byte, error) {
+	_, err := g.read(ctx, OpHMAC, func(context.Context) ([]byte, error) {
 		<-release
 		return late, nil
 	})
@@ -29,17 +29,17 @@ func TestGuardStalledRead(t *testing.T) {
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel2()
 	t0 = time.Now()
-	_, err = g.read(ctx2, func(context.Context) ([]byte, error) { called = true; return nil, nil })
+	_, err = g.read(ctx2, OpHMAC, func(context.Context) ([]byte, error) { called = true; return nil, nil })
 	if !errors.Is(err, ErrBackendUnavailable) || !errors.Is(err, errStalled) || called || time.Since(t0) > 100*time.Millisecond {
 		t.Fatalf("read behind a stuck one: %v (called %v) after %v, want errStalled at once", err, called, time.Since(t0))
 	}
-	if err := g.change(ctx2, func() error { called = true; return nil }); !errors.Is(err, errStalled) || called {
+	if err := g.change(ctx2, OpStore, func() error { called = true; return nil }); !errors.Is(err, errStalled) || called {
 		t.Fatalf("change behind a stuck read: %v (called %v)", err, called)
 	}
 	close(release)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		b, err := g.read(ctx2, func(context.Context) ([]byte, error) { return []byte("ok"), nil })
+		b, err := g.read(ctx2, OpHMAC, func(context.Context) ([]byte, error) { return []byte("ok"), nil })
 		if err == nil && string(b) == "ok" {
 			break
 		}
@@ -53,7 +53,7 @@ func TestGuardStalledRead(t *testing.T) {
 	block := make(chan struct{})
 	defer close(block)
 	go func() { time.Sleep(20 * time.Millisecond); cancel3() }()
-	if _, err := g.read(ctx3, func(context.Context) ([]byte, error) { <-block; return nil, nil }); !errors.Is(err, context.Canceled) || !errors.Is(err, ErrBackendUnavailable) {
+	if _, err := g.read(ctx3, OpHMAC, func(context.Context) ([]byte, error) { <-block; return nil, nil }); !errors.Is(err, context.Canceled) || !errors.Is(err, ErrBackendUnavailable) {
 		t.Fatalf("cancelled read: %v", err)
 	}
 }

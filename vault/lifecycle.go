@@ -112,7 +112,7 @@ func (v *Vault) Finalize(ctx context.Context, identity []byte, req FinalizeReque
 	if err := v.replace(p, n); err != nil {
 		return nil, err
 	}
-	derr := v.guard.change(ctx, func() error { return v.backend.DeleteKey(ctx, key) })
+	derr := v.guard.change(ctx, OpDelete, func() error { return v.backend.DeleteKey(ctx, key) })
 	if derr != nil {
 		derr = fmt.Errorf("imported keys kept, but destroying the main key in the %s backend failed (its handle stays recorded: `check` reports it, psk delete retries): %w", p.Backend, derr)
 	} else {
@@ -219,7 +219,7 @@ func (v *Vault) revoke(ctx context.Context, identity []byte, reason string) (*PS
 		return nil, err
 	}
 	if len(p.Handle) > 0 {
-		if err := v.guard.change(ctx, func() error { return v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}) }); err != nil {
+		if err := v.guard.change(ctx, OpDelete, func() error { return v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}) }); err != nil {
 			return n.clone(), fmt.Errorf("PSK revoked, but destroying its key in the %s backend failed (its handle stays recorded: psk delete retries): %w", p.Backend, err)
 		}
 		done := n.clone()

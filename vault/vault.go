@@ -112,6 +112,7 @@ type Vault struct {
 	// (identity.go). Both are kept by index() and guarded by mu.
 	sameKey map[string][][]byte
 	skel    skeletons
+	stats   stateStats // counts by state and expiries (stats.go), kept by index()
 
 	aux auxKey // the auxiliary backend key (aux.go)
 
@@ -360,7 +361,7 @@ func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: backend %s has no wrapped import", ErrUnsupported, v.backend.Info().Name)
 		}
-		err = v.guard.change(ctx, func() (err error) {
+		err = v.guard.change(ctx, OpStore, func() (err error) {
 			handle, err = wi.ImportWrapped(v.intentContext(ctx, "import", req.Identity, req.Hash), req.Key, req.Hash, req.Params)
 			return err
 		})
@@ -370,7 +371,7 @@ func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
 		if err != nil {
 			return nil, err
 		}
-		err = v.guard.change(ctx, func() (err error) {
+		err = v.guard.change(ctx, OpStore, func() (err error) {
 			handle, err = v.backend.StoreKey(v.intentContext(ctx, "import", req.Identity, req.Hash), StoreRequest{PRK: prk, Hash: req.Hash, Label: keyLabel(req.Identity), Params: req.Params})
 			return err
 		})
@@ -471,7 +472,7 @@ func (v *Vault) generateKey(ctx context.Context) ([]byte, error) {
 	if !ok {
 		return key, nil
 	}
-	hw, err := v.guard.read(ctx, func(ctx context.Context) ([]byte, error) { return rs.Random(ctx, GeneratedKeyLen) })
+	hw, err := v.guard.read(ctx, OpRandom, func(ctx context.Context) ([]byte, error) { return rs.Random(ctx, GeneratedKeyLen) })
 	if err != nil {
 		clear(key)
 		return nil, fmt.Errorf("hardware RNG: %w", err)
@@ -671,7 +672,7 @@ func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
 			v.setRecord(identity, p, n)
 			p = n
 		}
-		if err := v.guard.change(ctx, func() error { return v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}) }); err != nil {
+		if err := v.guard.change(ctx, OpDelete, func() error { return v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}) }); err != nil {
 			return fmt.Errorf("PSK marked for deletion (derivation refused; psk delete or the next start retries), but destroying its key in the %s backend failed: %w", p.Backend, err)
 		}
 	}

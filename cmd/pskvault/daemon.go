@@ -53,6 +53,7 @@ type serveFlags struct {
 	requestTimeout   time.Duration
 	maxConns, perUID int
 	mlock            string
+	metricsListen    string
 	allowClient      listFlag
 	allowServer      listFlag
 	config           string
@@ -72,6 +73,7 @@ func setupServe(fs *flag.FlagSet, g *globals) func(context.Context, []string) er
 	fs.IntVar(&f.maxConns, "max-conns", 128, "open connections allowed per socket")
 	fs.IntVar(&f.perUID, "max-conns-per-uid", 16, "open connections allowed per caller uid (root and the daemon's user exempt)")
 	fs.StringVar(&f.mlock, "mlock", "auto", "lock memory out of swap: auto, require or off")
+	fs.StringVar(&f.metricsListen, "metrics-listen", "", "also serve GET /metrics and GET /healthz (nothing else) over TCP on `host:port`, e.g. 127.0.0.1:9464; no authentication: bind it to localhost or a network only the monitoring reaches (default: off; the admin socket serves GET /metrics either way)")
 	fs.Var(&f.allowClient, "allow-client", "`principal` (user:NAME|UID, group:NAME|GID) allowed to derive client-role keys of every PSK without its own rule; repeatable")
 	fs.Var(&f.allowServer, "allow-server", "`principal` allowed to derive server-role keys of every PSK without its own rule; repeatable")
 	fs.StringVar(&f.config, "config", "", "configuration `file` (default "+defaultConfig+" when it exists; re-read on SIGHUP); flags given here win over it")
@@ -131,6 +133,7 @@ func applyConfig(g *globals, f *serveFlags) error {
 	}
 	str("log-level", &f.logLevel, c.LogLevel)
 	str("mlock", &f.mlock, c.Mlock)
+	str("metrics-listen", &f.metricsListen, c.MetricsListen)
 	num("max-conns", &f.maxConns, c.MaxConns)
 	num("max-conns-per-uid", &f.perUID, c.MaxConnsPerUID)
 	return nil
@@ -169,6 +172,7 @@ type settings struct {
 	auditLog              string // a path, or "-" for stderr
 	auditFailure          string // api.AuditRefuse or api.AuditLogOnly
 	requestTimeout        time.Duration
+	metricsListen         string // host:port, "" for none
 	access                *vault.Access
 	cfgNodeID, cfgBackend string // from the file: must match the vault
 }
@@ -194,6 +198,12 @@ func loadSettings(g *globals, f *serveFlags) (*settings, error) {
 		return nil, usagef("--request-timeout %v: want a positive duration up to 1h", f.requestTimeout)
 	}
 	st.requestTimeout = f.requestTimeout
+	if f.metricsListen != "" {
+		if _, _, err := net.SplitHostPort(f.metricsListen); err != nil {
+			return nil, usagef("--metrics-listen %q: want host:port, e.g. 127.0.0.1:9464", f.metricsListen)
+		}
+		st.metricsListen = f.metricsListen
+	}
 	switch f.auditFailure {
 	case api.AuditRefuse, api.AuditLogOnly:
 		st.auditFailure = f.auditFailure
@@ -386,6 +396,24 @@ func serve(ctx context.Context, g *globals, st *settings, load func() (*settings
 		}
 		all = append(all, served{srv, errc})
 	}
+	var metricsSrv *http.Server
+	if st.metricsListen != "" {
+		ml, err := net.Listen("tcp", st.metricsListen)
+		if err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		if host, _, _ := net.SplitHostPort(st.metricsListen); !isLoopback(host) {
+			log.Warn("the metrics listener is not on a loopback address: it has no authentication, so anyone who reaches it reads the metrics (no keys, identities or users: counts only)", "address", ml.Addr().String())
+		}
+		var merrc <-chan error
+		metricsSrv, merrc = s.ServeMetrics(ml)
+		go func() {
+			if err := <-merrc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics listener stopped", "err", err)
+			}
+		}()
+		log.Info("serving metrics", "address", ml.Addr().String(), "paths", "/metrics /healthz")
+	}
 	log.Info("serving", "node", v.NodeID(), "backend", v.BackendInfo().Name, "socket", st.socket, "data_socket", dataSocket, "state_dir", st.stateDir, "audit_log", st.auditLog, "version", api.Version)
 	errc := make(chan error, len(all))
 	for _, x := range all {
@@ -413,7 +441,20 @@ loop:
 			log.Warn("shutdown", "err", err)
 		}
 	}
+	if metricsSrv != nil {
+		metricsSrv.Shutdown(sctx)
+	}
 	return serveErr
+}
+
+// isLoopback reports whether host (of a listen address) is a loopback
+// address or "localhost".
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // defaultDataSocket is the data socket beside an admin socket, in a sibling

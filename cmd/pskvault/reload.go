@@ -132,5 +132,6 @@ func (st *settings) restartNeeded(next *settings) []change {
 	cmp("mlock", st.mlock, next.mlock)
 	cmp("audit_failure", st.auditFailure, next.auditFailure)
 	cmp("request_timeout", st.requestTimeout.String(), next.requestTimeout.String())
+	cmp("metrics_listen", st.metricsListen, next.metricsListen)
 	return out
 }

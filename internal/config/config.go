@@ -12,6 +12,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -34,6 +35,7 @@ type Config struct {
 	MaxConns       int
 	MaxConnsPerUID int
 	Mlock          string
+	MetricsListen  string           // host:port of the metrics listener
 	Access         vault.AccessRule // [access]: default rule
 	PSKs           []PSKRule        // [[psk]]
 }
@@ -282,6 +284,13 @@ func (p *parser) set(key string, v value) {
 			num(&c.MaxConns)
 		case "max_conns_per_uid":
 			num(&c.MaxConnsPerUID)
+		case "metrics_listen":
+			str(&c.MetricsListen)
+			if c.MetricsListen != "" {
+				if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+					p.errorf(v.line, "metrics_listen: want host:port, e.g. \"127.0.0.1:9464\"")
+				}
+			}
 		case "mlock":
 			str(&c.Mlock)
 			switch c.Mlock {
@@ -444,7 +453,7 @@ func parseString(s string) (string, string, error) {
 // The keys each section knows: the only words of the file that problems
 // quote.
 var (
-	topKeys    = []string{"node_id", "backend", "state_dir", "admin_socket", "data_socket", "admin_group", "audit_log", "log_level", "max_conns", "max_conns_per_uid", "mlock"}
+	topKeys    = []string{"node_id", "backend", "state_dir", "admin_socket", "data_socket", "admin_group", "audit_log", "log_level", "max_conns", "max_conns_per_uid", "mlock", "metrics_listen"}
 	accessKeys = []string{"client", "server"}
 	pskKeys    = []string{"identity", "identity_hex", "client", "server"}
 )

@@ -15,6 +15,7 @@ data_socket = "/run/pskvault/data/pskvault.sock"
 admin_group = "0"
 max_conns = 64
 mlock = "auto"
+metrics_listen = "127.0.0.1:9464"
 
 [access]
 client = ["user:0", "group:0"]
@@ -34,7 +35,7 @@ func TestParseGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.NodeID != "node-a" || c.MaxConns != 64 || len(c.Access.Client) != 2 || len(c.PSKs) != 2 ||
+	if c.NodeID != "node-a" || c.MaxConns != 64 || c.MetricsListen != "127.0.0.1:9464" || len(c.Access.Client) != 2 || len(c.PSKs) != 2 ||
 		string(c.PSKs[0].Identity) != "web-1" || c.PSKs[0].Rule.Server[0].ID != 65534 || c.PSKs[1].Identity[1] != 0xff {
 		t.Fatalf("parsed wrong: %+v", c)
 	}
@@ -48,6 +49,7 @@ func TestParseProblems(t *testing.T) {
 		{"unquoted string", "node_id = node-a", "t.toml:1: node_id: unsupported value"},
 		{"wrong type", "max_conns = \"10\"", "t.toml:1: max_conns: want a positive integer"},
 		{"bad enum", "\n\nmlock = \"yes\"", "t.toml:3: mlock: want auto, require or off"},
+		{"bad address", "metrics_listen = \"9464\"", "t.toml:1: metrics_listen: want host:port, e.g. \"127.0.0.1:9464\""},
 		{"bad node id", "node_id = \"a b\"", "t.toml:1: node_id:"},
 		{"unknown table", "[acces]\nclient = []", "t.toml:1: unknown table (known: [access], [[psk]])"},
 		{"bad principal", "[access]\nclient = [\"uzer:1\"]", "t.toml:2: client: entry 1: want user:NAME"},
@@ -74,7 +76,7 @@ func TestErrorLines(t *testing.T) {
 	if !errors.As(err, &ce) {
 		t.Fatalf("got %v, want *Error", err)
 	}
-	want := []string{`t.toml:2: unknown key (not repeated here; known: node_id, backend, state_dir, admin_socket, data_socket, admin_group, audit_log, log_level, max_conns, max_conns_per_uid, mlock)`, `t.toml:4: client: entry 1: want user:NAME, user:UID, group:NAME or group:GID`}
+	want := []string{`t.toml:2: unknown key (not repeated here; known: node_id, backend, state_dir, admin_socket, data_socket, admin_group, audit_log, log_level, max_conns, max_conns_per_uid, mlock, metrics_listen)`, `t.toml:4: client: entry 1: want user:NAME, user:UID, group:NAME or group:GID`}
 	if got := ce.Lines(); !slices.Equal(got, want) {
 		t.Fatalf("got %q, want %q", got, want)
 	}
