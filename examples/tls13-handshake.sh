@@ -81,17 +81,26 @@ B_ID=$(echo "$B" | field imported_identity); B_KEY=$(echo "$B" | field ipskx)
 [ "$A_ID" = "$B_ID" ] || { echo "imported identities differ" >&2; exit 1; }
 echo "imported identity on the wire: $A_ID"
 
+# feed_until LOG PATTERN: a TLS client's stdin: one line, then open until
+# the client's LOG shows PATTERN (the echo) or a failure (10 s at most),
+# never for a fixed time, which a loaded machine can outlast.
+feed_until() {
+	echo hello-from-node-a
+	for _ in $(seq 200); do grep -q "$2" "$1" && break; grep -qiE "error|alert|fail" "$1" && break; sleep 0.05; done
+}
+
 openssl_handshake() { # SERVER_ID SERVER_KEY CLIENT_ID CLIENT_KEY
 	local port; port=$(freeport)
 	timeout 20 openssl s_server -nocert -tls1_3 -ciphersuites TLS_AES_128_GCM_SHA256 \
 		-psk "$2" -psk_identity "$1" -accept "127.0.0.1:$port" -naccept 1 -rev >"$W/s_server.log" 2>&1 &
 	local sp=$!; pids+=($sp)
 	for _ in $(seq 200); do grep -q ACCEPT "$W/s_server.log" && break; sleep 0.05; done
-	local out
-	out=$( (echo hello-from-node-a; sleep 2) | timeout 10 openssl s_client -connect "127.0.0.1:$port" -tls1_3 \
-		-ciphersuites TLS_AES_128_GCM_SHA256 -psk "$4" -psk_identity "$3" -brief 2>&1 || true)
+	local out="$W/s_client.log"
+	: >"$out"
+	feed_until "$out" "a-edon-morf-olleh" | timeout 15 openssl s_client -connect "127.0.0.1:$port" -tls1_3 \
+		-ciphersuites TLS_AES_128_GCM_SHA256 -psk "$4" -psk_identity "$3" -brief >"$out" 2>&1 || true
 	kill "$sp" 2>/dev/null || true
-	echo "$out" | grep -q "a-edon-morf-olleh" && echo "$out" | grep -q "Server Temp Key"
+	grep -q "a-edon-morf-olleh" "$out" && grep -q "Server Temp Key" "$out"
 }
 
 gnutls_handshake() { # SERVER_ID SERVER_KEY CLIENT_ID CLIENT_KEY
@@ -102,20 +111,16 @@ gnutls_handshake() { # SERVER_ID SERVER_KEY CLIENT_ID CLIENT_KEY
 	timeout 20 gnutls-serv --pskpasswd "$W/psk.passwd" --priority "$pri" -p "$port" --echo >"$W/gnutls-serv.log" 2>&1 &
 	local sp=$!; pids+=($sp)
 	for _ in $(seq 200); do grep -q "listening on IPv4" "$W/gnutls-serv.log" && break; sleep 0.05; done
-	# stdin stays open until the echo is back (at most 10 s), not for a
-	# fixed time: on a loaded machine a fixed 2 s was sometimes too short.
 	local out="$W/gnutls-cli.log"
 	: >"$out"
-	(echo hello-from-node-a
-	 for _ in $(seq 200); do grep -q "^hello-from-node-a" "$out" && break; sleep 0.05; done) |
-		timeout 15 gnutls-cli --pskusername "$3" --pskkey "$4" \
+	feed_until "$out" "^hello-from-node-a" | timeout 15 gnutls-cli --pskusername "$3" --pskkey "$4" \
 		--priority "$pri" -p "$port" 127.0.0.1 >"$out" 2>&1 || true
 	kill "$sp" 2>/dev/null || true
 	grep -q "PSK authentication" "$out" && grep -q "^hello-from-node-a" "$out"
 }
 
 openssl_handshake "$B_ID" "$B_KEY" "$A_ID" "$A_KEY" && echo "OpenSSL: TLS 1.3 psk_dhe_ke handshake done, data crossed" \
-	|| { echo "OpenSSL handshake FAILED" >&2; cat "$W/s_server.log" >&2; exit 1; }
+	|| { echo "OpenSSL handshake FAILED" >&2; cat "$W/s_server.log" "$W/s_client.log" >&2; exit 1; }
 if command -v gnutls-serv >/dev/null && command -v gnutls-cli >/dev/null; then
 	gnutls_handshake "$B_ID" "$B_KEY" "$A_ID" "$A_KEY" && echo "GnuTLS: TLS 1.3 (EC)DHE-PSK handshake done, data crossed" \
 		|| { echo "GnuTLS handshake FAILED" >&2; cat "$W/gnutls-serv.log" "$W/gnutls-cli.log" >&2; exit 1; }
