@@ -31,6 +31,10 @@ declare -A needfile=(
 need+=([stunnel4]=stunnel4 [mosquitto]=mosquitto [mosquitto_pub]=mosquitto-clients [make]=make [pkg-config]=pkg-config [debootstrap]=debootstrap)
 # packaging/ tests: rpm reads back the .rpm nfpm builds, logrotate runs the snippet (dpkg-deb comes with every Debian)
 need+=([rpm]=rpm [dpkg-deb]=dpkg [logrotate]=logrotate)
+# cmd/pskvault's completion tests load the scripts into real shells (bash with
+# bash-completion, which cobra's bash script builds on; zsh; fish)
+need+=([zsh]=zsh [fish]=fish)
+needfile+=([/usr/share/bash-completion/bash_completion]=bash-completion)
 missing=()
 for cmd in "${!need[@]}"; do
 	command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")

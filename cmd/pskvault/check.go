@@ -14,7 +14,14 @@ import (
 )
 
 func init() {
-	register(&command{name: "check", summary: "audit the vault against RFC 9257; exit status 1 when a MUST is violated", setup: setupCheck})
+	register(&command{name: "check", summary: "audit the vault against RFC 9257; exit status 1 when a MUST is violated",
+		long: "Asks the daemon (admin socket) for its RFC 9257 report: per PSK its kind, entropy, psk_dhe_ke and early-data policy, expiry and the findings at MUST, SHOULD and warning level, and what reconciling the records with the backend found at start.",
+		examples: []example{
+			{"", "pskvault check"},
+			{"fail on SHOULD findings too, machine-readable", "pskvault check --strict --json"},
+		},
+		uses:  useSocket,
+		setup: setupCheck})
 }
 
 // errCheckFailed makes check exit non-zero after printing its report.

@@ -15,7 +15,13 @@ import (
 )
 
 func init() {
-	register(&command{name: "config check", args: "", summary: "validate a daemon configuration file, reporting each problem with its line", setup: setupConfigCheck})
+	register(&command{name: "config check", args: "", summary: "validate a daemon configuration file, reporting each problem with its line",
+		long: "Reads the file as serve does (refusing one that anyone but root or you could have written) and reports every problem with its line; serve reads the same file at start and on SIGHUP.",
+		examples: []example{
+			{"", "pskvault config check --config /etc/pskvault/pskvault.toml"},
+			{"", "pskvault config check --config ./pskvault.toml --json"},
+		},
+		setup: setupConfigCheck})
 }
 
 // defaultConfig is read by serve when it exists and no --config is given.
@@ -23,22 +29,37 @@ const defaultConfig = "/etc/pskvault/pskvault.toml"
 
 func setupConfigCheck(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
 	path := fs.String("config", defaultConfig, "configuration `file`")
+	asJSON := fs.Bool("json", false, "print JSON: config, ok and the problems with their lines")
 	return func(ctx context.Context, args []string) error {
 		raw, err := readConfig(*path)
 		if err != nil {
 			return err
 		}
+		out := configCheckJSON{Config: *path, OK: true, Problems: []configProblem{}}
 		_, err = config.Parse(*path, raw)
 		clear(raw) // it may be the wrong file: a key
 		if err != nil {
 			var ce *config.Error
 			if errors.As(err, &ce) {
 				for _, p := range ce.Problems {
-					fmt.Fprintf(g.stderr, "%s:%d: %s\n", *path, p.Line, p.Msg)
+					if *asJSON {
+						out.Problems = append(out.Problems, configProblem{Line: p.Line, Message: p.Msg})
+					} else {
+						fmt.Fprintf(g.stderr, "%s:%d: %s\n", *path, p.Line, p.Msg)
+					}
+				}
+				if *asJSON {
+					out.OK = false
+					if err := writeJSON(g.stdout, out); err != nil {
+						return err
+					}
 				}
 				return fmt.Errorf("%s: %d problem(s)", *path, len(ce.Problems))
 			}
 			return err
+		}
+		if *asJSON {
+			return writeJSON(g.stdout, out)
 		}
 		fmt.Fprintf(g.stdout, "%s: ok\n", *path)
 		return nil

@@ -21,13 +21,30 @@ import (
 )
 
 func init() {
-	register(&command{name: "init", summary: "create a vault for this node", setup: setupInit})
-	register(&command{name: "serve", summary: "run the daemon: own the vault, listen on the admin and data sockets", setup: setupServe})
+	register(&command{name: "init", summary: "create a vault for this node",
+		long: "Creates the state directory (0700) with the node's identifier and its backend: a software store, a TPM or a PKCS#11 token. Run it once, as the user the daemon will run as; it needs no daemon.",
+		examples: []example{
+			{"a software store for this user", "pskvault init --node-id node-a"},
+			{"the system vault, keys in the TPM", "pskvault init --state-dir /var/lib/pskvault --node-id node-a --backend tpm --json"},
+		},
+		uses:  useStateDir,
+		setup: setupInit})
+	register(&command{name: "serve", summary: "run the daemon: own the vault, listen on the admin and data sockets",
+		long: "Owns the vault in --state-dir and listens on the admin socket (--socket; PSK management, for root, the daemon's user and --admin-group) and the data socket (--data-socket; derive, lookup, offers for TLS stacks, per-PSK access lists). Reads --config at start and on SIGHUP; flags given here win over the file. Under systemd the sockets come from the .socket units.",
+		examples: []example{
+			{"as yourself, with the default paths", "pskvault serve"},
+			{"as the system service runs it", "pskvault serve --state-dir /var/lib/pskvault --config /etc/pskvault/pskvault.toml"},
+			{"admin socket only, verbose", "pskvault serve --data-socket none --log-level debug"},
+		},
+		uses:   useAll,
+		noJSON: "it prints nothing on standard output: its log goes to standard error, its audit log to --audit-log",
+		setup:  setupServe})
 }
 
 func setupInit(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
 	node := fs.String("node-id", "", "this node's `identifier` (1-64 of A-Z a-z 0-9 . _ : -)")
 	backend := fs.String("backend", "soft", "key backend `URI`: soft, tpm[:...], pkcs11:...")
+	asJSON := fs.Bool("json", false, "print JSON: node_id, state_dir, backend")
 	return func(ctx context.Context, args []string) error {
 		if *node == "" {
 			return usagef("--node-id is required")
@@ -37,6 +54,9 @@ func setupInit(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 				return withHint(err, "use another --state-dir, or delete %s to start over (this destroys its keys)", g.stateDir)
 			}
 			return err
+		}
+		if *asJSON {
+			return writeJSON(g.stdout, initJSON{NodeID: *node, StateDir: g.stateDir, Backend: *backend})
 		}
 		fmt.Fprintf(g.stdout, "initialized vault for node %s in %s (backend %s)\n", *node, g.stateDir, *backend)
 		return nil

@@ -24,7 +24,13 @@ import (
 )
 
 func init() {
-	register(&command{name: "demo", summary: "run a two-node demo in a temporary directory (no setup, cleans up)", setup: setupDemo})
+	register(&command{name: "demo", summary: "run a two-node demo in a temporary directory (no setup, cleans up)",
+		long: "Creates two throwaway vaults, runs a daemon for each, creates a PSK on one, hands it to the other as a bundle, derives the same imported PSK on both ends and (unless --no-tls) runs an OpenSSL TLS 1.3 handshake with it. Everything is removed afterwards unless --keep.",
+		examples: []example{
+			{"", "pskvault demo"},
+			{"no OpenSSL, summary as JSON", "pskvault demo --no-tls --json"},
+		},
+		setup: setupDemo})
 }
 
 // demoNode is one vault with its own daemon.
@@ -39,8 +45,13 @@ type demoNode struct {
 func setupDemo(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
 	keep := fs.Bool("keep", false, "keep the temporary directory for inspection")
 	noTLS := fs.Bool("no-tls", false, "skip the OpenSSL handshake")
-	return func(ctx context.Context, args []string) error {
+	asJSON := fs.Bool("json", false, "print a JSON summary (nodes, identity, derived, refusals, tls_handshake) on standard output; the narrative goes to standard error")
+	return func(ctx context.Context, args []string) (err error) {
 		w := g.stdout
+		if *asJSON {
+			w = g.stderr
+		}
+		res := demoJSON{Derived: []demoDerived{}}
 		step := func(format string, a ...any) { fmt.Fprintf(w, "\n== "+format+"\n", a...) }
 		tmp, err := os.MkdirTemp("", "pskvault-demo-")
 		if err != nil {
@@ -53,8 +64,12 @@ func setupDemo(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 			}
 			if *keep {
 				fmt.Fprintf(w, "\nkept %s\n", tmp)
+				res.Kept = tmp
 			} else {
 				os.RemoveAll(tmp)
+			}
+			if *asJSON && err == nil {
+				err = writeJSON(g.stdout, res)
 			}
 		}()
 		self, err := os.Executable()
@@ -77,6 +92,7 @@ func setupDemo(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 				return nil, err
 			}
 			nodes = append(nodes, n)
+			res.Nodes = append(res.Nodes, name)
 			n.c = client.New(n.socket)
 			for i := 0; ; i++ {
 				if _, err := n.c.Status(ctx); err == nil {
@@ -101,6 +117,7 @@ func setupDemo(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 		}
 
 		identity := []byte("demo-edge-origin-1")
+		res.Identity = string(identity)
 		spec := client.PSKSpec{Identity: identity, ClientNode: "node-a", ServerNode: "node-b"}
 		spec.Policy.NodeContext = true // the RFC 9258 context names both nodes: no rerouting, no Selfie
 		step("2. node-a generates a 256-bit pairwise EPSK %q for client node-a / server node-b,\n   bound to the node-identifier context", identity)
@@ -138,6 +155,7 @@ func setupDemo(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 			return errors.New("demo: node-c accepted a PSK it is not party to")
 		}
 		fmt.Fprintf(w, "   node-c: refused: %v\n", err)
+		res.ThirdNodeRefused = true
 
 		step("5. both sides derive RFC 9258 imported PSKs (each daemon fills in the node context); they must match")
 		var tlsA *client.Derived
@@ -154,6 +172,7 @@ func setupDemo(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 			same := subtle.ConstantTimeCompare(da.IPSKX, db.IPSKX) == 1 && bytes.Equal(da.ImportedIdentity, db.ImportedIdentity)
 			fp := sha256.Sum256(da.IPSKX)
 			fmt.Fprintf(w, "   %-8s %-7s imported identity %x\n            ipskx fingerprint sha256:%x on node-a (%s), node-b (%s): match=%v\n", t[0], t[1], da.ImportedIdentity, fp[:8], da.Response.Role, db.Response.Role, same)
+			res.Derived = append(res.Derived, demoDerived{Protocol: t[0], KDF: t[1], ImportedIdentity: hex.EncodeToString(da.ImportedIdentity), Match: same})
 			if !same {
 				return errors.New("demo: the two nodes derived different keys")
 			}
@@ -176,12 +195,14 @@ func setupDemo(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 			return errors.New("demo: a context naming node-x was accepted")
 		} else {
 			fmt.Fprintf(w, "   refused: %v\n", err)
+			res.ForeignContextRefused = true
 		}
 
 		step("7. a real TLS 1.3 handshake with the imported PSK")
 		if *noTLS {
 			fmt.Fprintln(w, "   skipped (--no-tls)")
-		} else if err := demoTLS(ctx, w, tlsA); err != nil {
+			res.TLSHandshake = "skipped"
+		} else if res.TLSHandshake, err = demoTLS(ctx, w, tlsA); err != nil {
 			return err
 		}
 		fmt.Fprintln(w, "\ndemo complete: everything ran in", tmp, "and is being removed")
@@ -207,11 +228,11 @@ func (n *demoNode) stop() {
 
 // demoTLS runs openssl s_server and s_client with the imported PSK, in
 // psk_dhe_ke mode (OpenSSL's default when both offer key shares).
-func demoTLS(ctx context.Context, w io.Writer, d *client.Derived) error {
+func demoTLS(ctx context.Context, w io.Writer, d *client.Derived) (string, error) {
 	openssl, err := exec.LookPath("openssl")
 	if err != nil {
 		fmt.Fprintln(w, "   openssl is not installed: skipped")
-		return nil
+		return "no openssl", nil
 	}
 	// The OpenSSL CLI takes the key only on argv; this is a throwaway demo
 	// key. Production TLS stacks take it through their API from the socket.
@@ -222,7 +243,7 @@ func demoTLS(ctx context.Context, w io.Writer, d *client.Derived) error {
 	defer cancel()
 	srv, err := startDemoServer(sctx, openssl, pskHex, idHex)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer srv.stop()
 	cli := exec.CommandContext(sctx, openssl, "s_client", "-connect", "127.0.0.1:"+srv.port, "-tls1_3",
@@ -230,12 +251,12 @@ func demoTLS(ctx context.Context, w io.Writer, d *client.Derived) error {
 	cli.Stdin = strings.NewReader("hello from node-a over TLS 1.3 with an imported PSK\n")
 	out, err := cli.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("openssl s_client failed: %w: %s", err, oneLine(string(out)))
+		return "", fmt.Errorf("openssl s_client failed: %w: %s", err, oneLine(string(out)))
 	}
 	<-srv.exited // -naccept 1: it ends with the connection
 	got := srv.out.String()
 	if !strings.Contains(got, "hello from node-a") {
-		return fmt.Errorf("TLS handshake ran but the server did not receive the data: %s", oneLine(got))
+		return "", fmt.Errorf("TLS handshake ran but the server did not receive the data: %s", oneLine(got))
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		if strings.HasPrefix(line, "Protocol version") || strings.HasPrefix(line, "Ciphersuite") {
@@ -243,7 +264,7 @@ func demoTLS(ctx context.Context, w io.Writer, d *client.Derived) error {
 		}
 	}
 	fmt.Fprintln(w, "   openssl s_server received: hello from node-a over TLS 1.3 with an imported PSK")
-	return nil
+	return "ok", nil
 }
 
 // demoServer is a running openssl s_server.

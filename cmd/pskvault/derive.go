@@ -11,7 +11,15 @@ import (
 )
 
 func init() {
-	register(&command{name: "derive", summary: "derive an RFC 9258 imported PSK (ipskx) through the daemon", setup: setupDerive})
+	register(&command{name: "derive", summary: "derive an RFC 9258 imported PSK (ipskx) through the daemon",
+		long: "Asks the data socket (or, without --data-socket, the admin socket) for the RFC 9258 imported PSK of one external identity, context, protocol and KDF; the daemon's access lists decide whether you may. The ipskx is key material: it is printed only to standard output (and is the one key field --json carries).",
+		examples: []example{
+			{"", "pskvault derive --identity link-a-b --json"},
+			{"a line for openssl s_client -psk_identity/-psk", "pskvault derive --identity link-a-b --context-hex 0102 --kdf sha384 --format openssl"},
+			{"a group PSK", "pskvault derive --identity group-1 --peer node-b --role client"},
+		},
+		uses:  useSocket | useDataSocket,
+		setup: setupDerive})
 }
 
 func setupDerive(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {

@@ -11,10 +11,37 @@ import (
 )
 
 func init() {
-	register(&command{name: "psk revoke", summary: "stop a PSK now: destroy its key, keep the record (RFC 9257 lifecycle)", setup: setupRevoke})
-	register(&command{name: "psk rotate", summary: "make the next generation of a PSK; the old one expires after --overlap", setup: setupRotate})
-	register(&command{name: "psk sweep", summary: "destroy the keys of expired PSKs (records stay, marked revoked)", setup: setupSweep})
-	register(&command{name: "psk finalize", summary: "keep the imported keys for the allowed targets and destroy the main key (RFC 9257 section 6)", setup: setupFinalize})
+	register(&command{name: "psk revoke", summary: "stop a PSK now: destroy its key, keep the record (RFC 9257 lifecycle)",
+		long: "Destroys the PSK's key in the backend at once and keeps its record, marked revoked with the reason: what RFC 9257 asks when a key or a node is compromised.",
+		examples: []example{
+			{"", "pskvault psk revoke --identity link-a-b --reason 'node-b decommissioned'"},
+		},
+		uses:  useSocket,
+		setup: setupRevoke})
+	register(&command{name: "psk rotate", summary: "make the next generation of a PSK; the old one expires after --overlap",
+		long: "Makes the next generation of a PSK under a new identity; both derive until --overlap has passed, then the old one expires. The vault generates the key and writes it for the peer (--out, a bundle the peer imports), or you bring it (--key-file).",
+		examples: []example{
+			{"", "pskvault psk rotate --identity link-a-b --new-identity link-a-b-2 --overlap 168h --out link-a-b-2.bundle"},
+			{"with a key made elsewhere", "pskvault psk rotate --identity link-a-b --new-identity link-a-b-2 --key-file link-a-b-2.hex --json"},
+		},
+		uses:  useSocket,
+		setup: setupRotate})
+	register(&command{name: "psk sweep", summary: "destroy the keys of expired PSKs (records stay, marked revoked)",
+		long: "Destroys the key of every active PSK past its not_after; the records stay, marked revoked. pskvault-sweep.timer runs it daily.",
+		examples: []example{
+			{"", "pskvault psk sweep"},
+			{"", "pskvault psk sweep --json"},
+		},
+		uses:  useSocket,
+		setup: setupSweep})
+	register(&command{name: "psk finalize", summary: "keep the imported keys for the allowed targets and destroy the main key (RFC 9257 section 6)",
+		long: "Keeps only the imported keys of the allowed targets (and contexts) and destroys the main key, so nothing else can be derived from the PSK again (RFC 9257 section 6).",
+		examples: []example{
+			{"", "pskvault psk finalize --identity link-a-b"},
+			{"keep two contexts", "pskvault psk finalize --identity link-a-b --context-hex 01 --context-hex 02 --json"},
+		},
+		uses:  useSocket,
+		setup: setupFinalize})
 }
 
 func setupRevoke(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
@@ -75,6 +102,7 @@ func setupRotate(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 	validFor := fs.Duration("valid-for", 0, "lifetime of the new generation (default: the old one's)")
 	source := fs.String("source", "", "provenance of --key-file")
 	allowLow := fs.Bool("allow-low-entropy", false, "accept a --key-file that looks low-entropy (flagged for good)")
+	asJSON := fs.Bool("json", false, "print JSON: identity_hex, new_identity_hex, overlap, key_check_value, out, format (to standard error when --out is -)")
 	return func(ctx context.Context, args []string) error {
 		b, err := id.bytes()
 		if err != nil {
@@ -102,6 +130,13 @@ func setupRotate(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 			clear(key)
 			if err != nil {
 				return err
+			}
+			if *asJSON {
+				p, err := c.Get(ctx, nid)
+				if err != nil {
+					return err
+				}
+				return writeJSON(g.stdout, rotateJSON{IdentityHex: hex.EncodeToString(b), NewIdentityHex: hex.EncodeToString(nid), Overlap: overlap.String(), KCV: p.KCV})
 			}
 			fmt.Fprintf(g.stdout, "rotated %x -> %x; the old generation expires in %s\n", b, nid, *overlap)
 			return nil
@@ -143,6 +178,9 @@ func setupRotate(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 			return fmt.Errorf("write the key for the peer: %w (the new generation %x was deleted again; rotate again)", err, nid)
 		}
 		gi := o.info(g)
+		if *asJSON {
+			return writeJSON(gi.stdout, rotateJSON{IdentityHex: hex.EncodeToString(b), NewIdentityHex: hex.EncodeToString(nid), Overlap: overlap.String(), KCV: kcv, Out: *out, Format: bf.format})
+		}
 		where := *out + " (0600)"
 		if *out == "-" {
 			where = "standard output"
@@ -158,10 +196,17 @@ func setupRotate(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 }
 
 func setupSweep(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
+	asJSON := fs.Bool("json", false, "print JSON: swept_hex, the identities whose keys were destroyed")
 	return func(ctx context.Context, args []string) error {
 		ids, err := g.client().Sweep(ctx)
 		if err != nil {
 			return err
+		}
+		if *asJSON {
+			if ids == nil {
+				ids = []string{}
+			}
+			return writeJSON(g.stdout, sweepJSON{SweptHex: ids})
 		}
 		for _, id := range ids {
 			fmt.Fprintf(g.stdout, "destroyed the key of expired PSK %s\n", id)

@@ -19,20 +19,61 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/spf13/cobra"
+
 	"github.com/pskvault/pskvault/client"
 
 	// Backends register themselves with the vault.
 	_ "github.com/pskvault/pskvault/backends/soft"
 )
 
-// command is one verb ("init") or verb pair ("psk import").
+// command is one verb ("init") or verb pair ("psk import"). It is the one
+// definition the help page, the man page (cli.go, cobra's doc generator) and
+// the shell completions are made from.
 type command struct {
 	name    string
 	args    string // synopsis of positional arguments; "" means the verb takes none
 	summary string
+	// long says more than the summary: what the verb needs and what it
+	// changes (help page and man page DESCRIPTION).
+	long string
+	// examples end the help page; each line is a real command line (a
+	// test parses every one against the verb's flags) and never carries
+	// key material.
+	examples []example
+	// uses says which of the global flags apply: only those are
+	// registered on the verb (the others are refused after it, and its
+	// help page does not mention them).
+	uses globalUse
+	// noJSON says why the verb has no --json ("" : it has one); a test
+	// checks every verb has one or the other.
+	noJSON string
 	// setup registers the verb's flags and returns the function to run.
 	setup func(fs *flag.FlagSet, g *globals) func(ctx context.Context, args []string) error
 }
+
+// example is one command line of a help page, with what it does.
+type example struct{ what, line string }
+
+// globalUse is a set of global flags.
+type globalUse uint8
+
+const (
+	useStateDir globalUse = 1 << iota
+	useSocket
+	useDataSocket
+	useAll = useStateDir | useSocket | useDataSocket
+)
+
+// group is a word that starts two-word commands ("psk", "tpm").
+type group struct {
+	summary  string
+	examples []example
+}
+
+var groups = map[string]*group{}
+
+func registerGroup(name string, gr *group) { groups[name] = gr }
 
 var commands = map[string]*command{}
 
@@ -64,10 +105,29 @@ func (g *globals) dataClient() *client.Client {
 	return client.New(g.socket)
 }
 
-func (g *globals) register(fs *flag.FlagSet) {
-	fs.StringVar(&g.stateDir, "state-dir", g.stateDir, "vault state `directory` (env PSKVAULT_STATE_DIR)")
-	fs.StringVar(&g.socket, "socket", g.socket, "daemon (admin) socket `path` (env PSKVAULT_SOCKET)")
-	fs.StringVar(&g.dataSocket, "data-socket", g.dataSocket, "data socket `path` for TLS stacks (derive, lookup, offers; env PSKVAULT_DATA_SOCKET). serve creates it beside --socket (DIR/../data/ for an admin/ DIR, else DIR-data/) unless given, or none to serve only the admin socket; the other verbs use it only when given")
+// register adds the global flags in use to fs, with the help text that fits
+// the verb: the admin socket is a data verb's fallback, serve's to listen on.
+func (g *globals) register(fs *flag.FlagSet, use globalUse) {
+	if use&useStateDir != 0 {
+		fs.StringVar(&g.stateDir, "state-dir", g.stateDir, "vault state `directory` (env PSKVAULT_STATE_DIR)")
+	}
+	if use&useSocket != 0 {
+		text := "daemon (admin) socket `path` (env PSKVAULT_SOCKET)"
+		switch {
+		case use == useAll:
+			text = "admin socket `path` to listen on (env PSKVAULT_SOCKET)"
+		case use&useDataSocket != 0:
+			text = "daemon (admin) socket `path`, used when no --data-socket is given (env PSKVAULT_SOCKET)"
+		}
+		fs.StringVar(&g.socket, "socket", g.socket, text)
+	}
+	if use&useDataSocket != 0 {
+		text := "data socket `path` (env PSKVAULT_DATA_SOCKET; default: the admin socket, which serves the data endpoints too)"
+		if use == useAll {
+			text = "data socket `path` for TLS stacks (derive, lookup, offers; env PSKVAULT_DATA_SOCKET): created beside --socket (DIR/../data/ for an admin/ DIR, else DIR-data/) unless given, or none to serve only the admin socket"
+		}
+		fs.StringVar(&g.dataSocket, "data-socket", g.dataSocket, text)
+	}
 }
 
 func defaultGlobals() *globals {
@@ -154,12 +214,15 @@ func main() {
 
 // run executes one command line and returns the exit status.
 func run(ctx context.Context, argv []string, g *globals) int {
-	top := flag.NewFlagSet("pskvault", flag.ContinueOnError)
-	top.SetOutput(io.Discard)
-	g.register(top)
-	help := top.Bool("help", false, "show help")
-	top.BoolVar(help, "h", false, "show help")
-	version := top.Bool("version", false, "print the version")
+	if len(argv) > 0 {
+		switch argv[0] {
+		case cobra.ShellCompRequestCmd, cobra.ShellCompNoDescRequestCmd:
+			return complete(ctx, argv, g)
+		case genDocsCmd:
+			return genDocs(argv[1:], g)
+		}
+	}
+	top, help, version := topFlags(g)
 	if err := top.Parse(argv); err != nil {
 		fmt.Fprintf(g.stderr, "pskvault: error: %v\n", err)
 		fmt.Fprintln(g.stderr, "pskvault: hint: run 'pskvault --help'")
@@ -197,7 +260,7 @@ func run(ctx context.Context, argv []string, g *globals) int {
 	}
 	fs := flag.NewFlagSet("pskvault "+c.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	g.register(fs)
+	g.register(fs, c.uses)
 	do := c.setup(fs, g)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -257,9 +320,37 @@ func lookup(rest []string) (*command, []string) {
 	return nil, nil
 }
 
+// topFlags are the flags before the verb: every global flag, --help and
+// --version.
+func topFlags(g *globals) (top *flag.FlagSet, help, version *bool) {
+	top = flag.NewFlagSet("pskvault", flag.ContinueOnError)
+	top.SetOutput(io.Discard)
+	g.register(top, useAll)
+	// The text is the one the verbs that take them show.
+	top.Lookup("socket").Usage = "daemon (admin) socket `path` (env PSKVAULT_SOCKET)"
+	top.Lookup("data-socket").Usage = "data socket `path` (env PSKVAULT_DATA_SOCKET): for serve, where to listen (see 'pskvault serve --help'); for the data verbs, where to ask"
+	help = top.Bool("help", false, "show help")
+	top.BoolVar(help, "h", false, "show help")
+	version = top.Bool("version", false, "print the version")
+	return top, help, version
+}
+
+const overviewSummary = "TLS 1.3 external PSKs kept in hardware, handed out only as RFC 9258 imported PSKs"
+
+const overviewLong = `pskvault keeps TLS 1.3 external PSKs (EPSKs) in a TPM, a PKCS#11 token or an encrypted software store and hands local TLS stacks only RFC 9258 imported PSKs derived from them, following RFC 9257. 'pskvault serve' owns the vault and listens on an admin socket (PSK management) and a data socket (derive, lookup, offers for TLS stacks); the other verbs talk to it, except the offline ones (init, wrap, demo, fleet, config check, pkcs11, version, completion).
+
+The global flags may be given before the verb; after the verb, a verb takes only those that apply to it. Key material is never taken on the command line: give a file (--key-file) or standard input.`
+
+var overviewExamples = []example{
+	{"create a vault and run the daemon as yourself", "pskvault init --node-id node-a"},
+	{"", "pskvault serve"},
+	{"is the daemon there, and healthy?", "pskvault status --json"},
+	{"a help page", "pskvault psk create --help"},
+}
+
 func printOverview(w io.Writer) {
-	fmt.Fprintln(w, "pskvault: TLS 1.3 external PSKs kept in hardware, handed out only as RFC 9258 imported PSKs")
-	fmt.Fprintln(w, "\nUsage: pskvault [--state-dir DIR] [--socket PATH] COMMAND [flags]\n\nCommands:")
+	fmt.Fprintf(w, "pskvault: %s\n", overviewSummary)
+	fmt.Fprintln(w, "\nUsage: pskvault [--state-dir DIR] [--socket PATH] [--data-socket PATH] COMMAND [flags]\n\nCommands:")
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
@@ -268,7 +359,22 @@ func printOverview(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-27s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w, "\nRun 'pskvault COMMAND --help' for a command's flags. Key material is never taken on the command line.")
+	fmt.Fprintf(w, "\n%s\n\nGlobal flags:\n", overviewLong)
+	top, _, _ := topFlags(&globals{})
+	printFlags(w, top)
+	fmt.Fprintln(w, "\nRun 'pskvault COMMAND --help' for a command's flags.")
+	printExamples(w, overviewExamples)
+}
+
+// printExamples ends a help page.
+func printExamples(w io.Writer, ex []example) {
+	fmt.Fprintln(w, "\nExamples:")
+	for _, e := range ex {
+		if e.what != "" {
+			fmt.Fprintf(w, "  # %s\n", e.what)
+		}
+		fmt.Fprintf(w, "  %s\n", e.line)
+	}
 }
 
 // isGroup reports whether word is the first word of two-word commands
@@ -292,7 +398,11 @@ func isHelpWord(s string) bool {
 
 // printGroup lists a group's subcommands.
 func printGroup(w io.Writer, group string) {
-	fmt.Fprintf(w, "Usage: pskvault %s COMMAND [flags]\n\nCommands:\n", group)
+	fmt.Fprintf(w, "Usage: pskvault %s COMMAND [flags]\n\n", group)
+	if gr := groups[group]; gr != nil {
+		fmt.Fprintf(w, "%s\n\n", gr.summary)
+	}
+	fmt.Fprintln(w, "Commands:")
 	names := []string{}
 	for n := range commands {
 		if strings.HasPrefix(n, group+" ") {
@@ -304,11 +414,45 @@ func printGroup(w io.Writer, group string) {
 		fmt.Fprintf(w, "  %-27s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintf(w, "\nRun 'pskvault %s COMMAND --help' for a command's flags.\n", group)
+	if gr := groups[group]; gr != nil {
+		printExamples(w, gr.examples)
+	}
 }
 
 func printUsage(w io.Writer, c *command, fs *flag.FlagSet) {
-	fmt.Fprintf(w, "Usage: pskvault %s [flags] %s\n\n%s\n\nFlags:\n", c.name, c.args, c.summary)
-	fs.SetOutput(w)
-	fs.PrintDefaults()
-	fs.SetOutput(io.Discard)
+	fmt.Fprintf(w, "Usage: pskvault %s [flags]%s\n\n%s\n", c.name, strings.TrimRight(" "+c.args, " "), c.summary)
+	if c.long != "" {
+		fmt.Fprintf(w, "\n%s\n", c.long)
+	}
+	fmt.Fprintln(w, "\nFlags:")
+	printFlags(w, fs)
+	printExamples(w, c.examples)
+}
+
+// printFlags is flag.PrintDefaults with the --name the examples and the
+// man pages use (Go's flag package takes -name and --name alike).
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		name, usage := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		switch {
+		case f.Name == "h" && fs.Lookup("help") != nil:
+			return // shown with --help
+		case f.Name == "help" && fs.Lookup("h") != nil:
+			line = "  -h, --help"
+		case len(f.Name) == 1:
+			line = "  -" + f.Name
+		}
+		if name != "" {
+			line += " " + name
+		}
+		switch f.DefValue {
+		case "", "false", "0", "0s":
+		default:
+			if _, isBool := f.Value.(interface{ IsBoolFlag() bool }); !isBool {
+				usage += fmt.Sprintf(" (default %q)", f.DefValue)
+			}
+		}
+		fmt.Fprintf(w, "%s\n    \t%s\n", line, strings.ReplaceAll(usage, "\n", "\n    \t"))
+	})
 }

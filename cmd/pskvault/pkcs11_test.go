@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pskvault/pskvault/backends/pkcs11"
 	"github.com/pskvault/pskvault/backends/pkcs11/pkcs11test"
 	"github.com/pskvault/pskvault/importer"
 )
@@ -30,6 +31,11 @@ func TestPKCS11EndToEnd(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "usable for sha256 and sha384") {
 		t.Fatalf("pkcs11 probe: exit %d: %s", code, out)
 	}
+	jout, jerr, code := runSplit(t, nil, "pkcs11", "probe", "--json", uri)
+	var rep pkcs11.Report
+	if decodeStrict(t, "pkcs11 probe", jout, &rep); code != 0 || !rep.Usable {
+		t.Fatalf("pkcs11 probe --json: exit %d, %+v: %s", code, rep, jerr)
+	}
 	out, code = n.run(nil, "pkcs11", "probe", "pkcs11:token=pskvault-e2e?module-path="+tok.Module+"&pin-value=1234")
 	if code == 0 || !strings.Contains(out, "pin-value is refused") {
 		t.Fatalf("probe with pin-value: exit %d: %s", code, out)
@@ -41,9 +47,13 @@ func TestPKCS11EndToEnd(t *testing.T) {
 		kek[i] ^= 0xa5
 	}
 	kekFile := writeKey(t, kek)
-	out, code = n.run(nil, "pkcs11", "import-wrapping-key", "--backend", uri, "--label", "wk-1", "--key-file", kekFile)
-	if code != 0 {
-		t.Fatalf("import-wrapping-key: exit %d: %s", code, out)
+	jout, jerr, code = runSplit(t, nil, "pkcs11", "import-wrapping-key", "--backend", uri, "--label", "wk-1", "--key-file", kekFile, "--json")
+	var wk wrappingKeyJSON
+	if decodeStrict(t, "pkcs11 import-wrapping-key", jout, &wk); code != 0 || wk.Label != "wk-1" {
+		t.Fatalf("import-wrapping-key --json: exit %d, %+v: %s", code, wk, jerr)
+	}
+	if strings.Contains(jout, hex.EncodeToString(kek)) {
+		t.Fatal("import-wrapping-key --json: the wrapping key is in the JSON")
 	}
 
 	a := newNode(t, "node-a", uri)

@@ -16,11 +16,46 @@ import (
 )
 
 func init() {
-	register(&command{name: "psk import", summary: "import an EPSK from a hex key file (or a wrapped blob)", setup: setupImport})
-	register(&command{name: "psk create", summary: "generate a 256-bit EPSK, store it, write it for the peer", setup: setupCreate})
-	register(&command{name: "psk list", summary: "list PSK records", setup: setupList})
-	register(&command{name: "psk show", args: "", summary: "show one PSK record", setup: setupShow})
-	register(&command{name: "psk delete", summary: "destroy a PSK in the backend and remove its record", setup: setupDelete})
+	register(&command{name: "psk import", summary: "import an EPSK from a hex key file (or a wrapped blob)",
+		long: "Stores an EPSK made elsewhere: a bundle from the peer's 'psk create' or 'psk rotate' (it carries the policy; flags beside it may only narrow it), a bare hex key file with the policy given here, or a blob wrapped for this node's hardware by 'pskvault wrap'. The key never passes the command line.",
+		examples: []example{
+			{"the peer's bundle", "pskvault psk import --bundle link-a-b.bundle"},
+			{"a bare key from a key ceremony", "pskvault psk import --identity legacy-1 --client node-a --server node-b --key-file legacy-1.hex --json"},
+		},
+		uses:  useSocket,
+		setup: setupImport})
+	register(&command{name: "psk create", summary: "generate a 256-bit EPSK, store it, write it for the peer",
+		long: "The vault generates a 256-bit EPSK in the backend, stores it with its policy and writes it once for the peer (--out): as a bundle (the key with its policy, authenticated, optionally wrapped to the peer's TPM or token) or as bare hex.",
+		examples: []example{
+			{"", "pskvault psk create --identity link-a-b --client node-a --server node-b --valid-for 2160h --out link-a-b.bundle"},
+			{"wrapped to the peer's TPM, random identity", "pskvault psk create --random-identity --client node-a --server node-b --tpm-parent-pub node-b.parent.pub --out link-a-b.bundle --json"},
+		},
+		uses:  useSocket,
+		setup: setupCreate})
+	register(&command{name: "psk list", summary: "list PSK records",
+		long: "Lists every PSK record: identity, hash, key size, nodes, state and expiry. No key material.",
+		examples: []example{
+			{"", "pskvault psk list"},
+			{"", "pskvault psk list --json"},
+		},
+		uses:  useSocket,
+		setup: setupList})
+	register(&command{name: "psk show", args: "", summary: "show one PSK record",
+		long: "Shows one PSK record with its policy and key check value. No key material.",
+		examples: []example{
+			{"", "pskvault psk show --identity link-a-b"},
+			{"", "pskvault psk show --identity-hex 6c696e6b2d612d62 --json"},
+		},
+		uses:  useSocket,
+		setup: setupShow})
+	register(&command{name: "psk delete", summary: "destroy a PSK in the backend and remove its record",
+		long: "Destroys the PSK's key in the backend and removes its record (revoke keeps the record).",
+		examples: []example{
+			{"", "pskvault psk delete --identity link-a-b"},
+			{"", "pskvault psk delete --identity link-a-b --json"},
+		},
+		uses:  useSocket,
+		setup: setupDelete})
 }
 
 // identityFlags are --identity / --identity-hex.
@@ -318,6 +353,7 @@ func setupShow(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 func setupDelete(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
 	var id identityFlags
 	id.register(fs)
+	asJSON := fs.Bool("json", false, "print JSON: deleted_hex")
 	return func(ctx context.Context, args []string) error {
 		b, err := id.bytes()
 		if err != nil {
@@ -325,6 +361,9 @@ func setupDelete(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 		}
 		if err := g.client().Delete(ctx, b); err != nil {
 			return err
+		}
+		if *asJSON {
+			return writeJSON(g.stdout, deleteJSON{DeletedHex: hex.EncodeToString(b)})
 		}
 		fmt.Fprintf(g.stdout, "deleted PSK %x\n", b)
 		return nil

@@ -18,8 +18,21 @@ import (
 )
 
 func init() {
-	register(&command{name: "version", summary: "print the version, commit, Go version and the backends compiled in", setup: setupVersion})
-	register(&command{name: "status", summary: "ask the daemon whether it serves: node, backend health and problems, PSK counts by state, next expiry", setup: setupStatus})
+	register(&command{name: "version", summary: "print the version, commit, Go version and the backends compiled in",
+		long: "Prints the version, the commit the binary was built from (when known), the Go version and the backends compiled in. Needs no daemon.",
+		examples: []example{
+			{"", "pskvault version"},
+			{"", "pskvault version --json"},
+		},
+		setup: setupVersion})
+	register(&command{name: "status", summary: "ask the daemon whether it serves: node, backend health and problems, PSK counts by state, next expiry",
+		long: "Asks the daemon (admin socket) whether it serves: its node, backend and the backend's health, problems, PSK counts by state and the next expiry. Exit status 1 when the daemon cannot be reached or reports problems.",
+		examples: []example{
+			{"", "pskvault status"},
+			{"", "pskvault status --json"},
+		},
+		uses:  useSocket,
+		setup: setupStatus})
 }
 
 // versionInfo is `pskvault version --json`.

@@ -18,7 +18,14 @@ import (
 )
 
 func init() {
-	register(&command{name: "tpm parent-pub", summary: "export this node's TPM storage parent public key, for 'pskvault wrap --tpm-parent-pub'", setup: setupTPMParentPub})
+	register(&command{name: "tpm parent-pub", summary: "export this node's TPM storage parent public key, for 'pskvault wrap --tpm-parent-pub'",
+		long: "Writes this node's TPM storage parent public key (TPM2B_PUBLIC) from the vault's record, or read from a TPM directly with --backend, for the provisioning machine: 'pskvault wrap --tpm-parent-pub' wraps keys that only this TPM can unwrap. Needs no daemon.",
+		examples: []example{
+			{"", "pskvault tpm parent-pub --out node-a.parent.pub"},
+			{"straight from the TPM", "pskvault tpm parent-pub --backend tpm:device=/dev/tpmrm0 --out node-a.parent.pub --json"},
+		},
+		uses:  useStateDir,
+		setup: setupTPMParentPub})
 	registerWrapper(&wrapper{name: "tpm", flags: func(fs *flag.FlagSet) (func() bool, func([]byte, importer.Hash) ([]byte, error)) {
 		file := fs.String("tpm-parent-pub", "", "wrap for the TPM whose parent public key is in this `file` ('pskvault tpm parent-pub' on the node)")
 		given := func() bool { return *file != "" }
@@ -36,6 +43,7 @@ func init() {
 func setupTPMParentPub(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
 	out := fs.String("out", "", "`file` to write the parent public key to (TPM2B_PUBLIC; never overwritten)")
 	backend := fs.String("backend", "", "read it from this TPM `URI` (tpm, tpm:device=..., tpm:swtpm=...) instead of the vault's record")
+	asJSON := fs.Bool("json", false, "print JSON: out, name")
 	return func(ctx context.Context, args []string) error {
 		if *out == "" {
 			return usagef("--out is required")
@@ -75,6 +83,9 @@ func setupTPMParentPub(fs *flag.FlagSet, g *globals) func(context.Context, []str
 		if err := errors.Join(werr, f.Sync(), f.Close()); err != nil {
 			os.Remove(*out)
 			return err
+		}
+		if *asJSON {
+			return writeJSON(g.stdout, parentPubJSON{Out: *out, Name: hex.EncodeToString(name)})
 		}
 		fmt.Fprintf(g.stdout, "wrote TPM parent public key (name %s) to %s; on the provisioning machine: pskvault wrap --tpm-parent-pub %s --key-file EPSK --out BLOB\n",
 			hex.EncodeToString(name), *out, *out)

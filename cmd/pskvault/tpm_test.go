@@ -54,6 +54,11 @@ func TestTPMEndToEnd(t *testing.T) {
 	if out, code := a.run(nil, "tpm", "parent-pub", "--out", pubFile); code != 0 || !strings.Contains(out, "name 000b") {
 		t.Fatalf("tpm parent-pub: exit %d: %s", code, out)
 	}
+	jout, jerr, code := runSplit(t, nil, "--state-dir", a.dir, "tpm", "parent-pub", "--out", pubFile+".2", "--json")
+	var pp parentPubJSON
+	if decodeStrict(t, "tpm parent-pub", jout, &pp); code != 0 || pp.Out != pubFile+".2" || !strings.HasPrefix(pp.Name, "000b") {
+		t.Fatalf("tpm parent-pub --json: exit %d, %+v: %s", code, pp, jerr)
+	}
 	wrappedKey := testKey(48)[16:] // 32 bytes, unlike the others
 	for i := range wrappedKey {
 		wrappedKey[i] ^= 0x5c

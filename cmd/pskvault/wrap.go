@@ -25,13 +25,20 @@ var wrappers []*wrapper
 func registerWrapper(w *wrapper) { wrappers = append(wrappers, w) }
 
 func init() {
-	register(&command{name: "wrap", summary: "on a provisioning machine: wrap an EPSK's PRK for one node's TPM or HSM", setup: setupWrap})
+	register(&command{name: "wrap", summary: "on a provisioning machine: wrap an EPSK's PRK for one node's TPM or HSM",
+		long: "On a provisioning machine: extracts the PRK of an EPSK (hex file) and wraps it for one node's TPM (--tpm-parent-pub) or PKCS#11 token (--pkcs11-kek); the node imports the blob with 'psk import --wrapped' and the key never exists there in clear. Needs no daemon.",
+		examples: []example{
+			{"", "pskvault wrap --tpm-parent-pub node-a.parent.pub --key-file epsk.hex --out epsk.node-a.blob"},
+			{"", "pskvault wrap --pkcs11-kek kek.hex --key-file epsk.hex --out epsk.node-a.blob --json"},
+		},
+		setup: setupWrap})
 }
 
 func setupWrap(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
 	keyFile := fs.String("key-file", "", "hex EPSK `file`, or - for standard input")
 	hashName := fs.String("hash", "sha256", "EPSK `hash`: sha256 or sha384")
 	out := fs.String("out", "", "`file` for the wrapped blob (created 0600, never overwritten)")
+	asJSON := fs.Bool("json", false, "print JSON: out, target, key_bits, hash")
 	type active struct {
 		name  string
 		given func() bool
@@ -88,6 +95,9 @@ func setupWrap(fs *flag.FlagSet, g *globals) func(context.Context, []string) err
 		if err := errors.Join(werr, f.Sync(), f.Close()); err != nil {
 			os.Remove(*out)
 			return err
+		}
+		if *asJSON {
+			return writeJSON(g.stdout, wrapJSON{Out: *out, Target: chosen[0].name, KeyBits: bits, Hash: h.String()})
 		}
 		fmt.Fprintf(g.stdout, "wrapped %d-bit EPSK (%s) for %s into %s; on the node: pskvault psk import --wrapped %s --wrapped-key-bits %d --hash %s ...\n", bits, h, chosen[0].name, *out, *out, bits, h)
 		return nil
