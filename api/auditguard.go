@@ -40,7 +40,7 @@ func isChange(sock Socket, pattern string, r *http.Request) bool {
 }
 
 // adminReads are the admin endpoints that take a body but change nothing.
-var adminReads = map[string]bool{"POST /v1/psks/show": true, "POST /v1/watch": true}
+var adminReads = map[string]bool{"POST /v1/psks/show": true, "POST /v1/watch": true, "POST /v1/psks/list": true, "POST /v1/check": true}
 
 // intentIdentity is the identity a change names in its path, hex, for its
 // intent line; "" when it travels in the body, which is read later (the

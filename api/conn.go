@@ -335,6 +335,7 @@ func (ss *SocketServer) serveConn(c net.Conn) {
 		}
 		w.reset()
 		rctx, rcancel := context.WithCancel(ctx)
+		rctx = context.WithValue(rctx, keyExtendRead, func() { c.SetReadDeadline(time.Now().Add(ReadTimeout)) })
 		stopWatch := watchHangup(c, rcancel)
 		ss.s.ServeHTTP(w, req.WithContext(rctx))
 		stopWatch()

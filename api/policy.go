@@ -95,10 +95,6 @@ func (s *Server) sweep(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Server) check(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, s.v.Check())
-}
-
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 	var req RevokeRequest
 	if err := decodeJSON(r, &req); err != nil {

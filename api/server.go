@@ -134,6 +134,7 @@ func NewServerWith(v *vault.Vault, o Options) *Server {
 	s.mux.HandleFunc("POST /v1/psks/create", s.createPSK)
 	s.mux.HandleFunc("POST /v1/derive", s.derive)
 	s.policyRoutes()
+	s.batchRoutes()
 	s.mux.HandleFunc("POST /v1/lookup", s.lookup)
 	s.mux.HandleFunc("POST /v1/offers", s.offers)
 	s.mux.HandleFunc("POST /v1/watch", s.watch)
@@ -219,15 +220,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer rw.copyTo(w)
 	}
 	rec := &statusRecorder{ResponseWriter: rw, code: http.StatusOK}
-	r.Body = http.MaxBytesReader(rec, r.Body, MaxBody)
+	_, pattern := s.mux.Handler(r)
+	limit := int64(MaxBody)
+	if pattern == patternBatch {
+		limit = MaxBatchBody // read entry by entry, never held whole
+	}
+	r.Body = http.MaxBytesReader(rec, r.Body, limit)
 	sock, _ := r.Context().Value(keySocket).(Socket)
 	if sock == "" {
 		sock = SocketAdmin
 	}
 	rec.sock = sock
 	caller := callerOf(r.Context())
-	_, pattern := s.mux.Handler(r)
-	if pattern != "POST /v1/watch" { // a long-poll, bounded by its own wait
+	// A watch is a long-poll, bounded by its own wait; a batch import
+	// bounds each entry by RequestTimeout instead (vault.ImportBatch).
+	if pattern != "POST /v1/watch" && pattern != patternBatch {
 		ctx, cancel := context.WithTimeout(r.Context(), s.opts.RequestTimeout)
 		defer cancel()
 		r = r.WithContext(ctx)
@@ -552,14 +559,6 @@ func (s *Server) problems() []string {
 		out = append(out, "compaction of vault.db pending (no room for a second copy?): destroyed records may linger in its freed pages")
 	}
 	return out
-}
-
-func (s *Server) list(w http.ResponseWriter, _ *http.Request) {
-	out := PSKList{PSKs: []PSK{}}
-	for _, p := range s.v.List() {
-		out.PSKs = append(out.PSKs, FromRecord(p))
-	}
-	writeJSON(w, http.StatusOK, out)
 }
 
 // refIdentity reads the body of an endpoint that names one PSK and notes

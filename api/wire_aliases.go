@@ -7,6 +7,7 @@ import "github.com/pskvault/pskvault/api/wire"
 
 // Wire types (package wire).
 type (
+	BatchResult     = wire.BatchResult
 	BinKey          = wire.BinKey
 	BinRequest      = wire.BinRequest
 	BundleAuth      = wire.BundleAuth
@@ -72,6 +73,7 @@ const (
 	CodeUnknownKDF         = wire.CodeUnknownKDF
 	CodeUnknownProtocol    = wire.CodeUnknownProtocol
 	CodeUnsupported        = wire.CodeUnsupported
+	ContentTypeBatch       = wire.ContentTypeBatch
 	ContentTypeEnvelope    = wire.ContentTypeEnvelope
 	ContentTypeKey         = wire.ContentTypeKey
 	ContentTypeTLV         = wire.ContentTypeTLV
@@ -90,6 +92,7 @@ const (
 	LevelMust              = wire.LevelMust
 	LevelShould            = wire.LevelShould
 	LevelWarn              = wire.LevelWarn
+	MaxBatchBody           = wire.MaxBatchBody
 	MaxBody                = wire.MaxBody
 	MaxWatchWait           = wire.MaxWatchWait
 	RoleClient             = wire.RoleClient

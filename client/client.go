@@ -28,6 +28,10 @@ type Error struct {
 	Status  int
 	Code    string
 	Message string
+	// A refused batch import (code batch_refused): how many entries the
+	// daemon read, and each problem with its entry's index.
+	Read    int
+	Entries []wire.BatchEntryError
 }
 
 func (e *Error) Error() string { return e.Message }
@@ -88,6 +92,15 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, ctyp
 
 // doAccept is do with an Accept header (none when accept is "").
 func (c *Client) doAccept(ctx context.Context, method, path string, q url.Values, ctype, accept string, body []byte) (*http.Response, error) {
+	return c.send(ctx, method, path, q, ctype, accept, bytes.NewReader(body))
+}
+
+// doReader is do with a streamed body (sent chunked).
+func (c *Client) doReader(ctx context.Context, method, path, ctype string, body io.Reader) (*http.Response, error) {
+	return c.send(ctx, method, path, nil, ctype, "", body)
+}
+
+func (c *Client) send(ctx context.Context, method, path string, q url.Values, ctype, accept string, body io.Reader) (*http.Response, error) {
 	if c.socket == "" {
 		return nil, ErrNoSocket
 	}
@@ -102,7 +115,7 @@ func (c *Client) doAccept(ctx context.Context, method, path string, q url.Values
 	if _, ok := ctx.Deadline(); !ok {
 		ctx, cancel = context.WithTimeout(ctx, Timeout)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -133,7 +146,7 @@ func (c *Client) doAccept(ctx context.Context, method, path string, q url.Values
 		if json.Unmarshal(raw, &ae) != nil || ae.Code == "" {
 			ae.Code, ae.Message = "http_"+strconv.Itoa(resp.StatusCode), "daemon answered "+resp.Status
 		}
-		e.Code, e.Message = ae.Code, ae.Message
+		e.Code, e.Message, e.Read, e.Entries = ae.Code, ae.Message, ae.Read, ae.Entries
 		return nil, e
 	}
 	return resp, nil
@@ -160,10 +173,17 @@ func (c *Client) Status(ctx context.Context) (*wire.Status, error) {
 	return &s, c.getJSON(ctx, http.MethodGet, "/v1/status", nil, "", nil, &s)
 }
 
-// List returns every PSK record.
+// List returns every PSK record, following the pages (batch.go: ListPage
+// and PSKs read them a page at a time).
 func (c *Client) List(ctx context.Context) ([]wire.PSK, error) {
-	var l wire.PSKList
-	return l.PSKs, c.getJSON(ctx, http.MethodGet, "/v1/psks", nil, "", nil, &l)
+	out := []wire.PSK{}
+	for p, err := range c.PSKs(ctx, 0) {
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // ref is the JSON body naming one PSK.

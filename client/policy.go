@@ -34,10 +34,28 @@ func (p PolicySpec) addTo(w *wire.PSKSpec) {
 	w.Group, w.Provenance, w.Stack = p.Group, p.Provenance, p.Stack
 }
 
-// Check audits the vault against RFC 9257.
+// Check audits the whole vault against RFC 9257, following the pages
+// (CheckPage reads one) and adding up their counts.
 func (c *Client) Check(ctx context.Context) (*wire.Report, error) {
-	var r wire.Report
-	return &r, c.getJSON(ctx, http.MethodGet, "/v1/check", nil, "", nil, &r)
+	var all *wire.Report
+	cursor := ""
+	for {
+		r, err := c.CheckPage(ctx, cursor, 0)
+		if err != nil {
+			return nil, err
+		}
+		if all == nil {
+			all = r
+		} else {
+			all.PSKs = append(all.PSKs, r.PSKs...)
+			all.Must, all.Should, all.Warn, all.Errors = all.Must+r.Must, all.Should+r.Should, all.Warn+r.Warn, all.Errors+r.Errors
+		}
+		if r.NextCursor == "" {
+			all.NextCursor = ""
+			return all, nil
+		}
+		cursor = r.NextCursor
+	}
 }
 
 // Sweep destroys the keys of expired PSKs and returns their identities.

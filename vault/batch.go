@@ -101,8 +101,10 @@ type batchState struct {
 // (the caller need not keep it), or an error: io.EOF ends the batch, any
 // other error refuses it, reported at the index it was reading. Finalize
 // is refused in a batch (finalize afterwards). The returned records are in
-// entry order.
-func (v *Vault) ImportBatch(ctx context.Context, next func() (*ImportRequest, error)) ([]*PSK, error) {
+// entry order. entryTimeout, when positive, bounds each entry's checks and
+// backend work (a request's deadline for a single import); ctx bounds the
+// whole batch.
+func (v *Vault) ImportBatch(ctx context.Context, entryTimeout time.Duration, next func() (*ImportRequest, error)) ([]*PSK, error) {
 	defer importer.BurnStack()
 	st := &batchState{ids: map[string]int{}, skel: map[string][]int{}, fps: map[string]int{}, idOf: map[int][]byte{}}
 	be := &BatchError{}
@@ -141,7 +143,12 @@ func (v *Vault) ImportBatch(ctx context.Context, next func() (*ImportRequest, er
 			refuse(i, fmt.Errorf("%w: a batch holds at most %d entries; send the rest in another batch", ErrInvalid, MaxBatchEntries))
 			break
 		}
-		p, err := v.batchEntry(ctx, st, i, req, failed)
+		ectx, cancel := ctx, context.CancelFunc(func() {})
+		if entryTimeout > 0 {
+			ectx, cancel = context.WithTimeout(ctx, entryTimeout)
+		}
+		p, err := v.batchEntry(ectx, st, i, req, failed)
+		cancel()
 		clear(req.Key)
 		if err != nil {
 			refuse(i, err)

@@ -49,7 +49,7 @@ func TestImportBatch(t *testing.T) {
 	for i := range 50 {
 		reqs = append(reqs, entry(i))
 	}
-	ps, err := v.ImportBatch(ctx, feed(reqs...))
+	ps, err := v.ImportBatch(ctx, 0, feed(reqs...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestImportBatchAllOrNothing(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			ps, err := v.ImportBatch(ctx, feed(c.reqs...))
+			ps, err := v.ImportBatch(ctx, 0, feed(c.reqs...))
 			var be *vault.BatchError
 			if !errors.As(err, &be) || !errors.Is(err, vault.ErrBatch) || !errors.Is(err, c.want) {
 				t.Fatalf("got %v, want a BatchError wrapping %v", err, c.want)
@@ -180,7 +180,7 @@ func TestImportBatchReportsEveryProblem(t *testing.T) {
 		}
 		reqs = append(reqs, r)
 	}
-	_, err := v.ImportBatch(ctx, feed(reqs...))
+	_, err := v.ImportBatch(ctx, 0, feed(reqs...))
 	var be *vault.BatchError
 	if !errors.As(err, &be) {
 		t.Fatalf("got %v, want a BatchError", err)
@@ -198,7 +198,7 @@ func TestImportBatchReportsEveryProblem(t *testing.T) {
 	// A stream that fails to read (a client gone mid-body).
 	cut := errors.New("unexpected EOF")
 	n := 0
-	_, err = v.ImportBatch(ctx, func() (*vault.ImportRequest, error) {
+	_, err = v.ImportBatch(ctx, 0, func() (*vault.ImportRequest, error) {
 		if n == 5 {
 			return nil, cut
 		}
@@ -212,7 +212,7 @@ func TestImportBatchReportsEveryProblem(t *testing.T) {
 		t.Fatalf("refused batches left %d records", v.Count())
 	}
 	// An empty batch imports nothing, successfully.
-	if ps, err := v.ImportBatch(ctx, feed()); err != nil || len(ps) != 0 {
+	if ps, err := v.ImportBatch(ctx, 0, feed()); err != nil || len(ps) != 0 {
 		t.Fatalf("empty batch: %d records, %v", len(ps), err)
 	}
 }
@@ -236,7 +236,7 @@ func TestImportBatchRace(t *testing.T) {
 		r.Key = distinctKey(9999)
 		_, single = v.Import(ctx, *r)
 	}()
-	ps, err := v.ImportBatch(ctx, feed(reqs...))
+	ps, err := v.ImportBatch(ctx, 0, feed(reqs...))
 	wg.Wait()
 	switch {
 	case err == nil && single == nil:
@@ -259,7 +259,7 @@ func TestListPage(t *testing.T) {
 	for i := range 95 {
 		reqs = append(reqs, entry(i))
 	}
-	if _, err := v.ImportBatch(ctx, feed(reqs...)); err != nil {
+	if _, err := v.ImportBatch(ctx, 0, feed(reqs...)); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := v.ListPage(nil, 0); !errors.Is(err, vault.ErrInvalid) {
@@ -311,7 +311,7 @@ func TestListPageConcurrentDeletes(t *testing.T) {
 	for i := range 300 {
 		reqs = append(reqs, entry(i))
 	}
-	if _, err := v.ImportBatch(ctx, feed(reqs...)); err != nil {
+	if _, err := v.ImportBatch(ctx, 0, feed(reqs...)); err != nil {
 		t.Fatal(err)
 	}
 	stop := make(chan struct{})
@@ -380,7 +380,7 @@ func TestCheckPage(t *testing.T) {
 		}
 		reqs = append(reqs, r)
 	}
-	if _, err := v.ImportBatch(ctx, feed(reqs...)); err != nil {
+	if _, err := v.ImportBatch(ctx, 0, feed(reqs...)); err != nil {
 		t.Fatal(err)
 	}
 	// A key-reuse MUST violation between two records far apart, written

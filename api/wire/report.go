@@ -23,6 +23,9 @@ type Report struct {
 	Warn           int             `json:"warnings"`
 	Errors         int             `json:"consistency_errors"`
 	Reconciliation *Reconciliation `json:"reconciliation,omitempty"`
+	// NextCursor, when set, asks for the next page (PageRequest): the
+	// counts above are then this page's.
+	NextCursor string `json:"next_cursor,omitempty"`
 }
 
 // OK reports whether no RFC 9257 MUST is violated.

@@ -58,6 +58,9 @@ type PSK struct {
 // PSKList is GET /v1/psks.
 type PSKList struct {
 	PSKs []PSK `json:"psks"`
+	// NextCursor, when set, asks for the next page (PageRequest); an
+	// answer without it is the last page.
+	NextCursor string `json:"next_cursor,omitempty"`
 }
 
 // DeriveRequest is POST /v1/derive. Exactly one of Identity (UTF-8 text) and
@@ -93,6 +96,11 @@ type DeriveResponse struct {
 type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// A refused batch import (CodeBatchRefused) also says how many
+	// entries were read and what was wrong with which.
+	Read      int               `json:"read,omitempty"`
+	Entries   []BatchEntryError `json:"entries,omitempty"`
+	Truncated bool              `json:"entries_truncated,omitempty"`
 }
 
 // Error codes.

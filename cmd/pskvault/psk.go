@@ -178,7 +178,23 @@ func setupImport(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 	wrapped := fs.String("wrapped", "", "import a wrapped PRK `blob` file made by 'pskvault wrap' instead of --key-file")
 	wrappedBits := fs.Int("wrapped-key-bits", 256, "EPSK size in `bits` that the wrapped blob was made from")
 	asJSON := fs.Bool("json", false, "print the record as JSON")
+	batchPath := fs.String("batch", "", "import many PSKs: a `file` of bundles and/or JSON entries with key_hex (one per line), a directory of *.bundle files (fleet's OUT/NODE), or - for standard input; sent --batch-size entries per request, each request all or nothing (docs/API.md)")
+	batchSize := fs.Int("batch-size", 10000, "entries per batch request (at most 10000)")
 	return func(ctx context.Context, args []string) error {
+		if *batchPath != "" {
+			n := 0
+			fs.Visit(func(f *flag.Flag) {
+				switch f.Name {
+				case "batch", "batch-size", "json", "state-dir", "socket", "data-socket":
+				default:
+					n++
+				}
+			})
+			if n > 0 {
+				return usagef("--batch takes no other flag but --batch-size and --json: each entry carries its own policy")
+			}
+			return importBatchInput(ctx, g, *batchPath, *batchSize, *asJSON)
+		}
 		if *bundlePath != "" {
 			return importBundle(ctx, g, fs, &s, *bundlePath, *asJSON)
 		}
@@ -299,29 +315,6 @@ func setupCreate(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 			removeHint(g, *keyFile, kcv)
 		}
 		return nil
-	}
-}
-
-func setupList(fs *flag.FlagSet, g *globals) func(context.Context, []string) error {
-	asJSON := fs.Bool("json", false, "print JSON")
-	return func(ctx context.Context, args []string) error {
-		psks, err := g.client().List(ctx)
-		if err != nil {
-			return err
-		}
-		if *asJSON {
-			return json.NewEncoder(g.stdout).Encode(api.PSKList{PSKs: psks})
-		}
-		tw := tabwriter.NewWriter(g.stdout, 2, 8, 2, ' ', 0)
-		fmt.Fprintln(tw, "IDENTITY\tHASH\tBITS\tCLIENT\tSERVER\tSTATE\tNOT AFTER")
-		for _, p := range psks {
-			na := "-"
-			if !p.NotAfter.IsZero() {
-				na = p.NotAfter.Format(time.RFC3339)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", displayIdentity(p), p.Hash, p.KeyBits, p.ClientNode, p.ServerNode, p.State, na)
-		}
-		return tw.Flush()
 	}
 }
 
