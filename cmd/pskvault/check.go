@@ -20,6 +20,7 @@ func init() {
 		examples: []example{
 			{"", "pskvault check"},
 			{"fail on SHOULD findings too, machine-readable", "pskvault check --strict --json"},
+			{"the first 500 records only", "pskvault check --limit 500"},
 		},
 		uses:  useSocket,
 		setup: setupCheck})

@@ -21,6 +21,8 @@ func init() {
 		examples: []example{
 			{"the peer's bundle", "pskvault psk import --bundle link-a-b.bundle"},
 			{"a bare key from a key ceremony", "pskvault psk import --identity legacy-1 --client node-a --server node-b --key-file legacy-1.hex --json"},
+			{"a provisioning run's bundles for this node, 10,000 per all-or-nothing request", "pskvault psk import --batch fleet/node-b/"},
+			{"JSON lines with key_hex (and bundles) from standard input", "pskvault psk import --batch - --batch-size 1000 --json"},
 		},
 		uses:  useSocket,
 		setup: setupImport})
@@ -33,10 +35,11 @@ func init() {
 		uses:  useSocket,
 		setup: setupCreate})
 	register(&command{name: "psk list", summary: "list PSK records",
-		long: "Lists every PSK record: identity, hash, key size, nodes, state and expiry. No key material.",
+		long: "Lists every PSK record: identity, hash, key size, nodes, state and expiry. No key material. The daemon answers pages of at most 1,000 records; without --limit every page is fetched and printed as it comes, with --limit one page, and the cursor of the next on standard error.",
 		examples: []example{
 			{"", "pskvault psk list"},
 			{"", "pskvault psk list --json"},
+			{"one page, then the page after it", "pskvault psk list --limit 100 --cursor AWRldi0wMDA5OQ"},
 		},
 		uses:  useSocket,
 		setup: setupList})
