@@ -75,6 +75,8 @@ type metrics struct {
 	backendErr map[string]prometheus.Counter
 	auditFails prometheus.Counter
 	refused    map[Socket]map[string]prometheus.Counter
+
+	observeBackend vault.BackendObserver // what the vault calls after each backend call
 }
 
 // endpoints are the `endpoint` label values: the audit log's names of the
@@ -128,7 +130,7 @@ func newMetrics(s *Server) *metrics {
 		m.backendDur[op] = backendDur.WithLabelValues(op)
 		m.backendErr[op] = backendErr.WithLabelValues(op)
 	}
-	s.v.SetBackendObserver(func(op string, took time.Duration, err error) {
+	m.observeBackend = func(op string, took time.Duration, err error) {
 		if o := m.backendDur[op]; o != nil {
 			o.Observe(took.Seconds())
 		}
@@ -137,7 +139,8 @@ func newMetrics(s *Server) *metrics {
 				c.Inc()
 			}
 		}
-	})
+	}
+	s.v.SetBackendObserver(m.observeBackend)
 
 	up := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name:        "pskvault_backend_up",
