@@ -83,9 +83,12 @@ type Backend struct {
 	pmu  sync.Mutex
 	open map[p11.SessionHandle]struct{}
 
-	// Object handle cache, keyed by CKA_ID. Cleared on reset.
-	cmu   sync.Mutex
-	cache map[[idLen]byte]p11.ObjectHandle
+	// Object index, CKA_ID → handle (index.go). Emptied on reset.
+	cmu sync.Mutex
+	idx objIndex
+	// finds counts C_FindObjectsInit calls (tests check that a key's
+	// first use does not search the token).
+	finds atomic.Int64
 
 	caps Capabilities
 }
@@ -117,12 +120,12 @@ func openTagged(ctx context.Context, uri string, vaultID []byte) (*Backend, erro
 		return nil, err
 	}
 	b := &Backend{
-		uri:   u,
-		mod:   mod,
-		p:     mod.ctx,
-		idle:  make(chan p11.SessionHandle, u.sessions()),
-		open:  map[p11.SessionHandle]struct{}{},
-		cache: map[[idLen]byte]p11.ObjectHandle{},
+		uri:  u,
+		mod:  mod,
+		p:    mod.ctx,
+		idle: make(chan p11.SessionHandle, u.sessions()),
+		open: map[p11.SessionHandle]struct{}{},
+		idx:  objIndex{m: map[[idLen]byte]entry{}},
 	}
 	if len(vaultID) >= tagLen {
 		b.tag = bytes.Clone(vaultID[:tagLen])
@@ -143,6 +146,9 @@ func openTagged(ctx context.Context, uri string, vaultID []byte) (*Backend, erro
 		b.Close()
 		return nil, fmt.Errorf("%w: PKCS#11 token %q cannot hold pskvault keys: %s", vault.ErrUnsupported, b.token.Label, strings.Join(b.caps.Problems, "; "))
 	}
+	// List the token's keys in the background (index.go): Open returns
+	// now, and a key's first use finds its handle there once it is done.
+	b.warmupFor()
 	return b, nil
 }
 
@@ -366,7 +372,7 @@ func (b *Backend) adopt(s p11.SessionHandle, obj p11.ObjectHandle, id []byte, ke
 		b.p.DestroyObject(s, obj)
 		return err
 	}
-	b.cachePut(id, obj)
+	b.indexPut(id, obj)
 	return nil
 }
 
@@ -458,6 +464,7 @@ func (b *Backend) putSession(s p11.SessionHandle, err error) {
 // gen is the generation the failed operation ran under: if another
 // goroutine already reset since, there is nothing to do.
 func (b *Backend) reset(gen uint64) error {
+	b.stopWarmup() // it holds mu shared while it lists the token
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -467,10 +474,8 @@ func (b *Backend) reset(gen uint64) error {
 		return nil
 	}
 	b.closeSessions()
-	b.cmu.Lock()
-	clear(b.cache)
-	b.cmu.Unlock()
 	b.gen++
+	b.indexReset(b.gen) // handles of the old sessions' login are not reused
 	s, err := b.start()
 	if err != nil && !errors.Is(err, ErrPIN) {
 		// The token may be back where the module no longer looks (SoftHSM2
@@ -489,6 +494,7 @@ func (b *Backend) reset(gen uint64) error {
 		return err
 	}
 	b.down = nil
+	b.warmupFor() // runs once this reset lets go of mu
 	return nil
 }
 
@@ -510,12 +516,14 @@ func (b *Backend) closeSessions() {
 // Close closes the sessions and releases the module. The token logs the
 // application out when its last session closes.
 func (b *Backend) Close() error {
+	b.stopWarmup()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return nil
 	}
 	b.closed = true
+	b.indexReset(b.gen + 1)
 	clear(b.prompted)
 	b.prompted = nil
 	b.closeSessions()
@@ -764,32 +772,30 @@ func attrULong(p *p11.Ctx, s p11.SessionHandle, obj p11.ObjectHandle, attr uint)
 	return 0, false
 }
 
-func (b *Backend) cachePut(id []byte, obj p11.ObjectHandle) {
-	var k [idLen]byte
-	copy(k[:], id)
-	b.cmu.Lock()
-	b.cache[k] = obj
-	b.cmu.Unlock()
-}
-
-func (b *Backend) cacheDrop(id []byte) {
-	var k [idLen]byte
-	copy(k[:], id)
-	b.cmu.Lock()
-	delete(b.cache, k)
-	b.cmu.Unlock()
-}
-
-// findKey returns the object with CKA_ID id, from the cache or the token.
-// An object found on the token is verified before it is cached.
+// findKey returns the object with CKA_ID id: from the index, where the
+// enumeration (index.go) or an earlier use put it, or else from a targeted
+// search of the token. An object is verified (verifyKey, and for one the
+// enumeration found, its CKA_ID read back) before its first use in a
+// generation, so a handle that has come to name another object is never
+// used.
 func (b *Backend) findKey(s p11.SessionHandle, id []byte, h importer.Hash) (p11.ObjectHandle, error) {
-	var k [idLen]byte
-	copy(k[:], id)
-	b.cmu.Lock()
-	obj, ok := b.cache[k]
-	b.cmu.Unlock()
-	if ok {
-		return obj, nil
+	if e, ok := b.indexGet(id); ok && !e.dup {
+		if e.verified {
+			return e.obj, nil
+		}
+		same, err := sameID(b.p, s, e.obj, id)
+		switch {
+		case err == nil && same:
+			if err := verifyKey(b.p, s, e.obj, h.Size()); err != nil {
+				return 0, err
+			}
+			b.markVerified(id, e.obj)
+			return e.obj, nil
+		case err == nil, isRV(err, p11.CKR_OBJECT_HANDLE_INVALID), isRV(err, p11.CKR_KEY_HANDLE_INVALID):
+			b.indexDrop(id) // destroyed, or the handle names another object now: search
+		default:
+			return 0, classify("C_GetAttributeValue(CKA_ID)", err)
+		}
 	}
 	objs, err := b.findPrivate(s, []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
@@ -811,7 +817,7 @@ func (b *Backend) findKey(s p11.SessionHandle, id []byte, h importer.Hash) (p11.
 	if err := verifyKey(b.p, s, objs[0], h.Size()); err != nil {
 		return 0, err
 	}
-	b.cachePut(id, objs[0])
+	b.indexPut(id, objs[0])
 	return objs[0], nil
 }
 
@@ -821,6 +827,7 @@ func (b *Backend) findKey(s p11.SessionHandle, id []byte, h importer.Hash) (p11.
 // CKR_USER_NOT_LOGGED_IN, which makes do() log in again and retry, rather
 // than as "no such key".
 func (b *Backend) findPrivate(s p11.SessionHandle, tmpl []*p11.Attribute, max int) ([]p11.ObjectHandle, error) {
+	b.finds.Add(1)
 	objs, err := findObjects(b.p, s, tmpl, max)
 	if err != nil || len(objs) > 0 || !b.loginExpected() {
 		return objs, err
@@ -876,7 +883,7 @@ func findObjects(p *p11.Ctx, s p11.SessionHandle, tmpl []*p11.Attribute, max int
 
 // destroyAll destroys every secret key with CKA_ID id.
 func (b *Backend) destroyAll(s p11.SessionHandle, id []byte) error {
-	b.cacheDrop(id)
+	b.indexDrop(id)
 	objs, err := b.findPrivate(s, []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
 		p11.NewAttribute(p11.CKA_ID, id),
@@ -918,7 +925,7 @@ func (b *Backend) HMAC(ctx context.Context, key vault.KeyRef, data []byte) ([]by
 			}
 			err = b.p.SignInit(s, mech, obj)
 			if err != nil && try == 0 && (isRV(err, p11.CKR_KEY_HANDLE_INVALID) || isRV(err, p11.CKR_OBJECT_HANDLE_INVALID)) {
-				b.cacheDrop(id) // deleted or recreated behind our back: look again
+				b.indexDrop(id) // deleted or recreated behind our back: look again
 				continue
 			}
 			if err != nil {
@@ -1138,59 +1145,5 @@ func (b *Backend) Keys(ctx context.Context) ([][]byte, error) {
 	if len(b.tag) != tagLen {
 		return nil, nil
 	}
-	var out [][]byte
-	err := b.do(ctx, func(s p11.SessionHandle, _ bool) error {
-		out = out[:0]
-		tmpl := []*p11.Attribute{
-			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
-			p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_GENERIC_SECRET),
-		}
-		if err := b.p.FindObjectsInit(s, tmpl); err != nil {
-			return classify("C_FindObjectsInit", err)
-		}
-		var objs []p11.ObjectHandle
-		for {
-			batch, _, err := b.p.FindObjects(s, 256)
-			if err != nil {
-				b.p.FindObjectsFinal(s)
-				return classify("C_FindObjects", err)
-			}
-			objs = append(objs, batch...)
-			if len(batch) == 0 {
-				break
-			}
-		}
-		if err := b.p.FindObjectsFinal(s); err != nil {
-			return classify("C_FindObjectsFinal", err)
-		}
-		for _, o := range objs {
-			a, err := b.p.GetAttributeValue(s, o, []*p11.Attribute{p11.NewAttribute(p11.CKA_ID, nil)})
-			if err != nil {
-				if isRV(err, p11.CKR_OBJECT_HANDLE_INVALID) {
-					continue // destroyed meanwhile
-				}
-				return classify("C_GetAttributeValue(CKA_ID)", err)
-			}
-			if len(a) == 1 {
-				if h, ok := handleOfID(b.tag, a[0].Value); ok {
-					out = append(out, h)
-				}
-			}
-		}
-		if len(objs) == 0 && b.loginExpected() {
-			// A lost login hides private objects instead of failing.
-			si, err := b.p.GetSessionInfo(s)
-			if err != nil {
-				return classify("C_GetSessionInfo", err)
-			}
-			if si.State != p11.CKS_RW_USER_FUNCTIONS && si.State != p11.CKS_RO_USER_FUNCTIONS {
-				return classify("C_FindObjects (session not logged in)", p11.Error(p11.CKR_USER_NOT_LOGGED_IN))
-			}
-		}
-		return b.confirmPresent()
-	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
+	return b.indexedKeys(ctx)
 }
