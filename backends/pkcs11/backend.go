@@ -916,6 +916,9 @@ func (b *Backend) HMAC(ctx context.Context, key vault.KeyRef, data []byte) ([]by
 		return nil, err
 	}
 	mech := []*p11.Mechanism{p11.NewMechanism(hmacMechanism(h), nil)}
+	if err := b.awaitIndex(ctx, id); err != nil {
+		return nil, err
+	}
 	var out []byte
 	err = b.do(ctx, func(s p11.SessionHandle, _ bool) error {
 		for try := 0; ; try++ {
