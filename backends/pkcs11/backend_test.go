@@ -213,6 +213,7 @@ func TestRefusedPINNeverRetried(t *testing.T) {
 	dir := t.TempDir()
 	wrong := filepath.Join(dir, "wrong.pin")
 	os.WriteFile(wrong, []byte("changed-pin\n"), 0o600)
+	waitIndexed(t, b) // see waitIndexed
 	b.uri.PINSource = "file:" + wrong
 	b.p.CloseAllSessions(b.slot) // logs the application out
 	key := vault.KeyRef{Handle: handle, Hash: importer.SHA256}
@@ -521,6 +522,7 @@ func TestSessionRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Run("all sessions closed", func(t *testing.T) {
+		waitIndexed(t, b) // see waitIndexed
 		gen := b.gen
 		if err := b.p.CloseAllSessions(b.slot); err != nil {
 			t.Fatal(err)
@@ -533,6 +535,7 @@ func TestSessionRecovery(t *testing.T) {
 		}
 	})
 	t.Run("logged out", func(t *testing.T) {
+		waitIndexed(t, b)
 		s := <-b.idle
 		if s == 0 {
 			s, _ = b.p.OpenSession(b.slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
@@ -561,6 +564,7 @@ func TestSessionRecovery(t *testing.T) {
 				}
 			}()
 		}
+		waitIndexed(t, b)
 		close(start)
 		b.p.CloseAllSessions(b.slot)
 		wg.Wait()

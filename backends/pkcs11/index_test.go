@@ -76,7 +76,16 @@ func checkHMAC(t *testing.T, b *Backend, k indexKey) {
 }
 
 // waitIndexed waits until b's index is complete for its current
-// generation.
+// generation, so that the enumeration is not inside a call on one of its
+// sessions. Tests call it before they close the backend's sessions or
+// log it out behind its back: SoftHSM2 frees a session's state in
+// C_CloseAllSessions (and a login's object handles in C_Logout) while
+// another thread may be inside a call on that session — a use-after-free
+// in the module, which TestSessionRecovery hit as heap corruption
+// ("malloc_consolidate(): invalid chunk size") when the enumeration that
+// follows every reset ran into its next C_CloseAllSessions. The backend
+// itself never closes a session in use (reset stops the enumeration and
+// takes the pool's lock exclusively first).
 func waitIndexed(t *testing.T, b *Backend) {
 	t.Helper()
 	eventually(t, "object index complete", func() error {

@@ -90,6 +90,7 @@ func TestPromptedPIN(t *testing.T) {
 	}
 	defer b.DeleteKey(context.Background(), vault.KeyRef{Handle: h, Hash: importer.SHA256})
 	// Lose every session behind the pool's back: re-login must not prompt again.
+	waitIndexed(t, b) // see waitIndexed
 	if err := b.p.CloseAllSessions(b.slot); err != nil {
 		t.Fatal(err)
 	}
