@@ -171,7 +171,7 @@ func TestChangedPINFile(t *testing.T) {
 	if err := os.WriteFile(pinFile, []byte("wrong-pin-0000\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitIndexed(t, b) // see waitIndexed
+	waitIndexed(t, b)            // see waitIndexed
 	b.p.CloseAllSessions(b.slot) // logs the application out: the next operation logs in
 	before := b.logins.Load()
 	for i := 0; i < 5; i++ {
