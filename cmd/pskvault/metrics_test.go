@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -190,6 +191,38 @@ func TestMetricsScrape(t *testing.T) {
 	if code, b := rawHTTP(t, data, "GET", "/v1/health", "", ""); code != 200 {
 		t.Errorf("health after the restart: %d %s", code, b)
 	}
+
+	// A flood of health checks costs the device at most one probe a
+	// second (counted by the backend histogram's random calls).
+	probesBefore, _ := fams.Value("pskvault_backend_operation_duration_seconds", "op", "random")
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	checks := 0
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Since(t0) < 2500*time.Millisecond {
+				if code, _, err := oneRequest(data, "GET", "/v1/health", "", 10*time.Second); err != nil || code != 200 {
+					t.Errorf("health during the flood: %d %v", code, err)
+					return
+				}
+				mu.Lock()
+				checks++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	flood := time.Since(t0)
+	fams = scrapeAdmin(t, n)
+	probes, _ := fams.Value("pskvault_backend_operation_duration_seconds", "op", "random")
+	probes -= probesBefore
+	if maxProbes := flood.Seconds() + 2; probes < 1 || probes > maxProbes {
+		t.Errorf("%d health checks in %v made %v probes of the TPM, want 1 to %.0f (one a second)", checks, flood, probes, maxProbes)
+	}
+	t.Logf("%d health checks in %v: %v TPM probes", checks, flood.Round(time.Millisecond), probes)
 
 	// The TCP listener: the exposition and /healthz, nothing else.
 	if code, body := httpGet(t, tcp+"/metrics"); code != 200 || !strings.Contains(body, "pskvault_derives_total") {
