@@ -34,6 +34,8 @@ need+=([rpm]=rpm [dpkg-deb]=dpkg [logrotate]=logrotate)
 # cmd/pskvault's completion tests load the scripts into real shells (bash with
 # bash-completion, which cobra's bash script builds on; zsh; fish)
 need+=([zsh]=zsh [fish]=fish)
+# packaging/: man -l formats every installed man page
+need+=([man]=man-db [groff]=groff-base)
 needfile+=([/usr/share/bash-completion/bash_completion]=bash-completion)
 missing=()
 for cmd in "${!need[@]}"; do

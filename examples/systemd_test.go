@@ -13,7 +13,8 @@ import (
 // key known, every command present (ExecStart pointed at the binary just
 // built), and the service's exposure score (systemd-analyze security) at
 // most 2.0 on its 0–10 scale, so a hardening line dropped by mistake fails.
-// The daemon's unit must not run it as root (issue 13): User=pskvault.
+// The daemon's unit must not run it as root (issue 13): User=pskvault; nor
+// the agent's: User=pskvault-agent, no capability.
 func TestSystemdUnits(t *testing.T) {
 	sa := requireTool(t, "systemd-analyze")
 	dir := t.TempDir()
@@ -28,6 +29,11 @@ func TestSystemdUnits(t *testing.T) {
 		}
 		if u == "pskvault.service" && !bytes.Contains(b, []byte("\nUser=pskvault\n")) {
 			t.Fatal("pskvault.service must run the daemon as User=pskvault, not as root")
+		}
+		// The agent: its own user, no capability (the unit says why;
+		// TestAgentUnprivileged in cmd/pskvault runs it so).
+		if u == "pskvault-agent.service" && (!bytes.Contains(b, []byte("\nUser=pskvault-agent\n")) || !bytes.Contains(b, []byte("\nCapabilityBoundingSet=\n")) || !bytes.Contains(b, []byte("\nAmbientCapabilities=\n"))) {
+			t.Fatal("pskvault-agent.service must run the agent as User=pskvault-agent with no capability")
 		}
 		b = bytes.ReplaceAll(b, []byte("/usr/bin/pskvault"), []byte(pskvaultBin))
 		if err := os.WriteFile(filepath.Join(dir, u), b, 0o644); err != nil {

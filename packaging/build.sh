@@ -6,7 +6,7 @@
 #   packaging/build.sh                 both packages, for this machine's arch
 #   packaging/build.sh deb             only the .deb (or: rpm)
 #
-# Environment: PSKVAULT_VERSION (default: api.Version with "-dev" as
+# Environment: PSKVAULT_VERSION (default: wire.Version (api/wire) with "-dev" as
 # "~dev", so a release sorts after it), GOARCH (default: go env GOARCH),
 # DIST (default: dist), NFPM (an nfpm binary to use instead of go run).
 set -euo pipefail
@@ -23,7 +23,11 @@ formats=("$@")
 dist=${DIST:-dist}
 arch=${GOARCH:-$(go env GOARCH)}
 if [ -z "${PSKVAULT_VERSION:-}" ]; then
-	PSKVAULT_VERSION=$(sed -n 's/^const Version = "\(.*\)"$/\1/p' api/types.go)
+	PSKVAULT_VERSION=$(sed -n 's/^const Version = "\(.*\)"$/\1/p' api/wire/types.go)
+	if [ -z "$PSKVAULT_VERSION" ]; then
+		echo "build.sh: no 'const Version = \"...\"' in api/wire/types.go: set PSKVAULT_VERSION" >&2
+		exit 1
+	fi
 	PSKVAULT_VERSION=${PSKVAULT_VERSION/-/\~}
 fi
 
@@ -52,6 +56,21 @@ trap 'rm -rf "$stage"' EXIT
 # has only a stub that refuses every pkcs11: backend. Another GOARCH than
 # the host's then needs CC set to a cross compiler.
 CGO_ENABLED=1 GOOS=linux GOARCH=$arch go build -trimpath -o "$stage/pskvault" ./cmd/pskvault
+
+# Man pages and shell completions, made by the binary from its own command
+# definitions (pskvault __gen-docs: cobra's doc and completion generators over
+# the same registry the help pages come from), so they cannot drift from it;
+# TestDeb regenerates them with the installed binary and compares. Dated with
+# the last commit (reproducible), today outside a checkout. Another GOARCH:
+# a host build makes them.
+gen=$stage/pskvault
+if [ "$arch" != "$(go env GOHOSTARCH)" ]; then
+	gen=$stage/pskvault-host
+	go build -trimpath -o "$gen" ./cmd/pskvault
+fi
+docdate=$(git log -1 --format=%cs 2>/dev/null || date -u +%F)
+"$gen" __gen-docs --date "$docdate" "$stage/docs"
+gzip -9n "$stage"/docs/man1/*.1
 
 export PSKVAULT_ARCH=$arch PSKVAULT_VERSION
 for f in "${formats[@]}"; do
