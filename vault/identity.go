@@ -189,6 +189,16 @@ func scriptsOf(s string) []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, r := range s {
+		if r < utf8.RuneSelf {
+			// ASCII: letters are Latin, the rest Common (a lookup in
+			// every script table per character was most of an import's
+			// CPU time).
+			if ('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z') && !seen["Latin"] {
+				seen["Latin"] = true
+				out = append(out, "Latin")
+			}
+			continue
+		}
 		for name, tab := range unicode.Scripts {
 			if name == "Common" || name == "Inherited" {
 				continue
