@@ -112,7 +112,7 @@ func (v *Vault) fingerprint(ctx context.Context, epsk []byte) ([]byte, error) {
 type Sealed struct {
 	Target  Target `json:"target"`
 	Context []byte `json:"context,omitempty"`
-	Box     []byte `json:"box"` // nonce || ciphertext || tag
+	Box     []byte `json:"box,omitempty"` // nonce || ciphertext || tag; in vault.db only inside the record's Sealed
 }
 
 func (v *Vault) sealKey(ctx context.Context, importedIdentity []byte) (cipher.AEAD, error) {

@@ -1,7 +1,6 @@
 package vault
 
 import (
-	"encoding/json"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -27,10 +26,31 @@ func SetCompactFault(v *Vault, f func(step string) error) {
 // bypassing every check (tests and benchmarks only: it builds a large
 // vault quickly, as an offline provisioning run would).
 func PutRecords(v *Vault, ps []*PSK) error {
+	// Records with a handle get key slots and sealed secrets, as the
+	// vault writes them.
+	var sealed []*PSK
+	for _, p := range ps {
+		if hasSecret(p) {
+			sealed = append(sealed, p)
+		}
+	}
+	if len(sealed) > 0 {
+		slots, deks, err := v.slots.allocN(len(sealed))
+		if err != nil {
+			return err
+		}
+		for i, p := range sealed {
+			p.KeySlot = slots[i]
+			if p.Sealed, err = sealRecord(deks[i], slots[i], p); err != nil {
+				return err
+			}
+			clear(deks[i])
+		}
+	}
 	err := v.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPSKs)
 		for _, p := range ps {
-			raw, err := json.Marshal(p)
+			raw, err := diskRecord(p)
 			if err != nil {
 				return err
 			}
@@ -60,4 +80,36 @@ func SetBeforeWrite(v *Vault, f func()) {
 		return
 	}
 	v.db.beforeUpdate.Store(&f)
+}
+
+// SetSlotFault makes every later key-slot step call f first ("write":
+// before a DEK is written; "shred": before slots are zeroed) and fail
+// there when f returns an error (tests only).
+func SetSlotFault(v *Vault, f func(step string) error) {
+	v.slots.mu.Lock()
+	v.slots.fault = f
+	v.slots.mu.Unlock()
+}
+
+// KeySlotOf returns the key slot of the PSK's record (tests only).
+func KeySlotOf(v *Vault, identity []byte) uint32 {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if p := v.psks[string(identity)]; p != nil {
+		return p.KeySlot
+	}
+	return 0
+}
+
+// SlotSize is the size of a key slot in vault.keys.
+const SlotSize = slotSize
+
+// HoldWrite opens a bbolt write transaction and keeps it open until
+// release is closed (tests only); held is closed once it is open.
+func HoldWrite(v *Vault, held chan<- struct{}, release <-chan struct{}) error {
+	return v.db.Update(func(*bolt.Tx) error {
+		close(held)
+		<-release
+		return nil
+	})
 }

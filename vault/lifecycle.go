@@ -124,10 +124,8 @@ func (v *Vault) Finalize(ctx context.Context, identity []byte, req FinalizeReque
 			n = done
 		}
 	}
-	// Purge the old record, which holds the handle, from vault.db (compact.go).
-	if err := v.db.compact(); err != nil {
-		return nil, errors.Join(derr, fmt.Errorf("PSK finalized, but %w: %w", ErrCompact, err))
-	}
+	// The record moved to a new key slot when the handle went, and the
+	// slot that sealed the handle was zeroed (keyslots.go).
 	if derr != nil {
 		return nil, derr
 	}
@@ -177,25 +175,19 @@ func (v *Vault) deriveFinalized(ctx context.Context, p *PSK, t Target, importedI
 // Revoke stops a PSK at once: its key (or its sealed imported keys) is
 // destroyed and derivation refused from now on. The record stays, so the
 // identity and the key's fingerprint can never be reused, and `check` and
-// `list` keep showing it; `psk delete` removes it. vault.db is then
-// rewritten so no freed page keeps the old record (compact.go).
+// `list` keep showing it; `psk delete` removes it. The record's key slot
+// is zeroed, so no copy of the record left in vault.db's freed pages can
+// be opened (keyslots.go).
 func (v *Vault) Revoke(ctx context.Context, identity []byte, reason string) (*PSK, error) {
 	n, err := v.revoke(ctx, identity, reason)
-	if n == nil {
-		return nil, err
-	}
-	if cerr := v.db.compact(); cerr != nil {
-		return nil, errors.Join(err, fmt.Errorf("PSK revoked, but %w: %w", ErrCompact, cerr))
-	}
-	if err != nil {
+	if n == nil || err != nil {
 		return nil, err
 	}
 	return n, nil
 }
 
-// revoke revokes without compacting. When the record was changed it
-// returns it, with the error of destroying the key in the backend if that
-// failed.
+// revoke revokes. When the record was changed it returns it, with the
+// error of destroying the key in the backend if that failed.
 func (v *Vault) revoke(ctx context.Context, identity []byte, reason string) (*PSK, error) {
 	if len(reason) > maxProvenance {
 		return nil, fmt.Errorf("%w: reason longer than %d characters", ErrInvalid, maxProvenance)
@@ -352,29 +344,21 @@ func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) 
 
 // Sweep destroys the keys of PSKs past their not-after time (derivation is
 // refused from that instant anyway): each is revoked with the reason
-// "expired", so its record, identity and fingerprint stay. vault.db is
-// rewritten once at the end (compact.go). It returns the identities swept.
+// "expired", so its record, identity and fingerprint stay. It returns the
+// identities swept.
 func (v *Vault) Sweep(ctx context.Context) ([][]byte, error) {
 	now := v.now()
 	var swept [][]byte
 	var errs []error
-	changed := false
 	for _, p := range v.List() {
 		if p.State != StateActive || !p.Expired(now) {
 			continue
 		}
-		n, err := v.revoke(ctx, p.Identity, "expired at "+p.NotAfter.Format(time.RFC3339))
-		changed = changed || n != nil
-		if err != nil {
+		if _, err := v.revoke(ctx, p.Identity, "expired at "+p.NotAfter.Format(time.RFC3339)); err != nil {
 			errs = append(errs, fmt.Errorf("PSK %x: %w", p.Identity, err))
 			continue
 		}
 		swept = append(swept, p.Identity)
-	}
-	if changed {
-		if err := v.db.compact(); err != nil {
-			errs = append(errs, fmt.Errorf("PSKs revoked, but %w: %w", ErrCompact, err))
-		}
 	}
 	return swept, errors.Join(errs...)
 }

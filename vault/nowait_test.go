@@ -11,11 +11,12 @@ import (
 	"github.com/pskvault/pskvault/vault"
 )
 
-// TestDeriveDoesNotWaitForWrites: while a compaction holds the database
-// (held here by the compaction fault hook) and another change is waiting
-// for it, a derivation is still answered from the in-memory index (issue
-// 12: an import or delete used to hold the index lock while it waited for
-// the database, so every derive stalled behind the compaction).
+// TestDeriveDoesNotWaitForWrites: while a write transaction holds the
+// database, a delete is waiting for it with the vault's write lock held,
+// and another delete is inside its key-slot shredding (a backend-and-disk
+// step), a derivation is still answered (issue 12: an import or delete
+// used to hold the index lock while it waited for the database, so every
+// derive stalled behind the compaction every delete ran).
 func TestDeriveDoesNotWaitForWrites(t *testing.T) {
 	v := openVault(t, "node-a")
 	ctx := context.Background()
@@ -26,32 +27,36 @@ func TestDeriveDoesNotWaitForWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	held, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	vault.SetCompactFault(v, func(string) error {
-		once.Do(func() { close(held) })
-		<-release
-		return nil
-	})
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
+	release := make(chan struct{})
 	var releaseOnce sync.Once
 	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
 	defer func() { unblock(); wg.Wait() }()
 
-	// The first delete's compaction now holds the database.
+	// The first delete stops inside its shredding, holding the write lock.
+	shredding := make(chan struct{})
+	var once sync.Once
+	vault.SetSlotFault(v, func(step string) error {
+		if step == "shred" {
+			once.Do(func() { close(shredding) })
+			<-release
+		}
+		return nil
+	})
 	wg.Add(1)
 	go func() { defer wg.Done(); errs <- v.Delete(ctx, []byte("first")) }()
+	<-shredding
+
+	// Another write transaction holds the database.
+	held := make(chan struct{})
+	wg.Add(1)
+	go func() { defer wg.Done(); errs <- vault.HoldWrite(v, held, release) }()
 	<-held
 
-	// The second delete reaches its first database write and waits there
-	// for the compaction (nothing else writes meanwhile).
-	waiting := make(chan struct{})
-	var waitOnce sync.Once
-	vault.SetBeforeWrite(v, func() { waitOnce.Do(func() { close(waiting) }) })
+	// The second delete queues behind both.
 	wg.Add(1)
 	go func() { defer wg.Done(); errs <- v.Delete(ctx, []byte("second")) }()
-	<-waiting
 
 	derived := make(chan error, 1)
 	go func() {
@@ -64,18 +69,18 @@ func TestDeriveDoesNotWaitForWrites(t *testing.T) {
 	select {
 	case err := <-derived:
 		if err != nil {
-			t.Fatalf("derive during a compaction: %v", err)
+			t.Fatalf("derive during writes: %v", err)
 		}
 	case <-time.After(10 * time.Second):
 		unblock()
-		t.Fatal("derive waited for a compaction and the write queued behind it (still blocked after 10 s)")
+		t.Fatal("derive waited for the writes in progress (still blocked after 10 s)")
 	}
 	unblock()
 	wg.Wait()
-	vault.SetBeforeWrite(v, nil)
-	for range 2 {
+	vault.SetSlotFault(v, nil)
+	for range 3 {
 		if err := <-errs; err != nil {
-			t.Fatalf("delete: %v", err)
+			t.Fatalf("write: %v", err)
 		}
 	}
 	for _, id := range []string{"first", "second"} {

@@ -218,7 +218,6 @@ func (v *Vault) reconcile(ctx context.Context) *Reconciliation {
 	}
 
 	// Deletes, revokes and finalizes that did not finish.
-	compact := false
 	for _, p := range v.List() {
 		switch {
 		case !p.DeletePending.IsZero():
@@ -227,7 +226,6 @@ func (v *Vault) reconcile(ctx context.Context) *Reconciliation {
 				continue
 			}
 			r.DeletesFinished++
-			compact = true
 		case len(p.Handle) > 0 && (p.State == StateRevoked || p.IsFinalized()):
 			if err := v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}); err != nil {
 				problem("PSK %x: destroying the key of a revoked or finalized PSK: %v", p.Identity, err)
@@ -240,16 +238,12 @@ func (v *Vault) reconcile(ctx context.Context) *Reconciliation {
 				continue
 			}
 			r.HandlesCleared++
-			compact = true
 		}
 	}
 
 	// The backend's keys against the records.
 	if inv, ok := v.backend.(KeyInventory); ok {
 		v.inventory(ctx, inv, r, referenced())
-	}
-	if compact {
-		v.db.compact() // a failure is reported by CompactionPending
 	}
 	return r
 }

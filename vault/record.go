@@ -49,7 +49,14 @@ type PSK struct {
 	State      State         `json:"state"`
 	Origin     string        `json:"origin"` // "generated" or "imported"
 	Backend    string        `json:"backend"`
-	Handle     []byte        `json:"handle"` // opaque, backend-defined
+	// Handle is opaque, backend-defined. In vault.db it is kept only
+	// inside Sealed (keyslots.go): the "handle" field is empty there
+	// except in records written before issue 12, which Open converts.
+	Handle []byte `json:"handle,omitempty"`
+	// KeySlot is the slot of vault.keys holding the data key that Sealed
+	// (the handle and the finalized boxes) is sealed under; 0: none.
+	KeySlot uint32 `json:"key_slot,omitempty"`
+	Sealed  []byte `json:"sealed,omitempty"`
 	// DeletePending is when a delete began: the record stays, refusing
 	// derivation, until its key is destroyed (by psk delete, or by the
 	// reconciliation at the next start). Zero: no delete under way.
@@ -86,6 +93,7 @@ func (p *PSK) clone() *PSK {
 	c.Identity = append([]byte{}, p.Identity...)
 	c.Targets = append([]Target{}, p.Targets...)
 	c.Handle = append([]byte{}, p.Handle...)
+	c.Sealed = append([]byte(nil), p.Sealed...)
 	c.Policy = p.Policy.clone()
 	return &c
 }

@@ -90,6 +90,7 @@ type Config struct {
 type Vault struct {
 	dir     string
 	db      boltStore // the bbolt file, swapped by compactions (compact.go)
+	slots   *keySlots // vault.keys: the records' data keys (keyslots.go)
 	cfg     Config
 	backend Backend
 	now     func() time.Time
@@ -155,6 +156,11 @@ func Init(ctx context.Context, dir string, cfg Config) error {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
 	defer db.Close()
+	slots, _, err := openKeySlots(filepath.Join(dir, keysFile), true)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", keysFile, err)
+	}
+	defer slots.Close()
 	raw, _ := json.Marshal(cfg)
 	return db.Update(func(tx *bolt.Tx) error {
 		m, err := tx.CreateBucketIfNotExists(bucketMeta)
@@ -193,38 +199,25 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 	}
 	v := &Vault{dir: dir, db: boltStore{db: db, path: path}, now: time.Now, psks: map[string]*PSK{}, sameKey: map[string][][]byte{}, skel: skeletons{}}
 	v.access.Store(DefaultAccess(uint32(os.Geteuid())))
-	err = db.View(func(tx *bolt.Tx) error {
-		m := tx.Bucket(bucketMeta)
-		if m == nil {
-			return fmt.Errorf("%w: %s has no metadata", ErrNotInitialized, path)
-		}
-		if err := json.Unmarshal(m.Get([]byte("config")), &v.cfg); err != nil {
-			return fmt.Errorf("read vault config: %w", err)
-		}
-		return tx.Bucket(bucketPSKs).ForEach(func(k, val []byte) error {
-			var p PSK
-			if err := json.Unmarshal(val, &p); err != nil {
-				return fmt.Errorf("read PSK record %x: %w", k, err)
-			}
-			v.index(v.psks[string(p.Identity)], &p)
-			v.psks[string(p.Identity)] = &p
-			return nil
-		})
-	})
+	// vault.keys is created here for a vault made before it existed
+	// (its records are converted by load).
+	slots, slotData, err := openKeySlots(filepath.Join(dir, keysFile), true)
 	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", keysFile, err)
+	}
+	v.slots = slots
+	loadProblems, err := v.load(slotData)
+	clear(slotData)
+	if err != nil {
+		v.slots.Close()
 		db.Close()
 		return nil, err
 	}
-	// Purge what earlier runs left in freed pages (an older version, or a
-	// crash before a compaction finished), and any stale vault.db.tmp.
-	// When that fails (no room for a second copy of vault.db, typically)
-	// the vault still opens: vault.db itself is intact, and refusing to
-	// start would turn a full disk into an outage. CompactionPending
-	// reports it until RetryCompaction or a later compaction succeeds.
-	v.db.compact()
 	vaultID, idErr := v.ensureVaultID()
 	v.backend, err = OpenBackend(ctx, BackendConfig{URI: v.cfg.Backend, StateDir: dir, VaultID: vaultID})
 	if err != nil {
+		v.slots.Close()
 		v.db.Close()
 		return nil, fmt.Errorf("open backend: %w", err)
 	}
@@ -234,6 +227,7 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 	// backend's keys (reconcile.go). Its problems are reported, not fatal:
 	// the vault serves what it can, and `check` shows the rest.
 	v.recon = v.reconcile(ctx)
+	v.recon.Problems = append(v.recon.Problems, loadProblems...)
 	if idErr != nil {
 		v.recon.Problems = append(v.recon.Problems, idErr.Error())
 	}
@@ -242,7 +236,7 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 
 // Close closes the backend and the database.
 func (v *Vault) Close() error {
-	return errors.Join(v.backend.Close(), v.db.Close())
+	return errors.Join(v.backend.Close(), v.db.Close(), v.slots.Close())
 }
 
 // Config returns the vault's configuration.
@@ -487,10 +481,6 @@ func (v *Vault) generateKey(ctx context.Context) ([]byte, error) {
 }
 
 func (v *Vault) put(p *PSK, mustBeNew bool) error {
-	raw, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
 	v.wmu.Lock()
 	defer v.wmu.Unlock()
 	v.mu.RLock()
@@ -499,18 +489,12 @@ func (v *Vault) put(p *PSK, mustBeNew bool) error {
 	if old != nil && mustBeNew {
 		return fmt.Errorf("%w: %x", ErrExists, p.Identity)
 	}
-	err = v.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketPSKs).Put(recordKey(p.Identity), raw); err != nil {
-			return err
-		}
-		// The record now names the key: the intent to create it is done
-		// (reconcile.go), in the same transaction.
-		return dropIntent(tx, p.Handle)
-	})
-	if err != nil {
+	// The record now names the key: the intent to create it is done
+	// (reconcile.go), in the same transaction.
+	handle := p.Handle
+	if err := v.store(p.Identity, old, p, func(tx *bolt.Tx) error { return dropIntent(tx, handle) }); err != nil {
 		return fmt.Errorf("write PSK record: %w", err)
 	}
-	v.setRecord(p.Identity, old, p)
 	return nil
 }
 
@@ -520,10 +504,6 @@ func (v *Vault) put(p *PSK, mustBeNew bool) error {
 // delete, rotate or finalize that ran meanwhile (which would bring a
 // destroyed key back). It returns the record's current state otherwise.
 func (v *Vault) replace(prev, next *PSK) error {
-	raw, err := json.Marshal(next)
-	if err != nil {
-		return err
-	}
 	v.wmu.Lock()
 	defer v.wmu.Unlock()
 	v.mu.RLock()
@@ -537,13 +517,9 @@ func (v *Vault) replace(prev, next *PSK) error {
 	case cur != prev:
 		return fmt.Errorf("%w: PSK %x was changed by another operation meanwhile; try again", ErrInvalid, prev.Identity)
 	}
-	err = v.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPSKs).Put(recordKey(next.Identity), raw)
-	})
-	if err != nil {
+	if err := v.store(next.Identity, cur, next, nil); err != nil {
 		return fmt.Errorf("write PSK record: %w", err)
 	}
-	v.setRecord(next.Identity, cur, next)
 	return nil
 }
 
@@ -630,16 +606,11 @@ func (v *Vault) List() []*PSK {
 	return out
 }
 
-// Delete destroys the PSK's key in the backend and removes its record,
-// then rewrites vault.db so no freed page keeps the record (compact.go).
+// Delete destroys the PSK's key in the backend and removes its record.
+// The record's key slot is zeroed first (keyslots.go), so the copies of
+// the record bbolt leaves in freed pages can no longer be opened.
 func (v *Vault) Delete(ctx context.Context, identity []byte) error {
-	if err := v.deleteRecord(ctx, identity); err != nil {
-		return err
-	}
-	if err := v.db.compact(); err != nil {
-		return fmt.Errorf("PSK deleted, but %w: %w", ErrCompact, err)
-	}
-	return nil
+	return v.deleteRecord(ctx, identity)
 }
 
 func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
@@ -662,24 +633,18 @@ func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
 		if p.DeletePending.IsZero() {
 			n := p.clone()
 			n.DeletePending = v.now().UTC().Truncate(time.Second)
-			raw, err := json.Marshal(n)
-			if err != nil {
-				return err
-			}
-			if err := v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPSKs).Put(recordKey(identity), raw) }); err != nil {
+			if err := v.store(identity, p, n, nil); err != nil {
 				return fmt.Errorf("mark PSK for deletion: %w", err)
 			}
-			v.setRecord(identity, p, n)
 			p = n
 		}
 		if err := v.guard.change(ctx, OpDelete, func() error { return v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}) }); err != nil {
 			return fmt.Errorf("PSK marked for deletion (derivation refused; psk delete or the next start retries), but destroying its key in the %s backend failed: %w", p.Backend, err)
 		}
 	}
-	if err := v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPSKs).Delete(recordKey(identity)) }); err != nil {
+	if err := v.store(identity, p, nil, nil); err != nil {
 		return fmt.Errorf("delete PSK record: %w", err)
 	}
-	v.setRecord(identity, p, nil)
 	return nil
 }
 
@@ -751,6 +716,10 @@ func (v *Vault) Derive(ctx context.Context, req DeriveRequest) (*Derived, error)
 	}
 	if p.IsFinalized() {
 		return v.deriveFinalized(ctx, p, req.Target, plan.ImportedIdentity(), role)
+	}
+	if !p.IsFinalized() && len(p.Handle) == 0 {
+		// Its key slot no longer opened its sealed handle (keyslots.go).
+		return nil, fmt.Errorf("%w: the record's key material was destroyed", ErrKeyNotFound)
 	}
 	key := KeyRef{Handle: p.Handle, Hash: p.Hash}
 	ipskx, err := plan.Expand(func(data []byte) ([]byte, error) { return v.hmac(ctx, key, data) })

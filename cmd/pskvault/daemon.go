@@ -342,7 +342,7 @@ func serve(ctx context.Context, g *globals, st *settings, load func() (*settings
 	}
 	logReconciliation(log, v.Reconciliation())
 	if err := v.CompactionPending(); err != nil {
-		log.Warn("vault.db could not be rewritten at start (no room for a second copy of it?); serving anyway, but records destroyed earlier may linger in its freed pages until it is: retrying as space allows",
+		log.Warn("vault.db's records were converted to sealed handles (vault.keys), but the file could not be rewritten to purge their old clear copies (no room for a second copy of it?); serving anyway, retrying as space allows",
 			"err", err, "state_dir", st.stateDir)
 	}
 	go retryCompaction(ctx, v, log)

@@ -117,10 +117,11 @@ const (
 	createMore = `{"identity":"more","client":"node-a","server":"node-b"}`
 )
 
-// TestFullDiskStart (issue 11 item 8): a daemon whose state directory has
-// no room for a second copy of vault.db starts anyway, with a warning,
-// serves derivations, answers changes 507 insufficient_storage without
-// naming a file, and compacts once space returns.
+// TestFullDiskStart (issue 11 item 8): a daemon whose state directory is
+// full starts (nothing is rewritten at start since issue 12), serves
+// derivations, answers changes 507 insufficient_storage without naming a
+// file and without making them, and takes changes again once space
+// returns.
 func TestFullDiskStart(t *testing.T) {
 	fs := smallFS(t, "2m")
 	n := newNodeIn(t, "node-a", "soft", filepath.Join(fs, "state"))
@@ -133,9 +134,6 @@ func TestFullDiskStart(t *testing.T) {
 
 	filler := fill(t, fs)
 	out := n.serveWith("--audit-log", audit)
-	if !strings.Contains(out.String(), "could not be rewritten at start") {
-		t.Errorf("no start-up warning about the pending compaction:\n%s", out)
-	}
 	data := defaultDataSocket(n.socket)
 	waitSocket(t, data)
 	if code, b := rawHTTP(t, data, "POST", "/v1/derive", "application/json", deriveBody); code != 200 {
@@ -153,19 +151,10 @@ func TestFullDiskStart(t *testing.T) {
 		t.Errorf("the refused create left a record: show answered %d", code)
 	}
 
-	if _, b := rawHTTP(t, n.socket, "GET", "/v1/status", "", ""); !strings.Contains(string(b), "compaction of vault.db pending") {
-		t.Errorf("admin status on a full disk does not report the pending compaction: %s", b)
-	}
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(out.String(), "pending compaction is done") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no compaction after space returned:\n%s", out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	_ = out
 	if code, b := rawHTTP(t, n.socket, "POST", "/v1/psks/create", "application/json", createMore); code != 201 {
 		t.Fatalf("create after space returned: %d %s", code, b)
 	}

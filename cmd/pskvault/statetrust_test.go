@@ -146,6 +146,12 @@ func TestStateOwnedByAnother(t *testing.T) {
 		}
 	}
 	check("links", links, "vault.db is a symbolic link")
+	keysLink := mine("keyslink")
+	os.Remove(filepath.Join(keysLink, "vault.keys"))
+	if err := os.Symlink(filepath.Join(attState, "vault.keys"), filepath.Join(keysLink, "vault.keys")); err != nil {
+		t.Fatal(err)
+	}
+	check("keyslink", keysLink, "vault.keys is a symbolic link")
 
 	// 3. A file of his in root's state dir (root moved it there, or the dir
 	// was his once).

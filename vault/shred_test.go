@@ -1,0 +1,170 @@
+package vault_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/pskvault/pskvault/vault"
+)
+
+// TestShredCrashStates: the states a crash can leave between vault.keys
+// and vault.db (keyslots.go). A record whose slot was zeroed before its
+// change was committed is treated as destroyed: derivation refused
+// (ErrKeyNotFound, 410), reported at open and by check, and the record can
+// still be deleted. A slot written for a record that was never committed
+// (an orphan) is zeroed at open.
+func TestShredCrashStates(t *testing.T) {
+	v, dir, closeV := openAt(t, "soft")
+	keepers := importKeepers(t, v, 3)
+	if _, err := v.Import(bg, pairReq("zeroed", randKey(t, 32))); err != nil {
+		t.Fatal(err)
+	}
+	slot := vault.KeySlotOf(v, []byte("zeroed"))
+	if slot == 0 {
+		t.Fatal("record has no key slot")
+	}
+	if err := closeV(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "vault.keys")
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The crash after the slot was zeroed, before the commit.
+	if _, err := f.WriteAt(make([]byte, vault.SlotSize), int64(slot)*vault.SlotSize); err != nil {
+		t.Fatal(err)
+	}
+	// The crash after a new record's DEK was written, before its commit.
+	st, _ := f.Stat()
+	orphanAt := st.Size()
+	orphan := make([]byte, vault.SlotSize)
+	rand.Read(orphan)
+	if _, err := f.WriteAt(orphan, orphanAt); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	v2, _, _ := reopen(t, dir)
+	checkKeepers(t, v2, keepers)
+	if _, err := v2.Derive(bg, vault.DeriveRequest{Identity: []byte("zeroed"), Target: tls256}); !errors.Is(err, vault.ErrKeyNotFound) {
+		t.Fatalf("derive of a record whose key slot is zeroed: %v, want ErrKeyNotFound", err)
+	}
+	if probs := strings.Join(v2.Reconciliation().Problems, "\n"); !strings.Contains(probs, "treated as destroyed") {
+		t.Fatalf("open did not report the destroyed record: %q", probs)
+	}
+	found := false
+	for _, a := range v2.Check().PSKs {
+		for _, f := range a.Findings {
+			found = found || (a.IdentityHex == "7a65726f6564" && f.Rule == "key-missing")
+		}
+	}
+	if !found {
+		t.Fatal("check does not report the destroyed record as key-missing")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(data, orphan) {
+		t.Fatal("the orphan slot was not zeroed at open")
+	}
+	if err := v2.Delete(bg, []byte("zeroed")); err != nil {
+		t.Fatalf("delete of a destroyed record: %v", err)
+	}
+	// Slots are reused: the next imports fill the freed ones.
+	for _, id := range []string{"new-1", "new-2"} {
+		if _, err := v2.Import(bg, pairReq(id, randKey(t, 32))); err != nil {
+			t.Fatal(err)
+		}
+		derive(t, v2, vault.DeriveRequest{Identity: []byte(id), Target: tls256})
+	}
+	if st2, _ := os.Stat(path); st2.Size() > orphanAt+vault.SlotSize {
+		t.Fatalf("vault.keys grew to %d bytes although freed slots were there (was %d)", st2.Size(), orphanAt+vault.SlotSize)
+	}
+}
+
+// TestOldFormatConverted: a vault.db written before vault.keys existed
+// (handles and finalized boxes in clear in the records) opens, its records
+// are moved into sealed secrets, the file is rewritten so that no freed
+// page keeps them in clear, and every PSK derives as before.
+func TestOldFormatConverted(t *testing.T) {
+	v, dir, closeV := openAt(t, "soft")
+	keepers := importKeepers(t, v, 4) // half finalized
+	var secrets [][]byte
+	old := map[string]*vault.PSK{}
+	for _, k := range keepers {
+		p, err := v.Get(k.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		old[string(k.id)] = p
+		if len(p.Handle) > 0 {
+			secrets = append(secrets, p.Handle)
+		}
+		for _, s := range p.Finalized {
+			secrets = append(secrets, s.Box)
+		}
+	}
+	if err := closeV(); err != nil {
+		t.Fatal(err)
+	}
+	// Rewrite the records the old way, and remove vault.keys.
+	db, err := bolt.Open(filepath.Join(dir, "vault.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("psks"))
+		for id, p := range old {
+			p.KeySlot, p.Sealed = 0, nil
+			raw, err := json.Marshal(p)
+			if err != nil {
+				return err
+			}
+			if err := b.Put([]byte(id), raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "vault.keys")); err != nil {
+		t.Fatal(err)
+	}
+	if where := traceIn(t, dir, secrets[0]); where != "vault.db (base64)" {
+		t.Fatalf("negative control: the old record's handle should be in vault.db in clear, found in %q", where)
+	}
+
+	v2, _, close2 := reopen(t, dir)
+	checkKeepers(t, v2, keepers)
+	if err := v2.CompactionPending(); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keepers {
+		if vault.KeySlotOf(v2, k.id) == 0 {
+			t.Fatalf("%s not converted", k.id)
+		}
+	}
+	if err := close2(); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range secrets {
+		if where := traceIn(t, dir, s); where != "" {
+			t.Fatalf("secret %d of a converted record still in clear in %s", i, where)
+		}
+	}
+	v3, _, _ := reopen(t, dir)
+	checkKeepers(t, v3, keepers)
+}

@@ -1,0 +1,287 @@
+package vault
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Reading and writing records with their sealed secrets (keyslots.go).
+
+// load reads every record into the in-memory index, opening each sealed
+// secret with its DEK from slotData (the content of vault.keys), zeroes
+// the slots no record names (orphans of interrupted changes), and converts
+// records written before the key slots existed. It returns what it found
+// amiss but could live with.
+func (v *Vault) load(slotData []byte) ([]string, error) {
+	var problems []string
+	nslots := uint32(len(slotData) / slotSize)
+	inUse := make([]bool, nslots)
+	var legacy []*PSK
+	var notes []uint32
+	now := v.now().UTC().Truncate(time.Second)
+	err := v.db.View(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bucketMeta)
+		if m == nil {
+			return fmt.Errorf("%w: %s has no metadata", ErrNotInitialized, v.db.path)
+		}
+		if err := json.Unmarshal(m.Get([]byte("config")), &v.cfg); err != nil {
+			return fmt.Errorf("read vault config: %w", err)
+		}
+		if b := tx.Bucket(bucketShred); b != nil {
+			b.ForEach(func(k, _ []byte) error {
+				if len(k) == 4 {
+					notes = append(notes, binary.BigEndian.Uint32(k))
+				}
+				return nil
+			})
+		}
+		return tx.Bucket(bucketPSKs).ForEach(func(k, val []byte) error {
+			p := &PSK{}
+			if err := json.Unmarshal(val, p); err != nil {
+				return fmt.Errorf("read PSK record %x: %w", k, err)
+			}
+			switch {
+			case p.KeySlot != 0:
+				var err error
+				if p.KeySlot < nslots && !inUse[p.KeySlot] {
+					err = openRecord(slotData[int(p.KeySlot)*slotSize:int(p.KeySlot+1)*slotSize], p)
+				} else {
+					err = errShredded
+				}
+				if err != nil {
+					markDestroyed(p, now)
+					problems = append(problems, fmt.Sprintf("PSK %x: its key slot no longer opens its sealed handle (destroyed by a change a crash interrupted, or vault.keys is not this vault.db's): treated as destroyed", p.Identity))
+				} else {
+					inUse[p.KeySlot] = true
+				}
+			case hasSecret(p):
+				legacy = append(legacy, p)
+			}
+			v.index(v.psks[string(p.Identity)], p)
+			v.psks[string(p.Identity)] = p
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Every slot no record names is zeroed: the slots noted in the shred
+	// bucket (a crash before they were zeroed) among them.
+	if _, err := v.slots.scan(slotData, func(slot uint32) bool { return slot < nslots && inUse[slot] }); err != nil {
+		problems = append(problems, fmt.Sprintf("unused key slots not zeroed yet: %v", err))
+	} else if len(notes) > 0 {
+		if err := v.db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketShred) }); err != nil {
+			problems = append(problems, fmt.Sprintf("shredded key slots done, but the note not removed: %v", err))
+		}
+	}
+	if len(legacy) > 0 {
+		if err := v.convert(legacy); err != nil {
+			problems = append(problems, fmt.Sprintf("%d records written before vault.keys keep their handles in clear until the next start: %v", len(legacy), err))
+		}
+	}
+	return problems, nil
+}
+
+// markDestroyed makes p the record of a PSK whose key material is gone:
+// no handle, no imported keys, and, while it was live, KeyMissing, so that
+// derivation is refused and check reports it.
+func markDestroyed(p *PSK, now time.Time) {
+	p.Handle, p.KeySlot, p.Sealed = nil, 0, nil
+	for i := range p.Finalized {
+		p.Finalized[i].Box = nil
+	}
+	if p.State == StateActive && p.DeletePending.IsZero() && p.KeyMissing.IsZero() {
+		p.KeyMissing = now
+	}
+}
+
+// convert moves the handles of records written before vault.keys (in
+// clear in vault.db) into sealed secrets, in one transaction, then
+// rewrites vault.db once so that no freed page keeps them in clear. When
+// that rewrite fails (no room for a second copy) CompactionPending says so
+// and the daemon retries, as it always has.
+func (v *Vault) convert(ps []*PSK) error {
+	slots, deks, err := v.slots.allocN(len(ps))
+	if err != nil {
+		return err
+	}
+	next := make([]*PSK, len(ps))
+	for i, p := range ps {
+		n := p.clone()
+		n.KeySlot = slots[i]
+		if n.Sealed, err = sealRecord(deks[i], slots[i], n); err != nil {
+			break
+		}
+		next[i] = n
+	}
+	for _, d := range deks {
+		clear(d)
+	}
+	if err == nil {
+		err = v.db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketPSKs)
+			for _, n := range next {
+				raw, err := diskRecord(n)
+				if err != nil {
+					return err
+				}
+				if err := b.Put(recordKey(n.Identity), raw); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		v.slots.shred(slots...)
+		v.slots.release(slots...)
+		return err
+	}
+	v.mu.Lock()
+	for i, p := range ps {
+		v.index(p, next[i])
+		v.psks[string(p.Identity)] = next[i]
+	}
+	v.mu.Unlock()
+	// The records' earlier versions, handles in clear, are in freed pages.
+	return v.db.compact()
+}
+
+// store writes next (nil: delete) in place of prev (nil: a new record),
+// with extra (when set) in the same transaction, and updates the index.
+// The caller holds v.wmu and has checked that prev is the current record.
+//
+// The secret (handle, boxes) decides the key slot: kept when next's
+// secret is prev's or extends it; a new slot when it is new or drops part
+// of prev's (the old slot is then noted in the transaction and zeroed
+// after it); none when next has no secret, in which case prev's slot is
+// zeroed before the transaction, so that a crash can only leave a record
+// whose key is destroyed, never a destroyed record whose key survives.
+func (v *Vault) store(identity []byte, prev, next *PSK, extra func(*bolt.Tx) error) error {
+	var prevSlot uint32
+	if prev != nil {
+		prevSlot = prev.KeySlot
+	}
+	var newSlot, shredFirst, shredAfter uint32
+	legacyDestroyed := false
+	if next != nil {
+		next.KeySlot, next.Sealed = 0, nil
+	}
+	switch {
+	case next != nil && hasSecret(next) && prevSlot != 0 && secretPrefix(prev, next):
+		next.KeySlot = prevSlot
+		if secretEqual(prev, next) {
+			next.Sealed = prev.Sealed
+			break
+		}
+		dek, err := v.slots.read(prevSlot)
+		if err != nil {
+			return err
+		}
+		next.Sealed, err = sealRecord(dek, prevSlot, next)
+		clear(dek)
+		if err != nil {
+			return err
+		}
+	case next != nil && hasSecret(next):
+		slot, dek, err := v.slots.alloc()
+		if err != nil {
+			return fmt.Errorf("write PSK record: %w", err)
+		}
+		next.KeySlot, newSlot, shredAfter = slot, slot, prevSlot
+		next.Sealed, err = sealRecord(dek, slot, next)
+		clear(dek)
+		if err != nil {
+			v.slots.shred(slot)
+			v.slots.release(slot)
+			return err
+		}
+	default:
+		shredFirst = prevSlot
+		legacyDestroyed = prev != nil && prevSlot == 0 && hasSecret(prev)
+	}
+	if shredFirst != 0 {
+		if err := v.slots.shred(shredFirst); err != nil {
+			return fmt.Errorf("destroy the record's key slot: %w", err)
+		}
+	}
+	var raw []byte
+	if next != nil {
+		var err error
+		if raw, err = diskRecord(next); err != nil {
+			return err
+		}
+	}
+	err := v.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPSKs)
+		if next == nil {
+			if err := b.Delete(recordKey(identity)); err != nil {
+				return err
+			}
+		} else if err := b.Put(recordKey(identity), raw); err != nil {
+			return err
+		}
+		if shredAfter != 0 {
+			if err := shredNote(tx, shredAfter); err != nil {
+				return err
+			}
+		}
+		if extra != nil {
+			return extra(tx)
+		}
+		return nil
+	})
+	if err != nil {
+		if newSlot != 0 {
+			v.slots.shred(newSlot)
+			v.slots.release(newSlot)
+		}
+		if shredFirst != 0 {
+			// The key material is destroyed although the record change is
+			// not written: the record (on disk, and now here) is that of
+			// a destroyed key.
+			d := prev.clone()
+			markDestroyed(d, v.now().UTC().Truncate(time.Second))
+			d.KeyMissing = prev.KeyMissing
+			v.setRecord(identity, prev, d)
+		}
+		return err
+	}
+	v.setRecord(identity, prev, next)
+	if shredFirst != 0 {
+		v.slots.release(shredFirst)
+	}
+	if shredAfter != 0 {
+		// Committed: the record names the new slot. A failure here leaves
+		// the note, and Open zeroes the slot.
+		if v.slots.shred(shredAfter) == nil && v.db.Update(func(tx *bolt.Tx) error { return dropShredNote(tx, shredAfter) }) == nil {
+			v.slots.release(shredAfter)
+		}
+	}
+	if legacyDestroyed {
+		// A record converted from the old format only if Open could not:
+		// its handle is in clear in freed pages, which only a rewrite
+		// purges.
+		if err := v.db.compact(); err != nil {
+			return fmt.Errorf("%w: %w", ErrCompact, err)
+		}
+	}
+	return nil
+}
+
+func secretEqual(a, b *PSK) bool {
+	if !bytes.Equal(a.Handle, b.Handle) || len(a.Finalized) != len(b.Finalized) {
+		return false
+	}
+	for i := range a.Finalized {
+		if !bytes.Equal(a.Finalized[i].Box, b.Finalized[i].Box) {
+			return false
+		}
+	}
+	return true
+}
