@@ -2,7 +2,6 @@ package vault
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -343,14 +342,6 @@ func (v *Vault) putBatch(ps []*PSK) error {
 	if len(ps) == 0 {
 		return nil
 	}
-	raws := make([][]byte, len(ps))
-	for i, p := range ps {
-		raw, err := json.Marshal(p)
-		if err != nil {
-			return err
-		}
-		raws[i] = raw
-	}
 	v.wmu.Lock()
 	defer v.wmu.Unlock()
 	v.mu.RLock()
@@ -369,7 +360,14 @@ func (v *Vault) putBatch(ps []*PSK) error {
 		}
 	}
 	v.mu.RUnlock()
-	err := v.db.Update(func(tx *bolt.Tx) error {
+	// Each record's handle is sealed under a data key of its own
+	// (keyslots.go); the batch's keys are written with one fdatasync
+	// before the records that name them are committed.
+	raws, slots, err := v.sealBatch(ps)
+	if err != nil {
+		return fmt.Errorf("write the batch's PSK records: %w", err)
+	}
+	err = v.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPSKs)
 		for i, p := range ps {
 			if err := b.Put(recordKey(p.Identity), raws[i]); err != nil {
@@ -382,6 +380,8 @@ func (v *Vault) putBatch(ps []*PSK) error {
 		return nil
 	})
 	if err != nil {
+		v.slots.shred(slots...)
+		v.slots.release(slots...)
 		return fmt.Errorf("write the batch's PSK records: %w", err)
 	}
 	v.mu.Lock()

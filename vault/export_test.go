@@ -28,33 +28,14 @@ func SetCompactFault(v *Vault, f func(step string) error) {
 func PutRecords(v *Vault, ps []*PSK) error {
 	// Records with a handle get key slots and sealed secrets, as the
 	// vault writes them.
-	var sealed []*PSK
-	for _, p := range ps {
-		if hasSecret(p) {
-			sealed = append(sealed, p)
-		}
+	raws, _, err := v.sealBatch(ps)
+	if err != nil {
+		return err
 	}
-	if len(sealed) > 0 {
-		slots, deks, err := v.slots.allocN(len(sealed))
-		if err != nil {
-			return err
-		}
-		for i, p := range sealed {
-			p.KeySlot = slots[i]
-			if p.Sealed, err = sealRecord(deks[i], slots[i], p); err != nil {
-				return err
-			}
-			clear(deks[i])
-		}
-	}
-	err := v.db.Update(func(tx *bolt.Tx) error {
+	err = v.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPSKs)
-		for _, p := range ps {
-			raw, err := diskRecord(p)
-			if err != nil {
-				return err
-			}
-			if err := b.Put(recordKey(p.Identity), raw); err != nil {
+		for i, p := range ps {
+			if err := b.Put(recordKey(p.Identity), raws[i]); err != nil {
 				return err
 			}
 		}

@@ -168,3 +168,51 @@ func TestOldFormatConverted(t *testing.T) {
 	v3, _, _ := reopen(t, dir)
 	checkKeepers(t, v3, keepers)
 }
+
+// TestBatchRecordsSealed: records written by a batch import keep their
+// handles only sealed under data keys of their own, like single imports:
+// no handle is in clear in the state dir, each record has a key slot, and
+// deleting one destroys its data key.
+func TestBatchRecordsSealed(t *testing.T) {
+	v, dir, closeV := openAt(t, "soft")
+	var reqs []*vault.ImportRequest
+	for _, id := range []string{"batch-1", "batch-2", "batch-3"} {
+		r := pairReq(id, randKey(t, 32))
+		reqs = append(reqs, &r)
+	}
+	ps, err := v.ImportBatch(bg, 0, feed(reqs...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var handles [][]byte
+	for _, p := range ps {
+		q, err := v.Get(p.Identity)
+		if err != nil || len(q.Handle) == 0 {
+			t.Fatalf("%s: %v", p.Identity, err)
+		}
+		handles = append(handles, q.Handle)
+		if vault.KeySlotOf(v, p.Identity) == 0 {
+			t.Fatalf("%s has no key slot", p.Identity)
+		}
+	}
+	slot := vault.KeySlotOf(v, []byte("batch-2"))
+	dek := bytes.Clone(slotContent(t, dir, slot))
+	if err := v.Delete(bg, []byte("batch-2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := closeV(); err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range handles {
+		if where := traceIn(t, dir, h); where != "" {
+			t.Fatalf("handle %d of a batch-imported PSK in clear in %s", i, where)
+		}
+	}
+	if where := traceIn(t, dir, dek); where != "" {
+		t.Fatalf("the deleted batch record's data key is still in %s", where)
+	}
+	v2, _, _ := reopen(t, dir)
+	for _, id := range []string{"batch-1", "batch-3"} {
+		derive(t, v2, vault.DeriveRequest{Identity: []byte(id), Target: tls256})
+	}
+}

@@ -285,3 +285,48 @@ func secretEqual(a, b *PSK) bool {
 	}
 	return true
 }
+
+// sealBatch gives each record of ps that has a secret a new key slot (one
+// fdatasync for all) and its sealed secret, and returns the records as
+// stored and the slots taken (which the caller zeroes and releases if the
+// records are not committed).
+func (v *Vault) sealBatch(ps []*PSK) ([][]byte, []uint32, error) {
+	var sealed []*PSK
+	for _, p := range ps {
+		p.KeySlot, p.Sealed = 0, nil
+		if hasSecret(p) {
+			sealed = append(sealed, p)
+		}
+	}
+	var slots []uint32
+	if len(sealed) > 0 {
+		var deks [][]byte
+		var err error
+		if slots, deks, err = v.slots.allocN(len(sealed)); err != nil {
+			return nil, nil, err
+		}
+		for i, p := range sealed {
+			p.KeySlot = slots[i]
+			if err == nil {
+				p.Sealed, err = sealRecord(deks[i], slots[i], p)
+			}
+			clear(deks[i])
+		}
+		if err != nil {
+			v.slots.shred(slots...)
+			v.slots.release(slots...)
+			return nil, nil, err
+		}
+	}
+	raws := make([][]byte, len(ps))
+	for i, p := range ps {
+		raw, err := diskRecord(p)
+		if err != nil {
+			v.slots.shred(slots...)
+			v.slots.release(slots...)
+			return nil, nil, err
+		}
+		raws[i] = raw
+	}
+	return raws, slots, nil
+}
