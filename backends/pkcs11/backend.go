@@ -882,7 +882,31 @@ func findObjects(p *p11.Ctx, s p11.SessionHandle, tmpl []*p11.Attribute, max int
 }
 
 // destroyAll destroys every secret key with CKA_ID id.
+//
+// With a complete index (index.go) that holds id once, the object is
+// destroyed by its handle, after its CKA_ID is read back: no search. The
+// search remains for an ID the index does not hold or holds twice, and
+// when the index is not complete (not yet listed, or reset since): "not
+// in the index" is never taken for "gone".
 func (b *Backend) destroyAll(s p11.SessionHandle, id []byte) error {
+	if e, ok, complete := b.indexEntry(id); ok && complete && !e.dup {
+		b.indexDrop(id)
+		same, err := sameID(b.p, s, e.obj, id)
+		switch {
+		case err == nil && same:
+			err := b.p.DestroyObject(s, e.obj)
+			if err == nil {
+				return nil
+			}
+			if !isRV(err, p11.CKR_OBJECT_HANDLE_INVALID) {
+				return classify("C_DestroyObject", err)
+			}
+		case err == nil, isRV(err, p11.CKR_OBJECT_HANDLE_INVALID), isRV(err, p11.CKR_KEY_HANDLE_INVALID):
+		default:
+			return classify("C_GetAttributeValue(CKA_ID)", err)
+		}
+		// Destroyed or replaced behind our back: search.
+	}
 	b.indexDrop(id)
 	objs, err := b.findPrivate(s, []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
@@ -957,6 +981,9 @@ func (b *Backend) HMAC(ctx context.Context, key vault.KeyRef, data []byte) ([]by
 func (b *Backend) DeleteKey(ctx context.Context, key vault.KeyRef) error {
 	_, id, err := decodeHandle(key.Handle)
 	if err != nil {
+		return err
+	}
+	if err := b.awaitIndex(ctx, nil); err != nil {
 		return err
 	}
 	return b.do(ctx, func(s p11.SessionHandle, _ bool) error {

@@ -110,6 +110,14 @@ func (b *Backend) indexGet(id []byte) (entry, bool) {
 	return e, ok
 }
 
+// indexEntry returns id's entry and whether the index is complete.
+func (b *Backend) indexEntry(id []byte) (entry, bool, bool) {
+	b.cmu.Lock()
+	defer b.cmu.Unlock()
+	e, ok := b.idx.m[idKey(id)]
+	return e, ok, b.idx.complete
+}
+
 // markVerified notes that obj, id's entry, passed verifyKey.
 func (b *Backend) markVerified(id []byte, obj p11.ObjectHandle) {
 	k := idKey(id)
@@ -201,8 +209,8 @@ func (b *Backend) runWarmup(ctx context.Context, w *warmup) {
 	close(w.done)
 }
 
-// awaitIndex waits, when id is not in the index, for the enumeration in
-// flight (if any) to finish. A search of the token costs as much as the
+// awaitIndex waits, when id is not in the index (or id is nil), for the
+// enumeration in flight (if any) to finish. A search of the token costs as much as the
 // enumeration's own search and slows it down, on a token that serializes
 // its object store as SoftHSM2 does (a search while the enumeration ran
 // took 4 times as long as alone), and derives arriving together would
@@ -211,7 +219,10 @@ func (b *Backend) runWarmup(ctx context.Context, w *warmup) {
 // lock and no session while it waits.
 func (b *Backend) awaitIndex(ctx context.Context, id []byte) error {
 	b.cmu.Lock()
-	_, ok := b.idx.m[idKey(id)]
+	ok := false
+	if id != nil {
+		_, ok = b.idx.m[idKey(id)]
+	}
 	w := b.idx.warm
 	b.cmu.Unlock()
 	if ok || w == nil {
@@ -225,8 +236,13 @@ func (b *Backend) awaitIndex(ctx context.Context, id []byte) error {
 	}
 }
 
-// enumerateBatch is how many handles one C_FindObjects call asks for.
-const enumerateBatch = 4096
+// enumerateBatch is how many handles one C_FindObjects call asks for;
+// readIDsChunk how many objects' CKA_IDs one cgo call reads (the
+// enumeration checks between chunks whether reset or Close stopped it).
+const (
+	enumerateBatch = 4096
+	readIDsChunk   = 512
+)
 
 // enumerate lists every generic secret on the token with its CKA_ID (of
 // idLen bytes: pskvault's keys; others are left out), marking IDs that
@@ -256,31 +272,34 @@ func (b *Backend) enumerate(ctx context.Context, s p11.SessionHandle) (map[[idLe
 	if err := b.p.FindObjectsFinal(s); err != nil {
 		return nil, classify("C_FindObjectsFinal", err)
 	}
-	found := make(map[[idLen]byte]entry, len(objs))
-	for i, o := range objs {
-		if i%64 == 0 {
-			if err := ctx.Err(); err != nil {
-				return nil, err
+	total := len(objs)
+	found := make(map[[idLen]byte]entry, total)
+	for len(objs) > 0 {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		chunk := objs[:min(len(objs), readIDsChunk)]
+		objs = objs[len(chunk):]
+		ids, errs := b.mod.ids.readIDs(b.p, s, chunk)
+		for i, o := range chunk {
+			if err := errs[i]; err != nil {
+				if isRV(err, p11.CKR_OBJECT_HANDLE_INVALID) {
+					continue // destroyed meanwhile
+				}
+				return nil, classify("C_GetAttributeValue(CKA_ID)", err)
 			}
-		}
-		id, err := readID(b.p, s, o)
-		if err != nil {
-			if isRV(err, p11.CKR_OBJECT_HANDLE_INVALID) {
-				continue // destroyed meanwhile
+			if ids[i] == nil {
+				continue // not an idLen-byte ID: not pskvault's
 			}
-			return nil, classify("C_GetAttributeValue(CKA_ID)", err)
+			k := idKey(ids[i])
+			if _, ok := found[k]; ok {
+				found[k] = entry{dup: true}
+				continue
+			}
+			found[k] = entry{obj: o}
 		}
-		if len(id) != idLen {
-			continue
-		}
-		k := idKey(id)
-		if _, ok := found[k]; ok {
-			found[k] = entry{dup: true}
-			continue
-		}
-		found[k] = entry{obj: o}
 	}
-	if len(objs) == 0 && b.loginExpected() {
+	if total == 0 && b.loginExpected() {
 		// A lost login hides private objects instead of failing.
 		si, err := b.p.GetSessionInfo(s)
 		if err != nil {

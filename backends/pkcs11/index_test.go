@@ -278,3 +278,96 @@ func idOf(t *testing.T, handle []byte) []byte {
 	}
 	return id
 }
+
+// TestReadIDs: the batched CKA_ID read (one C_GetAttributeValue per object
+// through the module's own function list) agrees with miekg/pkcs11's,
+// leaves out IDs of another length, and reports a destroyed object.
+func TestReadIDs(t *testing.T) {
+	b := openToken(t, "")
+	if b.mod.ids.fn == nil {
+		t.Fatal("C_GetAttributeValue not found in the loaded module: the enumeration would read each ID twice")
+	}
+	s := rawSession(t, b)
+	var objs []p11.ObjectHandle
+	for _, n := range []int{idLen, 4, 32, idLen, 0} {
+		id := make([]byte, n)
+		rand.Read(id)
+		o, err := b.p.CreateObject(s, append(keyTemplate(id, "readids", false), p11.NewAttribute(p11.CKA_VALUE, make([]byte, 32))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.p.DestroyObject(s, o)
+		objs = append(objs, o)
+	}
+	gone, err := b.p.CreateObject(s, append(keyTemplate(make([]byte, idLen), "readids", false), p11.NewAttribute(p11.CKA_VALUE, make([]byte, 32))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.p.DestroyObject(s, gone)
+	objs = append(objs, gone)
+
+	ids, errs := b.mod.ids.readIDs(b.p, s, objs)
+	for i, o := range objs[:len(objs)-1] {
+		want, err := readID(b.p, s, o)
+		if err != nil || errs[i] != nil {
+			t.Fatalf("object %d: %v / %v", i, err, errs[i])
+		}
+		if len(want) != idLen {
+			want = nil
+		}
+		if !bytes.Equal(ids[i], want) || (want == nil) != (ids[i] == nil) {
+			t.Fatalf("object %d: batched read %x, miekg/pkcs11 %x", i, ids[i], want)
+		}
+	}
+	if last := len(objs) - 1; !isRV(errs[last], p11.CKR_OBJECT_HANDLE_INVALID) {
+		t.Fatalf("destroyed object: %v, want CKR_OBJECT_HANDLE_INVALID", errs[last])
+	}
+}
+
+// TestDeleteUsesIndex: with the index complete, DeleteKey destroys a key
+// by its handle without searching the token (a search per delete is
+// O(N) on SoftHSM2), and the key is gone from the token; a key the index
+// does not hold (already deleted, or destroyed behind the backend's back)
+// is still looked for, and its absence is success.
+func TestDeleteUsesIndex(t *testing.T) {
+	vaultID := []byte("idx5-tag-test-vault")
+	keys := makeIndexKeys(t, vaultID, 4)
+	b, err := openTagged(bg, needToken(t).URI(), vaultID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	waitIndexed(t, b)
+	s := rawSession(t, b)
+	checkHMAC(t, b, keys[0])
+	before := b.finds.Load()
+	for _, k := range keys[:3] {
+		if err := b.DeleteKey(bg, k.ref); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := b.finds.Load() - before; n != 0 {
+		t.Fatalf("deleting 3 indexed keys made %d token searches, want 0", n)
+	}
+	for _, k := range keys[:3] {
+		objs, err := findObjects(b.p, s, []*p11.Attribute{p11.NewAttribute(p11.CKA_ID, idOf(t, k.ref.Handle))}, 2)
+		if err != nil || len(objs) != 0 {
+			t.Fatalf("after DeleteKey: %d objects with the key's CKA_ID (%v)", len(objs), err)
+		}
+	}
+	// Deleted already: looked for, not found, success.
+	before = b.finds.Load()
+	if err := b.DeleteKey(bg, keys[0].ref); err != nil {
+		t.Fatalf("DeleteKey of a deleted key: %v", err)
+	}
+	if b.finds.Load() == before {
+		t.Fatal("a key missing from the index was taken for gone without a search")
+	}
+	// Destroyed behind the backend's back while indexed.
+	if err := b.p.DestroyObject(s, findByHandle(t, b, s, keys[3].ref.Handle)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.DeleteKey(bg, keys[3].ref); err != nil {
+		t.Fatalf("DeleteKey of a key destroyed behind the backend's back: %v", err)
+	}
+}

@@ -23,6 +23,7 @@ type module struct {
 	path string
 	ctx  *p11.Ctx
 	refs int
+	ids  idReader // batched CKA_ID reads (readids.go)
 }
 
 var (
@@ -43,6 +44,7 @@ func acquireModule(path string) (*module, error) {
 			return nil, fmt.Errorf("%w: PKCS#11 module %s could not be loaded (dlopen failed: wrong architecture or missing dependency?)", vault.ErrBackendUnavailable, path)
 		}
 		m = &module{path: path, ctx: ctx}
+		m.ids.init(path)
 		modules[path] = m
 	}
 	if m.refs == 0 {
