@@ -337,7 +337,7 @@ func topFlags(g *globals) (top *flag.FlagSet, help, version *bool) {
 
 const overviewSummary = "TLS 1.3 external PSKs kept in hardware, handed out only as RFC 9258 imported PSKs"
 
-const overviewLong = `pskvault keeps TLS 1.3 external PSKs (EPSKs) in a TPM, a PKCS#11 token or an encrypted software store and hands local TLS stacks only RFC 9258 imported PSKs derived from them, following RFC 9257. 'pskvault serve' owns the vault and listens on an admin socket (PSK management) and a data socket (derive, lookup, offers for TLS stacks); the other verbs talk to it, except the offline ones (init, wrap, demo, fleet, config check, pkcs11, version, completion).
+const overviewLong = `pskvault keeps TLS 1.3 external PSKs (EPSKs) in a TPM, a PKCS#11 token or an encrypted software store and hands local TLS stacks only RFC 9258 imported PSKs derived from them, following RFC 9257. 'pskvault serve' owns the vault and listens on an admin socket (PSK management) and a data socket (derive, lookup, offers for TLS stacks); the other verbs talk to it, except the offline ones (init, wrap, demo, fleet, config check, pkcs11, tpm parent-pub, version, completion).
 
 The global flags may be given before the verb; after the verb, a verb takes only those that apply to it. Key material is never taken on the command line: give a file (--key-file) or standard input.`
 
@@ -359,11 +359,36 @@ func printOverview(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-27s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintf(w, "\n%s\n\nGlobal flags:\n", overviewLong)
+	fmt.Fprintf(w, "\n%s\n\nGlobal flags:\n", wrapText(overviewLong, 79))
 	top, _, _ := topFlags(&globals{})
 	printFlags(w, top)
 	fmt.Fprintln(w, "\nRun 'pskvault COMMAND --help' for a command's flags.")
 	printExamples(w, overviewExamples)
+}
+
+// wrapText fills each paragraph of s to lines of at most width columns
+// (a longer word stays whole).
+func wrapText(s string, width int) string {
+	paras := strings.Split(s, "\n\n")
+	for i, p := range paras {
+		var b strings.Builder
+		n := 0
+		for _, word := range strings.Fields(p) {
+			switch {
+			case n == 0:
+			case n+1+len(word) > width:
+				b.WriteByte('\n')
+				n = 0
+			default:
+				b.WriteByte(' ')
+				n++
+			}
+			b.WriteString(word)
+			n += len(word)
+		}
+		paras[i] = b.String()
+	}
+	return strings.Join(paras, "\n\n")
 }
 
 // printExamples ends a help page.
@@ -422,7 +447,7 @@ func printGroup(w io.Writer, group string) {
 func printUsage(w io.Writer, c *command, fs *flag.FlagSet) {
 	fmt.Fprintf(w, "Usage: pskvault %s [flags]%s\n\n%s\n", c.name, strings.TrimRight(" "+c.args, " "), c.summary)
 	if c.long != "" {
-		fmt.Fprintf(w, "\n%s\n", c.long)
+		fmt.Fprintf(w, "\n%s\n", wrapText(c.long, 79))
 	}
 	fmt.Fprintln(w, "\nFlags:")
 	printFlags(w, fs)
