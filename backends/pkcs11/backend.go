@@ -125,7 +125,7 @@ func openTagged(ctx context.Context, uri string, vaultID []byte) (*Backend, erro
 		p:    mod.ctx,
 		idle: make(chan p11.SessionHandle, u.sessions()),
 		open: map[p11.SessionHandle]struct{}{},
-		idx:  objIndex{m: map[[idLen]byte]entry{}},
+		idx:  objIndex{m: map[[idLen]byte]entry{}, wk: map[string]p11.ObjectHandle{}},
 	}
 	if len(vaultID) >= tagLen {
 		b.tag = bytes.Clone(vaultID[:tagLen])
@@ -1071,18 +1071,18 @@ func (b *Backend) ImportWrapped(ctx context.Context, blob []byte, h importer.Has
 		if retry {
 			b.destroyAll(s, id)
 		}
-		wks, err := b.findPrivate(s, wkTmpl, 2)
+		wk, err := b.wrappingKey(s, wkTmpl, wkName)
 		if err != nil {
 			return err
 		}
-		switch len(wks) {
-		case 0:
-			return fmt.Errorf("%w: no AES wrapping key with %s on token %q", vault.ErrKeyNotFound, wkName, b.token.Label)
-		case 1:
-		default:
-			return fmt.Errorf("several AES keys with %s on token %q; name the wrapping key by wrapping-key-id", wkName, b.token.Label)
+		obj, err := b.unwrap(s, mech, wk, blob, tmpl)
+		if isRV(err, p11.CKR_WRAPPING_KEY_HANDLE_INVALID) || isRV(err, p11.CKR_OBJECT_HANDLE_INVALID) || isRV(err, p11.CKR_KEY_HANDLE_INVALID) {
+			b.wkDrop(wkName) // destroyed since it was found: look again
+			if wk, err = b.wrappingKey(s, wkTmpl, wkName); err != nil {
+				return err
+			}
+			obj, err = b.unwrap(s, mech, wk, blob, tmpl)
 		}
-		obj, err := b.unwrap(s, mech, wks[0], blob, tmpl)
 		switch rvOf(err) {
 		case p11.CKR_OK:
 		case p11.CKR_WRAPPED_KEY_INVALID, p11.CKR_ENCRYPTED_DATA_INVALID, p11.CKR_WRAPPED_KEY_LEN_RANGE, p11.CKR_GENERAL_ERROR:

@@ -9,6 +9,8 @@ import (
 	"fmt"
 
 	p11 "github.com/miekg/pkcs11"
+
+	"github.com/pskvault/pskvault/vault"
 )
 
 // The object index maps CKA_ID to object handle for the token's generic
@@ -62,6 +64,9 @@ type objIndex struct {
 	// touched are the IDs put or dropped while warm runs: its results
 	// for them are older than what m holds.
 	touched map[[idLen]byte]struct{}
+	// wk maps a wrapping key's name ("label \"x\"" or "CKA_ID hex"), as
+	// ImportWrapped names it, to the one AES key a search found for it.
+	wk map[string]p11.ObjectHandle
 }
 
 // warmup is one enumeration of the token.
@@ -110,6 +115,63 @@ func (b *Backend) indexGet(id []byte) (entry, bool) {
 	return e, ok
 }
 
+// wrappingKey returns the AES wrapping key that tmpl (class, key type, and
+// label or CKA_ID) names: the handle an earlier import found in this
+// generation, after reading the same attributes back from it, or else the
+// one object a search finds (a wrapped import per search made provisioning
+// runs O(N) per key on SoftHSM2).
+func (b *Backend) wrappingKey(s p11.SessionHandle, tmpl []*p11.Attribute, name string) (p11.ObjectHandle, error) {
+	b.cmu.Lock()
+	obj, ok := b.idx.wk[name]
+	b.cmu.Unlock()
+	if ok {
+		if b.matches(s, obj, tmpl) {
+			return obj, nil
+		}
+		b.wkDrop(name)
+	}
+	wks, err := b.findPrivate(s, tmpl, 2)
+	if err != nil {
+		return 0, err
+	}
+	switch len(wks) {
+	case 0:
+		return 0, fmt.Errorf("%w: no AES wrapping key with %s on token %q", vault.ErrKeyNotFound, name, b.token.Label)
+	case 1:
+	default:
+		return 0, fmt.Errorf("several AES keys with %s on token %q; name the wrapping key by wrapping-key-id", name, b.token.Label)
+	}
+	b.cmu.Lock()
+	b.idx.wk[name] = wks[0]
+	b.cmu.Unlock()
+	return wks[0], nil
+}
+
+// matches reports whether obj still has every attribute of tmpl, read
+// back from the token.
+func (b *Backend) matches(s p11.SessionHandle, obj p11.ObjectHandle, tmpl []*p11.Attribute) bool {
+	q := make([]*p11.Attribute, len(tmpl))
+	for i, a := range tmpl {
+		q[i] = p11.NewAttribute(a.Type, nil)
+	}
+	got, err := b.p.GetAttributeValue(s, obj, q)
+	if err != nil || len(got) != len(tmpl) {
+		return false
+	}
+	for i, a := range tmpl {
+		if got[i].Type != a.Type || !bytes.Equal(got[i].Value, a.Value) {
+			return false
+		}
+	}
+	return true
+}
+
+func (b *Backend) wkDrop(name string) {
+	b.cmu.Lock()
+	delete(b.idx.wk, name)
+	b.cmu.Unlock()
+}
+
 // indexEntry returns id's entry and whether the index is complete.
 func (b *Backend) indexEntry(id []byte) (entry, bool, bool) {
 	b.cmu.Lock()
@@ -136,7 +198,7 @@ func (b *Backend) indexReset(gen uint64) {
 	if w := b.idx.warm; w != nil {
 		w.cancel()
 	}
-	b.idx = objIndex{m: map[[idLen]byte]entry{}, gen: gen}
+	b.idx = objIndex{m: map[[idLen]byte]entry{}, gen: gen, wk: map[string]p11.ObjectHandle{}}
 	b.cmu.Unlock()
 }
 

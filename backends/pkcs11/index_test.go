@@ -5,6 +5,7 @@ package pkcs11
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"strings"
 	"testing"
@@ -369,5 +370,61 @@ func TestDeleteUsesIndex(t *testing.T) {
 	}
 	if err := b.DeleteKey(bg, keys[3].ref); err != nil {
 		t.Fatalf("DeleteKey of a key destroyed behind the backend's back: %v", err)
+	}
+}
+
+// TestWrappedImportFindsWrappingKeyOnce: a run of wrapped imports under
+// one wrapping key searches the token for it once, not per import (a
+// search is O(N) on SoftHSM2); a wrapping key destroyed behind the
+// backend's back is looked for again and reported missing, cleanly.
+func TestWrappedImportFindsWrappingKeyOnce(t *testing.T) {
+	b := openToken(t, "")
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	label := "idx-wrapping-key-" + hex.EncodeToString(kek[:4])
+	if err := b.ImportWrappingKey(bg, label, kek); err != nil {
+		t.Fatal(err)
+	}
+	s := rawSession(t, b)
+	wk, err := findObjects(b.p, s, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, label)}, 2)
+	if err != nil || len(wk) != 1 {
+		t.Fatalf("wrapping key: %d objects, %v", len(wk), err)
+	}
+	destroyed := false
+	t.Cleanup(func() {
+		if !destroyed {
+			b.p.DestroyObject(s, wk[0])
+		}
+	})
+	imp := func() (vault.KeyRef, []byte, error) {
+		epsk := make([]byte, 32)
+		rand.Read(epsk)
+		blob, err := WrapEPSK(kek, importer.SHA256, epsk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		handle, err := b.ImportWrapped(bg, blob, importer.SHA256, map[string]string{"wrapping-key": label})
+		prk, _ := importer.Extract(importer.SHA256, epsk)
+		return vault.KeyRef{Handle: handle, Hash: importer.SHA256}, prk, err
+	}
+	waitIndexed(t, b)
+	before := b.finds.Load()
+	for i := 0; i < 4; i++ {
+		ref, prk, err := imp()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.DeleteKey(bg, ref)
+		checkHMAC(t, b, indexKey{ref, prk})
+	}
+	if n := b.finds.Load() - before; n != 1 {
+		t.Fatalf("4 wrapped imports made %d token searches, want 1 (the wrapping key, once)", n)
+	}
+	if err := b.p.DestroyObject(s, wk[0]); err != nil {
+		t.Fatal(err)
+	}
+	destroyed = true
+	if _, _, err := imp(); !errors.Is(err, vault.ErrKeyNotFound) || !strings.Contains(err.Error(), "no AES wrapping key") {
+		t.Fatalf("wrapped import after its wrapping key was destroyed: %v, want ErrKeyNotFound", err)
 	}
 }

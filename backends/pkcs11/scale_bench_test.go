@@ -4,7 +4,9 @@ package pkcs11
 
 import (
 	"crypto/rand"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -37,6 +39,9 @@ type scaleToken struct {
 func newScaleToken(b *testing.B, n int) *scaleToken {
 	b.Helper()
 	pkcs11test.Skip(b)
+	if dir := os.Getenv("PSKVAULT_P11_SCALE_REUSE"); dir != "" {
+		return reuseScaleToken(b, dir, n)
+	}
 	// Not b.TempDir(): its name has an "=", which SoftHSM2's config parser
 	// cuts the token directory's path at. PSKVAULT_P11_SCALE_DIR puts the
 	// token elsewhere (the figures in docs/BENCHMARKS.md: /dev/shm, since
@@ -83,6 +88,46 @@ func newScaleToken(b *testing.B, n int) *scaleToken {
 	return st
 }
 
+// reuseScaleToken takes the token of an earlier run instead of making
+// one: PSKVAULT_P11_SCALE_REUSE names a copy of its SoftHSM2 directory
+// (the softhsm-* directory holding softhsm2.conf, tokens/ and user.pin;
+// copied while that run was going, since it removes its own at the end).
+// The copy's config is pointed at the copy's tokens; the keys' handles
+// are read back with Keys. Only for one size.
+func reuseScaleToken(b *testing.B, dir string, n int) *scaleToken {
+	b.Helper()
+	tok := &pkcs11test.SoftHSM{Dir: dir, Module: pkcs11test.Module(), Label: "scale-" + strconv.Itoa(n),
+		Conf: filepath.Join(dir, "softhsm2.conf"), PINFile: filepath.Join(dir, "user.pin")}
+	conf := fmt.Sprintf("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n", filepath.Join(dir, "tokens"))
+	if err := os.WriteFile(tok.Conf, []byte(conf), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	old := os.Getenv("SOFTHSM2_CONF")
+	os.Setenv("SOFTHSM2_CONF", tok.Conf)
+	b.Cleanup(func() { os.Setenv("SOFTHSM2_CONF", old) })
+	be, err := openTagged(bg, tok.URI(), scaleVaultID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Close()
+	handles, err := be.Keys(bg)
+	if err != nil || len(handles) != n {
+		b.Fatalf("reused token: %d keys (%v), want %d", len(handles), err, n)
+	}
+	return &scaleToken{tok: tok, handles: handles}
+}
+
+// scaleModes are the BenchmarkFirstUse variants: PSKVAULT_P11_SCALE_MODES
+// (comma-separated), default after-open,after-keys; "delete" times
+// DeleteKey of a key not used since the start (made, then the backend
+// reopened and Keys listed, as at a daemon start).
+func scaleModes() []string {
+	if v := os.Getenv("PSKVAULT_P11_SCALE_MODES"); v != "" {
+		return strings.Split(v, ",")
+	}
+	return []string{"after-open", "after-keys"}
+}
+
 // scaleSizes are the token sizes BenchmarkFirstUse runs at:
 // PSKVAULT_P11_SCALE_OBJECTS (comma-separated), default 20 and 2000.
 func scaleSizes(b *testing.B) []int {
@@ -109,7 +154,7 @@ func scaleSizes(b *testing.B) []int {
 //	PSKVAULT_P11_SCALE_OBJECTS=20,100000 go test -run '^$' \
 //	    -bench BenchmarkFirstUse -benchtime 5x -timeout 2h ./backends/pkcs11/
 //
-// ns/op is the first HMAC alone. "after-open" runs it as soon as Open
+// ns/op is the first HMAC alone (for "delete": the DeleteKey alone). "after-open" runs it as soon as Open
 // returns; "after-keys" first lists the vault's keys (Keys), as the
 // vault's reconciliation does at every start. open-ms and keys-ms are
 // what Open and Keys took.
@@ -117,7 +162,7 @@ func BenchmarkFirstUse(b *testing.B) {
 	for _, n := range scaleSizes(b) {
 		b.Run("objects="+strconv.Itoa(n), func(b *testing.B) {
 			st := newScaleToken(b, n)
-			for _, mode := range []string{"after-open", "after-keys"} {
+			for _, mode := range scaleModes() {
 				b.Run(mode, func(b *testing.B) {
 					var open, keys time.Duration
 					b.StopTimer()
@@ -128,7 +173,7 @@ func BenchmarkFirstUse(b *testing.B) {
 							b.Fatal(err)
 						}
 						open += time.Since(t0)
-						if mode == "after-keys" {
+						if mode != "after-open" {
 							t1 := time.Now()
 							hs, err := be.Keys(bg)
 							if err != nil || len(hs) != n {
@@ -137,6 +182,32 @@ func BenchmarkFirstUse(b *testing.B) {
 							keys += time.Since(t1)
 						}
 						key := vault.KeyRef{Handle: st.handles[(i*7919)%n], Hash: importer.SHA256}
+						if mode == "delete" {
+							// A key made in this open, then destroyed: the
+							// vault's delete (rotate, revoke, finalize) of a
+							// key not used since the start.
+							prk := make([]byte, 32)
+							rand.Read(prk)
+							h, err := be.StoreKey(bg, vault.StoreRequest{PRK: prk, Hash: importer.SHA256, Label: "scale"})
+							if err != nil {
+								b.Fatal(err)
+							}
+							be.Close()
+							if be, err = openTagged(bg, st.tok.URI(), scaleVaultID); err != nil {
+								b.Fatal(err)
+							}
+							if _, err := be.Keys(bg); err != nil {
+								b.Fatal(err)
+							}
+							b.StartTimer()
+							err = be.DeleteKey(bg, vault.KeyRef{Handle: h, Hash: importer.SHA256})
+							b.StopTimer()
+							if err != nil {
+								b.Fatal(err)
+							}
+							be.Close()
+							continue
+						}
 						b.StartTimer()
 						out, err := be.HMAC(bg, key, benchData)
 						b.StopTimer()
@@ -146,7 +217,7 @@ func BenchmarkFirstUse(b *testing.B) {
 						be.Close()
 					}
 					b.ReportMetric(float64(open.Milliseconds())/float64(b.N), "open-ms")
-					if mode == "after-keys" {
+					if mode != "after-open" {
 						b.ReportMetric(float64(keys.Milliseconds())/float64(b.N), "keys-ms")
 					}
 				})
