@@ -281,6 +281,31 @@ func manDate(given string) (time.Time, error) {
 	return time.Now().UTC(), nil
 }
 
+// tagFlags turns cobra's flag entries (a paragraph holding the flag, a tab
+// and its text) into roff tagged paragraphs (.TP), which man(1) shows as
+// the flag with its text indented below it.
+func tagFlags(page []byte) []byte {
+	lines := strings.Split(string(page), "\n")
+	out := make([]string, 0, len(lines))
+	for i := 0; i < len(lines); i++ {
+		l := lines[i]
+		if strings.HasPrefix(l, `\fB-`) && i+1 < len(lines) && strings.HasPrefix(lines[i+1], "\t") {
+			if n := len(out); n > 0 && out[n-1] == ".PP" {
+				out = out[:n-1]
+			}
+			text := strings.TrimLeft(lines[i+1], "\t")
+			if strings.HasPrefix(text, ".") || strings.HasPrefix(text, "'") {
+				text = `\&` + text // not a roff request
+			}
+			out = append(out, ".TP", l, text)
+			i++
+			continue
+		}
+		out = append(out, l)
+	}
+	return []byte(strings.Join(out, "\n"))
+}
+
 // genDocs is pskvault __gen-docs [--date YYYY-MM-DD] DIR.
 func genDocs(argv []string, g *globals) int {
 	fs := flag.NewFlagSet(genDocsCmd, flag.ContinueOnError)
@@ -317,6 +342,19 @@ func writeDocs(dir, date string, g *globals) error {
 	hdr := &doc.GenManHeader{Section: "1", Source: "pskvault " + api.Version, Manual: "pskvault manual", Date: &d}
 	if err := doc.GenManTree(cobraTree(sys), hdr, man); err != nil {
 		return err
+	}
+	pages, err := filepath.Glob(filepath.Join(man, "*.1"))
+	if err != nil {
+		return err
+	}
+	for _, p := range pages {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, tagFlags(b), 0o644); err != nil {
+			return err
+		}
 	}
 	for shell, name := range map[string]string{"bash": "pskvault.bash", "zsh": "_pskvault", "fish": "pskvault.fish"} {
 		var b bytes.Buffer

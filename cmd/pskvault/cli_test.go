@@ -231,6 +231,17 @@ func TestHelpPages(t *testing.T) {
 			}
 		}
 	}
+	// pskvault help VERB... is VERB... --help.
+	for _, args := range [][]string{{"psk", "create"}, {"psk"}, {"wrap"}} {
+		want, _, _ := runSplit(t, nil, append(slices.Clone(args), "--help")...)
+		got, errOut, code := runSplit(t, nil, append([]string{"help"}, args...)...)
+		if code != 0 || got != want {
+			t.Errorf("help %v: exit %d, not the --help page: %s%s", args, code, got, errOut)
+		}
+	}
+	if _, errOut, code := runSplit(t, nil, "help", "frobnicate"); code != 2 || !strings.Contains(errOut, "unknown command") {
+		t.Errorf("help frobnicate: exit %d: %s", code, errOut)
+	}
 	// Inapplicable globals after the verb are refused like any unknown flag
 	// (before the verb they are accepted, as always).
 	for _, args := range [][]string{{"wrap", "--socket", "/x"}, {"init", "--data-socket", "/x"}, {"psk", "list", "--state-dir", "/x"}} {
@@ -704,5 +715,15 @@ func TestManPages(t *testing.T) {
 		if err != nil || len(out) > 0 {
 			t.Errorf("groff -man -ww pskvault-psk-create.1: %v\n%s", err, out)
 		}
+	}
+}
+
+// TestTagFlags: cobra's flag paragraphs become .TP entries, and a flag text
+// that starts like a roff request is escaped.
+func TestTagFlags(t *testing.T) {
+	in := ".SH OPTIONS\n\\fB--a\\fP=\"\"\n\tfirst\n\n.PP\n\\fB--b\\fP=\"\"\n\t.dot first\n\n.SH EXAMPLE\n"
+	want := ".SH OPTIONS\n.TP\n\\fB--a\\fP=\"\"\nfirst\n\n.TP\n\\fB--b\\fP=\"\"\n\\&.dot first\n\n.SH EXAMPLE\n"
+	if got := string(tagFlags([]byte(in))); got != want {
+		t.Errorf("tagFlags:\n%q\nwant\n%q", got, want)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -229,6 +230,10 @@ func run(ctx context.Context, argv []string, g *globals) int {
 		return 2
 	}
 	rest := top.Args()
+	if len(rest) > 1 && rest[0] == "help" {
+		// pskvault help psk create: the same as pskvault psk create --help.
+		rest = append(slices.Clone(rest[1:]), "--help")
+	}
 	if *version && !*help {
 		if err := printVersion(g.stdout, false); err != nil {
 			return 1
