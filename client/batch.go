@@ -26,7 +26,8 @@ type BatchEntry struct {
 var ErrBatchTooLarge = fmt.Errorf("a batch holds at most %d entries", wire.MaxBatchEntries)
 
 // ImportBatch imports the entries next yields (until it returns io.EOF)
-// in one request, all or nothing: either every entry is imported or none
+// in one request, without the default Timeout (the daemon bounds each
+// entry; give ctx a deadline to bound the whole), all or nothing: either every entry is imported or none
 // is, and the *Error then lists each problem with its entry's index
 // (Entries). Entries are streamed to the daemon as next yields them, each
 // key raw in its envelope, never JSON, and wiped once written. An error
@@ -70,7 +71,10 @@ func (c *Client) ImportBatch(ctx context.Context, next func() (*BatchEntry, erro
 		}
 	}()
 	var out wire.BatchResult
-	err := c.getJSONReader(ctx, http.MethodPost, "/v1/psks/import-batch", wire.ContentTypeBatch, pr, &out)
+	// No default Timeout: a batch of 10,000 PSKs for a token takes
+	// minutes; the daemon bounds each entry by its request timeout, and
+	// ctx, when it has a deadline, the whole batch.
+	err := c.getJSONReader(context.WithValue(ctx, noTimeout{}, true), http.MethodPost, "/v1/psks/import-batch", wire.ContentTypeBatch, pr, &out)
 	pr.CloseWithError(errors.New("request over")) // ends the writer if the request failed early
 	if serr := <-srcErr; serr != nil {
 		// The body broke off: the daemon imported nothing of the batch.

@@ -56,6 +56,9 @@ type Client struct {
 // Timeout bounds a request whose context has no deadline of its own.
 const Timeout = 60 * time.Second
 
+// defaultTimeout is Timeout; tests shorten it.
+var defaultTimeout = Timeout
+
 // New returns a client for the daemon listening on socket. It reads
 // PSKVAULT_DAEMON_UID once, here; a malformed value fails every request
 // with ErrDaemonUID rather than being ignored.
@@ -95,6 +98,11 @@ func (c *Client) doAccept(ctx context.Context, method, path string, q url.Values
 	return c.send(ctx, method, path, q, ctype, accept, bytes.NewReader(body))
 }
 
+// noTimeout in a request's context means no default Timeout: the request
+// may take as long as its body does (a batch import, whose daemon bounds
+// each entry instead).
+type noTimeout struct{}
+
 // doReader is do with a streamed body (sent chunked).
 func (c *Client) doReader(ctx context.Context, method, path, ctype string, body io.Reader) (*http.Response, error) {
 	return c.send(ctx, method, path, nil, ctype, "", body)
@@ -112,8 +120,8 @@ func (c *Client) send(ctx context.Context, method, path string, q url.Values, ct
 		u += "?" + q.Encode()
 	}
 	cancel := context.CancelFunc(func() {})
-	if _, ok := ctx.Deadline(); !ok {
-		ctx, cancel = context.WithTimeout(ctx, Timeout)
+	if _, ok := ctx.Deadline(); !ok && ctx.Value(noTimeout{}) == nil {
+		ctx, cancel = context.WithTimeout(ctx, defaultTimeout)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
