@@ -117,6 +117,9 @@ type SocketServer struct {
 	stopping chan struct{}
 	stopOnce sync.Once
 
+	acceptFails  int       // failed accepts since the last log line (under mu)
+	acceptLogged time.Time // when that line was written
+
 	// testHookRequestDone, when a test sets it, sees each connection's
 	// read buffer after each request.
 	testHookRequestDone atomic.Pointer[func(readBuf []byte)]
@@ -165,7 +168,7 @@ func (ss *SocketServer) serve() error {
 				// Out of descriptors: wait for some to be freed, as
 				// net/http does, instead of spinning or giving up.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				ss.s.log.Warn("accept failed; retrying", "err", err, "in", backoff)
+				ss.acceptFailed(err)
 				time.Sleep(backoff)
 				continue
 			}
@@ -176,6 +179,20 @@ func (ss *SocketServer) serve() error {
 			return http.ErrServerClosed
 		}
 		go ss.serveConn(c)
+	}
+}
+
+// acceptFailed notes a failed accept (out of descriptors, typically): the
+// first after a quiet spell is logged at once, the rest summed up in at
+// most one line per refusalLogEvery, never one per failure (a connection
+// flood while descriptors run out would otherwise write hundreds a second).
+func (ss *SocketServer) acceptFailed(err error) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.acceptFails++
+	if now := time.Now(); now.Sub(ss.acceptLogged) >= refusalLogEvery {
+		ss.s.log.Warn("accept failed; retrying with a backoff (summarized, at most one line every "+refusalLogEvery.String()+")", "socket", ss.sock, "err", err, "failures", ss.acceptFails)
+		ss.acceptFails, ss.acceptLogged = 0, now
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -317,4 +318,70 @@ func TestRefusalsSummarized(t *testing.T) {
 	fams := scrape(t, s, &vault.Caller{UID: uint32(os.Geteuid())})
 	want(t, fams, float64(refused), "pskvault_refused_connections_total", "socket", "data", "reason", "conn_limit")
 	t.Logf("%d refused connections, %d summary lines", refused, lines)
+}
+
+// emfileListener fails every other Accept with EMFILE, then closes.
+type emfileListener struct {
+	mu    sync.Mutex
+	n     int
+	limit int
+	done  chan struct{}
+}
+
+func (l *emfileListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	l.n++
+	n := l.n
+	l.mu.Unlock()
+	if n > l.limit {
+		<-l.done
+		return nil, net.ErrClosed
+	}
+	if n%2 == 1 {
+		return nil, &net.OpError{Op: "accept", Net: "unix", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	a, b := net.Pipe()
+	b.Close()
+	return a, nil
+}
+
+func (l *emfileListener) Close() error {
+	select {
+	case <-l.done:
+	default:
+		close(l.done)
+	}
+	return nil
+}
+
+func (l *emfileListener) Addr() net.Addr { return &net.UnixAddr{Name: "emfile", Net: "unix"} }
+
+// TestAcceptFailuresSummarized: accepts failing for want of descriptors
+// (between successful ones, as under a connection flood) are logged in a
+// line at most per period, not one each.
+func TestAcceptFailuresSummarized(t *testing.T) {
+	var logBuf syncLog
+	s := NewServerWith(testVault(t), Options{Log: slog.New(slog.NewTextHandler(&logBuf, nil))})
+	l := &emfileListener{limit: 400, done: make(chan struct{})}
+	ss := newSocketServer(s, SocketData, l)
+	errc := make(chan error, 1)
+	go func() { errc <- ss.serve() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		l.mu.Lock()
+		n := l.n
+		l.mu.Unlock()
+		if n > l.limit {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d accepts in 30 s", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ss.Close()
+	<-errc
+	if n := strings.Count(logBuf.String(), "accept failed"); n < 1 || n > 2 {
+		t.Errorf("%d log lines for 200 failed accepts, want one (or two across a period):\n%s", n, logBuf.String())
+	}
 }

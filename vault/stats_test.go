@@ -80,7 +80,21 @@ func TestStats(t *testing.T) {
 	}
 	check("swept")
 	// Churn leaves stale entries behind: the heap is rebuilt, and the
-	// answer stays right.
+	// answer stays right. Scrapes run meanwhile (go test -race).
+	stop := make(chan struct{})
+	scraped := make(chan struct{})
+	go func() {
+		defer close(scraped)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				v.Stats()
+			}
+		}
+	}()
+	defer func() { close(stop); <-scraped }()
 	for i := 12; i < 99; i++ {
 		if i == 50 {
 			continue
