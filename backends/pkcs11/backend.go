@@ -1167,13 +1167,16 @@ func (b *Backend) newID(h importer.Hash) ([]byte, error) {
 
 // Keys lists the handles of every key on the token that carries this
 // vault's tag (vault.KeyInventory), so that the vault can find keys no
-// record names after a crash. It joins the enumeration of the token in
-// flight (index.go) — the one Open starts — or starts one, and answers
-// from the complete index it leaves: the token's keys when the listing
-// began, plus those this backend created since, minus those it destroyed.
-// The enumeration reads the whole list and then checks that the token
-// still answers as itself, so a token that went away yields an error,
-// never a short or empty list. Without a vault ID it lists nothing.
+// record names after a crash. It answers from the complete object index
+// (index.go) of the current session generation — the token's keys when
+// the listing Open (or the last reset) started began, plus those this
+// backend created since, minus those it destroyed — waiting for that
+// listing, or starting one, when there is none. The listing reads the
+// whole list and then checks that the token still answers as itself (and
+// so does Keys before answering from an index made earlier), so a token
+// that went away yields an error, never a short or empty list. Keys made
+// on the token by another program after the listing are not in it.
+// Without a vault ID it lists nothing.
 func (b *Backend) Keys(ctx context.Context) ([][]byte, error) {
 	if len(b.tag) != tagLen {
 		return nil, nil

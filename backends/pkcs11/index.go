@@ -399,10 +399,13 @@ func (b *Backend) findInit(s p11.SessionHandle, tmpl []*p11.Attribute) error {
 	return nil
 }
 
-// indexedKeys waits for a complete index of the current generation —
-// joining the enumeration in flight or starting one — and returns the
-// handles of this vault's keys in it. A reset while it waits starts it
-// over (a few times at most).
+// indexedKeys returns the handles of this vault's keys in a complete
+// index of the current generation: the one there is (after checking that
+// the token still answers as itself, as a listing would), or else the one
+// the enumeration in flight — or one it starts — leaves. So the vault's
+// reconciliation at start never lists the token a second time, whatever
+// it did between Open and Keys. A reset while it waits starts it over (a
+// few times at most).
 func (b *Backend) indexedKeys(ctx context.Context) ([][]byte, error) {
 	for attempt := 0; ; attempt++ {
 		b.mu.RLock()
@@ -410,22 +413,34 @@ func (b *Backend) indexedKeys(ctx context.Context) ([][]byte, error) {
 			b.mu.RUnlock()
 			return nil, errClosed
 		}
-		w := b.warmupFor()
-		b.mu.RUnlock()
-		select {
-		case <-w.done:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		gen := b.gen
+		b.cmu.Lock()
+		complete := b.idx.complete && b.idx.gen == gen
+		b.cmu.Unlock()
+		var w *warmup
+		if !complete {
+			w = b.warmupFor()
 		}
-		if w.err != nil {
-			if errors.Is(w.err, errSuperseded) && attempt < 3 {
-				continue
+		b.mu.RUnlock()
+		if w != nil {
+			select {
+			case <-w.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
 			}
-			return nil, w.err
+			if w.err != nil {
+				if errors.Is(w.err, errSuperseded) && attempt < 3 {
+					continue
+				}
+				return nil, w.err
+			}
+			gen = w.gen
+		} else if err := b.do(ctx, func(p11.SessionHandle, bool) error { return b.confirmPresent() }); err != nil {
+			return nil, err
 		}
 		var out [][]byte
 		b.cmu.Lock()
-		ok := b.idx.gen == w.gen && b.idx.complete
+		ok := b.idx.gen == gen && b.idx.complete
 		if ok {
 			for k := range b.idx.m {
 				if h, ok := handleOfID(b.tag, k[:]); ok {
