@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -383,5 +384,89 @@ func TestAcceptFailuresSummarized(t *testing.T) {
 	<-errc
 	if n := strings.Count(logBuf.String(), "accept failed"); n < 1 || n > 2 {
 		t.Errorf("%d log lines for 200 failed accepts, want one (or two across a period):\n%s", n, logBuf.String())
+	}
+}
+
+// failingWriter fails every write while broken is set.
+type failingWriter struct {
+	mu     sync.Mutex
+	broken bool
+}
+
+func (w *failingWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.broken {
+		return 0, syscall.ENOSPC
+	}
+	return len(p), nil
+}
+
+// TestMetricsAuditFailure: a derivation whose audit line cannot be written
+// is counted as audit_error (not ok), each failed line in
+// pskvault_audit_write_failures_total, and health says 503
+// audit_unavailable until the log works again.
+func TestMetricsAuditFailure(t *testing.T) {
+	w := &failingWriter{}
+	s := NewServerWith(testVault(t), Options{Audit: NewAudit(w)})
+	admin := &vault.Caller{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), PID: 1}
+	const body = `{"identity":"fz","protocol":"tls1.3","kdf":"sha256"}`
+	if rec := serveOne(s, SocketData, admin, "POST", "/v1/derive", body); rec.Code != 200 {
+		t.Fatalf("derive: %d", rec.Code)
+	}
+	w.mu.Lock()
+	w.broken = true
+	w.mu.Unlock()
+	for range 2 {
+		if rec := serveOne(s, SocketData, admin, "POST", "/v1/derive", body); rec.Code != 503 || strings.Contains(rec.Body.String(), "ipskx") {
+			t.Fatalf("derive with the audit log failing: %d %s", rec.Code, rec.Body)
+		}
+	}
+	if rec := serveOne(s, SocketData, admin, "GET", "/v1/health", ""); rec.Code != 503 || !strings.Contains(rec.Body.String(), CodeAuditUnavailable) {
+		t.Errorf("health with the audit log failing: %d %s", rec.Code, rec.Body)
+	}
+	fams := scrape(t, s, admin)
+	want(t, fams, 1, "pskvault_derives_total", "result", "ok", "role", "client")
+	want(t, fams, 2, "pskvault_derives_total", "result", "audit_error", "role", "client")
+	want(t, fams, 2, "pskvault_audit_write_failures_total")
+	want(t, fams, 1, "pskvault_backend_up")
+	w.mu.Lock()
+	w.broken = false
+	w.mu.Unlock()
+	if rec := serveOne(s, SocketData, admin, "POST", "/v1/derive", body); rec.Code != 200 {
+		t.Fatalf("derive once the audit log works: %d", rec.Code)
+	}
+	if rec := serveOne(s, SocketData, admin, "GET", "/v1/health", ""); rec.Code != 200 {
+		t.Errorf("health once the audit log works: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// TestAdminStatusCounts: the admin socket's status gives the counts by
+// state and the next expiry (from vault.Stats); the data socket's does not.
+func TestAdminStatusCounts(t *testing.T) {
+	v := testVault(t)
+	s := NewServerWith(v, Options{})
+	admin := &vault.Caller{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), PID: 1}
+	soon := time.Now().Add(time.Hour).Truncate(time.Second)
+	if _, err := v.Import(context.Background(), vault.ImportRequest{Identity: []byte("soon"), Key: randomKey(t), Hash: 1, ClientNode: "node-a", ServerNode: "node-b", NotAfter: soon}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Revoke(context.Background(), []byte("fz"), "test"); err != nil {
+		t.Fatal(err)
+	}
+	get := func(sock Socket) Status {
+		rec := serveOne(s, sock, admin, "GET", "/v1/status", "")
+		var st Status
+		if err := json.Unmarshal(rec.Body.Bytes(), &st); rec.Code != 200 || err != nil {
+			t.Fatalf("%s status: %d %v %s", sock, rec.Code, err, rec.Body)
+		}
+		return st
+	}
+	st := get(SocketAdmin)
+	if st.PSKsByState["active"] != 1 || st.PSKsByState["revoked"] != 1 || st.PSKsByState["expired"] != 0 || st.NextExpiry == nil || !st.NextExpiry.Equal(soon) {
+		t.Errorf("admin status: psks_by_state %v, next_expiry %v; want 1 active, 1 revoked, next expiry %v", st.PSKsByState, st.NextExpiry, soon)
+	}
+	if st := get(SocketData); st.PSKsByState != nil || st.NextExpiry != nil {
+		t.Errorf("data status gives counts by state or the next expiry: %+v", st)
 	}
 }

@@ -541,6 +541,12 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	st := Status{Version: Version, NodeID: s.v.NodeID(), Backend: wire.BackendInfo{Name: info.Name, Description: info.Description, Hardware: info.Hardware, HashNames: info.HashNames}, PSKs: n}
 	if sock, _ := r.Context().Value(keySocket).(Socket); sock != SocketData {
 		st.Problems = s.problems()
+		vs := s.v.Stats() // O(1): counts the vault keeps
+		st.PSKsByState = map[string]int{"active": vs.Active, "expired": vs.Expired, "revoked": vs.Revoked}
+		if !vs.NextExpiry.IsZero() {
+			t := vs.NextExpiry.UTC()
+			st.NextExpiry = &t
+		}
 	}
 	writeJSON(w, http.StatusOK, st)
 }

@@ -32,6 +32,12 @@ type Status struct {
 	// service: an audit log that cannot be written, a backend stalled past
 	// a request's deadline, a compaction of vault.db still pending.
 	Problems []string `json:"problems,omitempty"`
+	// PSKsByState and NextExpiry (admin socket only) are the records by
+	// state ("active", "expired": active but past not_after, "revoked")
+	// and the earliest not_after still ahead among active records (absent
+	// when none has one), from counts the vault keeps: no record is read.
+	PSKsByState map[string]int `json:"psks_by_state,omitempty"`
+	NextExpiry  *time.Time     `json:"next_expiry,omitempty"`
 }
 
 // PSK is a PSK record as the API shows it: no key bytes, no backend handle.
