@@ -84,6 +84,17 @@ type WrappedImporter interface {
 	ImportWrapped(ctx context.Context, blob []byte, h importer.Hash, params map[string]string) (handle []byte, err error)
 }
 
+// KeyInHandle is an optional Backend trait: the handle StoreKey returns
+// is the key itself, sealed or wrapped (soft: under the KEK file; TPM:
+// under the storage parent), so once no live file holds the handle the
+// key is gone, and DeleteKey only forgets what the backend caches. The
+// vault then destroys such a key by zeroing the record's key slot alone
+// (keyslots.go), in one change, without the delete-pending mark that a
+// backend whose DeleteKey really destroys something needs.
+type KeyInHandle interface {
+	KeyInHandle() bool
+}
+
 // KeyInventory is an optional Backend ability, for backends that keep keys
 // apart from the vault's records (a PKCS#11 token), where a crash between
 // the two can leave a key no record names, or a record whose key is gone.

@@ -204,6 +204,16 @@ func (v *Vault) revoke(ctx context.Context, identity []byte, reason string) (*PS
 	n := p.clone()
 	n.State, n.RevokedAt, n.RevokeReason = StateRevoked, v.now().UTC().Truncate(time.Second), reason
 	n.Finalized = nil
+	if len(p.Handle) > 0 && !v.keysOutside() {
+		// The key is in the handle (soft, TPM): one change, whose key
+		// slot is zeroed before it is committed (store) destroys it.
+		n.Handle = nil
+		if err := v.replace(p, n); err != nil {
+			return nil, err
+		}
+		v.forgetKey(ctx, p)
+		return n.clone(), nil
+	}
 	// Revoked first, with the key's handle until the key is destroyed, so a
 	// key the backend fails to destroy stays named in the record (`check`
 	// reports it, psk delete retries) instead of being orphaned.
@@ -350,10 +360,7 @@ func (v *Vault) Sweep(ctx context.Context) ([][]byte, error) {
 	now := v.now()
 	var swept [][]byte
 	var errs []error
-	for _, p := range v.List() {
-		if p.State != StateActive || !p.Expired(now) {
-			continue
-		}
+	for _, p := range v.records(func(p *PSK) bool { return p.State == StateActive && p.Expired(now) }) {
 		if _, err := v.revoke(ctx, p.Identity, "expired at "+p.NotAfter.Format(time.RFC3339)); err != nil {
 			errs = append(errs, fmt.Errorf("PSK %x: %w", p.Identity, err))
 			continue

@@ -171,10 +171,8 @@ func (v *Vault) reconcile(ctx context.Context) *Reconciliation {
 	problem := func(format string, a ...any) { r.Problems = append(r.Problems, fmt.Sprintf(format, a...)) }
 	referenced := func() map[string]bool {
 		refs := map[string]bool{}
-		for _, p := range v.List() {
-			if len(p.Handle) > 0 {
-				refs[string(p.Handle)] = true
-			}
+		for _, p := range v.records(func(p *PSK) bool { return len(p.Handle) > 0 }) {
+			refs[string(p.Handle)] = true
 		}
 		v.db.View(func(tx *bolt.Tx) error {
 			if h := tx.Bucket(bucketMeta).Get([]byte(auxKeyName)); len(h) > 0 {
@@ -203,7 +201,10 @@ func (v *Vault) reconcile(ctx context.Context) *Reconciliation {
 			return nil
 		})
 	})
-	refs := referenced()
+	var refs map[string]bool
+	if len(intents) > 0 {
+		refs = referenced()
+	}
 	for _, it := range intents {
 		if !refs[string(it.handle)] {
 			if err := v.backend.DeleteKey(ctx, KeyRef{Handle: it.handle, Hash: it.in.Hash}); err != nil {
@@ -218,7 +219,10 @@ func (v *Vault) reconcile(ctx context.Context) *Reconciliation {
 	}
 
 	// Deletes, revokes and finalizes that did not finish.
-	for _, p := range v.List() {
+	unfinished := v.records(func(p *PSK) bool {
+		return !p.DeletePending.IsZero() || (len(p.Handle) > 0 && (p.State == StateRevoked || p.IsFinalized()))
+	})
+	for _, p := range unfinished {
 		switch {
 		case !p.DeletePending.IsZero():
 			if err := v.deleteRecord(ctx, p.Identity); err != nil {
@@ -248,6 +252,21 @@ func (v *Vault) reconcile(ctx context.Context) *Reconciliation {
 	return r
 }
 
+// records returns the records for which keep is true, in no order. They
+// are the index's own (never edited in place): clone one before changing
+// it. O(N) without copying the records, unlike List.
+func (v *Vault) records(keep func(*PSK) bool) []*PSK {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	var out []*PSK
+	for _, p := range v.psks {
+		if keep(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // current returns the record now in the index for identity.
 func (v *Vault) current(identity []byte) *PSK {
 	v.mu.RLock()
@@ -271,10 +290,9 @@ func (v *Vault) inventory(ctx context.Context, inv KeyInventory, r *Reconciliati
 		}
 	}
 	now := v.now().UTC().Truncate(time.Second)
-	for _, p := range v.List() {
-		if p.State != StateActive || len(p.Handle) == 0 || p.IsFinalized() || !p.DeletePending.IsZero() {
-			continue
-		}
+	for _, p := range v.records(func(p *PSK) bool {
+		return p.State == StateActive && len(p.Handle) > 0 && !p.IsFinalized() && p.DeletePending.IsZero()
+	}) {
 		r.KeysChecked++
 		present := have[string(p.Handle)]
 		if !present {

@@ -625,6 +625,16 @@ func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
 	// A revoked, swept or finalized PSK has no main key left (its handle
 	// is gone from the record); the hardware backends refuse an empty
 	// handle, so asking them would make such a PSK impossible to delete.
+	if len(p.Handle) > 0 && !v.keysOutside() {
+		// The key is in the handle (soft, TPM): zeroing the record's key
+		// slot destroys it, before the record is removed (store), so no
+		// mark is needed. The backend then forgets any loaded copy (TPM).
+		if err := v.store(identity, p, nil, nil); err != nil {
+			return fmt.Errorf("delete PSK record: %w", err)
+		}
+		v.forgetKey(ctx, p)
+		return nil
+	}
 	if len(p.Handle) > 0 {
 		// The intent first: marked, the record refuses derivation and
 		// survives a crash or a failed destroy, and the delete is finished
@@ -646,6 +656,22 @@ func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
 		return fmt.Errorf("delete PSK record: %w", err)
 	}
 	return nil
+}
+
+// keysOutside reports whether destroying a key is a backend operation
+// that must be ordered with the record's change (reconcile.go): false for
+// a backend whose handle is the key (KeyInHandle: soft, TPM), where
+// zeroing the record's key slot destroys it.
+func (v *Vault) keysOutside() bool {
+	kh, ok := v.backend.(KeyInHandle)
+	return !ok || !kh.KeyInHandle()
+}
+
+// forgetKey has an in-handle backend drop what it holds of p's key (the
+// TPM's loaded copy) once the record's key slot is zeroed. Its failure
+// changes nothing that lasts: the handle exists nowhere any more.
+func (v *Vault) forgetKey(ctx context.Context, p *PSK) {
+	v.guard.change(ctx, OpDelete, func() error { return v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: p.Hash}) })
 }
 
 // DeriveRequest asks for the imported PSK of one identity, context and target.

@@ -166,5 +166,8 @@ func (b *Backend) HMAC(_ context.Context, key vault.KeyRef, data []byte) ([]byte
 // which the vault deletes.
 func (b *Backend) DeleteKey(context.Context, vault.KeyRef) error { return nil }
 
+// KeyInHandle: the handle is the key sealed under the KEK (vault.KeyInHandle).
+func (b *Backend) KeyInHandle() bool { return true }
+
 // Close releases nothing; the KEK bytes were wiped at Open.
 func (b *Backend) Close() error { return nil }

@@ -368,6 +368,10 @@ func (b *Backend) load(k *keyBlob) (*loaded, error) {
 	}
 }
 
+// KeyInHandle: the handle is the key wrapped by the storage parent;
+// DeleteKey only flushes a loaded copy (vault.KeyInHandle).
+func (b *Backend) KeyInHandle() bool { return true }
+
 // DeleteKey forgets a key: it is flushed from the TPM if loaded. A TPM key
 // blob cannot be revoked by the TPM itself: whoever keeps a copy of the
 // handle can load it again under the same parent, so the vault must delete
