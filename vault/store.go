@@ -191,7 +191,7 @@ func (v *Vault) store(identity []byte, prev, next *PSK, extra func(*bolt.Tx) err
 	case next != nil && hasSecret(next):
 		slot, dek, err := v.slots.alloc()
 		if err != nil {
-			return fmt.Errorf("write PSK record: %w", err)
+			return fmt.Errorf("new key slot: %w", err)
 		}
 		next.KeySlot, newSlot, shredAfter = slot, slot, prevSlot
 		next.Sealed, err = sealRecord(dek, slot, next)
