@@ -93,15 +93,9 @@ type statusInfo struct {
 	Node       string            `json:"node,omitempty"`
 	Backend    *wire.BackendInfo `json:"backend,omitempty"`
 	Problems   []string          `json:"problems"`
-	PSKs       map[string]int    `json:"psks_by_state"` // null when the list could not be read (Error says why)
-	Expired    int               `json:"expired"`       // active records past not_after (psk sweep destroys their keys)
-	NextExpiry *nextExpiry       `json:"next_expiry,omitempty"`
-}
-
-type nextExpiry struct {
-	IdentityHex string    `json:"identity_hex"`
-	Identity    string    `json:"identity,omitempty"`
-	NotAfter    time.Time `json:"not_after"`
+	PSKs       map[string]int    `json:"psks_by_state"`         // "active", "expired" (active past not_after), "revoked"
+	Expired    int               `json:"expired"`               // active records past not_after (psk sweep destroys their keys)
+	NextExpiry *time.Time        `json:"next_expiry,omitempty"` // the earliest not_after still ahead among active PSKs
 }
 
 // errDaemonProblems: the daemon answers but reports problems.
@@ -123,36 +117,19 @@ func setupStatus(fs *flag.FlagSet, g *globals) func(context.Context, []string) e
 		if st.Problems != nil {
 			out.Problems = st.Problems
 		}
-		// The list can fail while the status answers (an audit log that
-		// cannot be written refuses audited requests): say so, keep the rest.
-		psks, listErr := g.client().List(ctx)
-		if listErr != nil {
-			out.PSKs = nil
-			out.Error = "listing PSKs: " + oneLine(listErr.Error())
+		// Counts and the next expiry come from the daemon's status, which
+		// keeps them (O(1) however many PSKs there are): no list.
+		if st.PSKsByState != nil {
+			out.PSKs = st.PSKsByState
 		}
-		now := time.Now()
-		for _, p := range psks {
-			out.PSKs[p.State]++
-			if p.State != string(vault.StateActive) || p.NotAfter.IsZero() {
-				continue
-			}
-			if !p.NotAfter.After(now) {
-				out.Expired++
-				continue
-			}
-			if out.NextExpiry == nil || p.NotAfter.Before(out.NextExpiry.NotAfter) {
-				out.NextExpiry = &nextExpiry{IdentityHex: p.IdentityHex, Identity: p.Identity, NotAfter: p.NotAfter}
-			}
-		}
+		out.Expired = out.PSKs["expired"]
+		out.NextExpiry = st.NextExpiry
 		if *asJSON {
 			if err := json.NewEncoder(g.stdout).Encode(out); err != nil {
 				return err
 			}
 		} else {
 			printStatus(g.stdout, &out)
-		}
-		if listErr != nil {
-			return fmt.Errorf("listing PSKs: %w", listErr)
 		}
 		if len(out.Problems) > 0 {
 			return errDaemonProblems
@@ -181,30 +158,18 @@ func printStatus(w io.Writer, s *statusInfo) {
 			fmt.Fprintf(w, "  - %s\n", oneLine(p))
 		}
 	}
-	states := make([]string, 0, len(s.PSKs))
-	for k := range s.PSKs {
-		states = append(states, k)
-	}
-	sort.Strings(states)
 	parts := []string{}
-	for _, k := range states {
+	for _, k := range []string{"active", "expired", "revoked"} {
 		parts = append(parts, fmt.Sprintf("%d %s", s.PSKs[k], k))
-	}
-	if len(parts) == 0 {
-		parts = append(parts, "none")
-	}
-	if s.PSKs == nil {
-		parts = []string{"unknown (" + s.Error + ")"}
 	}
 	fmt.Fprintf(w, "psks:        %s", strings.Join(parts, ", "))
 	if s.Expired > 0 {
-		fmt.Fprintf(w, " (%d active past not_after: run 'pskvault psk sweep')", s.Expired)
+		fmt.Fprint(w, " (expired: active past not_after; run 'pskvault psk sweep')")
 	}
 	fmt.Fprintln(w)
 	if s.NextExpiry == nil {
 		fmt.Fprintln(w, "next expiry: none")
 	} else {
-		id := displayIdentity(wire.PSK{Identity: s.NextExpiry.Identity, IdentityHex: s.NextExpiry.IdentityHex})
-		fmt.Fprintf(w, "next expiry: %s (%s, in %s)\n", s.NextExpiry.NotAfter.Format(time.RFC3339), id, time.Until(s.NextExpiry.NotAfter).Round(time.Second))
+		fmt.Fprintf(w, "next expiry: %s (in %s; 'pskvault psk list' names the PSK)\n", s.NextExpiry.Format(time.RFC3339), time.Until(*s.NextExpiry).Round(time.Second))
 	}
 }
