@@ -366,13 +366,11 @@ func newGCM(dek []byte) (cipher.AEAD, error) {
 
 // sealRecord seals p's handle and boxes under dek for slot.
 func sealRecord(dek []byte, slot uint32, p *PSK) ([]byte, error) {
-	var pt []byte
-	pt = binary.BigEndian.AppendUint32(pt, uint32(len(p.Handle)))
-	pt = append(pt, p.Handle...)
-	for _, s := range p.Finalized {
-		pt = binary.BigEndian.AppendUint32(pt, uint32(len(s.Box)))
-		pt = append(pt, s.Box...)
+	boxes := make([][]byte, len(p.Finalized))
+	for i, s := range p.Finalized {
+		boxes[i] = s.Box
 	}
+	pt := encodeSecret(p.Handle, boxes)
 	defer clear(pt)
 	aead, err := newGCM(dek)
 	if err != nil {
@@ -402,6 +400,35 @@ func openRecord(dek []byte, p *PSK) error {
 		return errShredded
 	}
 	defer clear(pt)
+	h, boxes, err := parseSecret(pt, len(p.Finalized))
+	if err != nil {
+		return err
+	}
+	fin := make([]Sealed, len(p.Finalized))
+	copy(fin, p.Finalized)
+	for i := range fin {
+		fin[i].Box = boxes[i]
+	}
+	p.Handle, p.Finalized = h, fin
+	return nil
+}
+
+// encodeSecret lays out a record's secret for sealing (parseSecret).
+func encodeSecret(handle []byte, boxes [][]byte) []byte {
+	var pt []byte
+	pt = binary.BigEndian.AppendUint32(pt, uint32(len(handle)))
+	pt = append(pt, handle...)
+	for _, b := range boxes {
+		pt = binary.BigEndian.AppendUint32(pt, uint32(len(b)))
+		pt = append(pt, b...)
+	}
+	return pt
+}
+
+// parseSecret splits an opened sealed secret into the handle (nil when
+// empty) and exactly nboxes boxes, each a 4-byte big-endian length and
+// the bytes. The result is copied out of pt.
+func parseSecret(pt []byte, nboxes int) ([]byte, [][]byte, error) {
 	next := func() ([]byte, error) {
 		if len(pt) < 4 {
 			return nil, fmt.Errorf("%w: truncated sealed secret", ErrInvalid)
@@ -416,23 +443,24 @@ func openRecord(dek []byte, p *PSK) error {
 	}
 	h, err := next()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	if len(h) == 0 {
 		h = nil
 	}
-	fin := make([]Sealed, len(p.Finalized))
-	copy(fin, p.Finalized)
-	for i := range fin {
-		if fin[i].Box, err = next(); err != nil {
-			return err
+	if nboxes > len(pt)/4 {
+		return nil, nil, fmt.Errorf("%w: sealed secret too short for %d boxes", ErrInvalid, nboxes)
+	}
+	boxes := make([][]byte, nboxes)
+	for i := range boxes {
+		if boxes[i], err = next(); err != nil {
+			return nil, nil, err
 		}
 	}
 	if len(pt) != 0 {
-		return fmt.Errorf("%w: sealed secret has %d bytes too many", ErrInvalid, len(pt))
+		return nil, nil, fmt.Errorf("%w: sealed secret has %d bytes too many", ErrInvalid, len(pt))
 	}
-	p.Handle, p.Finalized = h, fin
-	return nil
+	return h, boxes, nil
 }
 
 // diskRecord is p as stored: the handle and boxes only inside Sealed.
