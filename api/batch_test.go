@@ -325,3 +325,30 @@ func BenchmarkBatchImportSocket(b *testing.B) {
 	}
 	b.ReportMetric(float64(base)/b.Elapsed().Seconds(), "psks/s")
 }
+
+// BenchmarkSingleImportSocket: one import per request through the admin
+// socket (client and server in this process), for comparison with the
+// batch.
+func BenchmarkSingleImportSocket(b *testing.B) {
+	v := testVault(b)
+	path := filepath.Join(b.TempDir(), "admin.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ss, _, err := NewServerWith(v, Options{}).Serve(l, SocketAdmin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ss.Close()
+	c := client.New(path)
+	defer c.Close()
+	i := 0
+	for b.Loop() {
+		e := batchEntry(i)
+		if _, err := c.Import(context.Background(), e.Spec, e.Key); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
