@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/pskvault/pskvault/api/wire"
+	"github.com/pskvault/pskvault/backends/pkcs11/pkcs11test"
 )
 
 func batchKeyHex(i int) string {
@@ -189,4 +190,46 @@ func TestBatchCLI(t *testing.T) {
 			t.Fatalf("check: exit %d: %s", code, out[max(0, len(out)-300):])
 		}
 	})
+}
+
+// TestBatchPKCS11RefusedLeavesNoObject: on a real SoftHSM2 token, a batch
+// refused by its last entry leaves the token with the objects it had (the
+// keys made for the earlier entries are destroyed), and a good batch adds
+// one object per PSK, each deriving.
+func TestBatchPKCS11RefusedLeavesNoObject(t *testing.T) {
+	tok := pkcs11test.Require(t, "pskvault-batch")
+	n := newNode(t, "node-b", tok.URI())
+	n.start()
+	// One PSK first: the vault's auxiliary key (key fingerprints, docs/DESIGN.md)
+	// is a token object too, made at the first import and kept.
+	if out, code := n.run([]byte(jsonEntry("p11-first", 299)), "psk", "import", "--batch", "-"); code != 0 {
+		t.Fatalf("first import: exit %d: %s", code, out)
+	}
+	before := len(tokenKeyIDs(t, tok))
+	if before != 2 {
+		t.Fatalf("%d token objects after one import, want 2 (its key and the auxiliary key)", before)
+	}
+	var f bytes.Buffer
+	for i := range 5 {
+		f.WriteString(jsonEntry(fmt.Sprintf("p11-%d", i), 300+i))
+	}
+	f.WriteString(jsonEntry("p11-bad", 300)) // the key of entry 0
+	out, errOut, code := n.runSplit(f.Bytes(), "psk", "import", "--batch", "-")
+	if code == 0 || !strings.Contains(errOut, "entry 5 (stdin:6)") || !strings.Contains(errOut, "[key_reused]") {
+		t.Fatalf("bad batch: exit %d: %s%s", code, out, errOut)
+	}
+	if got := len(tokenKeyIDs(t, tok)); got != before {
+		t.Fatalf("the refused batch left %d token objects, the token had %d", got, before)
+	}
+	good := bytes.TrimSuffix(f.Bytes(), []byte(jsonEntry("p11-bad", 300)))
+	if out, code := n.run(good, "psk", "import", "--batch", "-"); code != 0 {
+		t.Fatalf("good batch: exit %d: %s", code, out)
+	}
+	if got := len(tokenKeyIDs(t, tok)); got != before+5 {
+		t.Fatalf("after a batch of 5: %d token objects, want %d", got, before+5)
+	}
+	var responses bytes.Buffer
+	for i := range 5 {
+		deriveJSON(t, n, fmt.Sprintf("p11-%d", i), "", "tls1.3", "sha256", &responses)
+	}
 }
