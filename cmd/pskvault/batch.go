@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -206,11 +207,37 @@ func (in *batchInput) readLine() ([]byte, error) {
 	}
 }
 
+// ignoreJSON skips a value without copying it.
+type ignoreJSON struct{}
+
+func (*ignoreJSON) UnmarshalJSON([]byte) error { return nil }
+
+// batchLineFields are the names a JSON entry may use.
+var batchLineFields = func() []string {
+	out := []string{"key_hex"}
+	t := reflect.TypeOf(wire.PSKSpec{})
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		out = append(out, name)
+	}
+	return out
+}()
+
 func fromJSONLine(t []byte) (*client.BatchEntry, error) {
+	// json.Unmarshal works on t in place (a json.Decoder would copy the
+	// line, key and all, into a buffer nobody wipes); unknown names are
+	// refused as a strict decoder would.
+	var names map[string]ignoreJSON
+	if err := json.Unmarshal(t, &names); err != nil {
+		return nil, fmt.Errorf("JSON entry: %v", err)
+	}
+	for name := range names {
+		if !slices.ContainsFunc(batchLineFields, func(f string) bool { return strings.EqualFold(f, name) }) {
+			return nil, fmt.Errorf("JSON entry: unknown field %q", name)
+		}
+	}
 	var l batchLine
-	dec := json.NewDecoder(bytes.NewReader(t))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&l); err != nil {
+	if err := json.Unmarshal(t, &l); err != nil {
 		clear(l.KeyHex)
 		return nil, fmt.Errorf("JSON entry: %v", err)
 	}

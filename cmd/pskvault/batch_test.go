@@ -233,3 +233,23 @@ func TestBatchPKCS11RefusedLeavesNoObject(t *testing.T) {
 		deriveJSON(t, n, fmt.Sprintf("p11-%d", i), "", "tls1.3", "sha256", &responses)
 	}
 }
+
+// TestBatchJSONLine: a JSON entry is read strictly (unknown fields, bad
+// hex refused, the key never quoted) and its key decoded into the entry.
+func TestBatchJSONLine(t *testing.T) {
+	e, err := fromJSONLine([]byte(jsonEntry("x", 1)))
+	if err != nil || string(e.Spec.Identity) != "x" || fmt.Sprintf("%x", e.Key) != batchKeyHex(1) || !e.Spec.Policy.NodeContext {
+		t.Fatalf("good line: %v", err)
+	}
+	for _, bad := range []string{
+		`{"identity":"x","client":"a","server":"b","key_hex":"` + batchKeyHex(1) + `","colour":"red"}`,
+		`{"identity":"x","client":"a","server":"b","key_hex":"zz` + batchKeyHex(1)[2:] + `"}`,
+		`{"identity":"x","client":"a","server":"b"}`,
+		`{"identity":"x","key_hex":"` + batchKeyHex(1) + `"`,
+	} {
+		_, err := fromJSONLine([]byte(bad))
+		if err == nil || strings.Contains(err.Error(), batchKeyHex(1)[4:]) {
+			t.Errorf("%.40s...: %v", bad, err)
+		}
+	}
+}
