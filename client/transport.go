@@ -39,12 +39,15 @@ func newSyncTransport(socket string, tr *trust) *syncTransport {
 	return &syncTransport{socket: socket, trust: tr, idle: make(chan *syncConn, maxIdleConns)}
 }
 
-// get returns an idle connection (reused=true) or dials a new one.
-func (t *syncTransport) get(ctx context.Context) (sc *syncConn, reused bool, err error) {
-	select {
-	case sc := <-t.idle:
-		return sc, true, nil
-	default:
+// get returns an idle connection (reused=true) or dials a new one; with
+// fresh, always a new one.
+func (t *syncTransport) get(ctx context.Context, fresh bool) (sc *syncConn, reused bool, err error) {
+	if !fresh {
+		select {
+		case sc := <-t.idle:
+			return sc, true, nil
+		default:
+		}
 	}
 	c, err := (&net.Dialer{}).DialContext(ctx, "unix", t.socket)
 	if err != nil {
@@ -83,8 +86,12 @@ func (t *syncTransport) CloseIdleConnections() {
 // RoundTrip sends req and reads the answer's head; the body is read by the
 // caller, and closing it hands the connection back.
 func (t *syncTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	// A streamed body (a batch import) cannot be sent twice: it never goes
+	// out on a kept-alive connection the daemon may have closed meanwhile,
+	// where it would fail instead of being retried below.
+	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 	for attempt := 0; ; attempt++ {
-		sc, reused, err := t.get(req.Context())
+		sc, reused, err := t.get(req.Context(), !replayable)
 		if err != nil {
 			return nil, err
 		}

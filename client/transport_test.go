@@ -3,9 +3,12 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -115,5 +118,38 @@ func TestSyncTransportNoDaemon(t *testing.T) {
 	c := New(filepath.Join(t.TempDir(), "none.sock"))
 	if _, err := c.Status(context.Background()); !errors.Is(err, ErrNoDaemon) {
 		t.Fatalf("got %v, want ErrNoDaemon", err)
+	}
+}
+
+// TestSyncTransportStreamedBodyAfterIdle: a request with a streamed body
+// (a batch import), sent after the daemon dropped the kept-alive connection,
+// goes out on a fresh connection and succeeds: such a body cannot be resent,
+// so a stale connection must never be tried first.
+func TestSyncTransportStreamedBodyAfterIdle(t *testing.T) {
+	sock, conns, dropConns := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"version":"x","node_id":"%d"}`, len(b))
+	})
+	c := New(sock)
+	defer c.Close()
+	ctx := context.Background()
+	if _, err := c.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dropConns()
+	pr, pw := io.Pipe()
+	go func() { pw.Write([]byte("streamed")); pw.Close() }()
+	resp, err := c.doReader(ctx, http.MethodPost, "/v1/psks/import-batch", "application/octet-stream", pr)
+	if err != nil {
+		t.Fatalf("streamed request after the daemon dropped the idle connection: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), `"node_id":"8"`) {
+		t.Fatalf("answer %s: the body did not arrive whole", b)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("connections: %d, want 2", n)
 	}
 }
