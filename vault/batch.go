@@ -235,31 +235,9 @@ func (v *Vault) batchEntry(ctx context.Context, st *batchState, i int, req *Impo
 // storeBatchKey has the backend keep the entry's key, checks its bundle
 // and computes its KCV, as Import does, and returns the record to write.
 func (v *Vault) storeBatchKey(ctx context.Context, req *ImportRequest, pol Policy) (*PSK, error) {
-	var handle []byte
-	var err error
-	if req.Wrapped {
-		wi, ok := v.backend.(WrappedImporter)
-		if !ok {
-			return nil, fmt.Errorf("%w: backend %s has no wrapped import", ErrUnsupported, v.backend.Info().Name)
-		}
-		err = v.guard.change(ctx, OpStore, func() (err error) {
-			handle, err = wi.ImportWrapped(v.intentContext(ctx, "import", req.Identity, req.Hash), req.Key, req.Hash, req.Params)
-			return err
-		})
-	} else {
-		var prk []byte
-		prk, err = importer.Extract(req.Hash, req.Key)
-		if err != nil {
-			return nil, err
-		}
-		err = v.guard.change(ctx, OpStore, func() (err error) {
-			handle, err = v.backend.StoreKey(v.intentContext(ctx, "import", req.Identity, req.Hash), StoreRequest{PRK: prk, Hash: req.Hash, Label: keyLabel(req.Identity), Params: req.Params})
-			return err
-		})
-		clear(prk)
-	}
+	handle, err := v.storeKey(ctx, req)
 	if err != nil {
-		return nil, fmt.Errorf("store key in %s backend: %w", v.backend.Info().Name, err)
+		return nil, err
 	}
 	ref := KeyRef{Handle: handle, Hash: req.Hash}
 	drop := func(err error) (*PSK, error) {

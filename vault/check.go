@@ -52,6 +52,23 @@ type Report struct {
 // OK reports whether no RFC 9257 MUST is violated.
 func (r *Report) OK() bool { return r.Must == 0 }
 
+// add appends one PSK's audit and counts its findings by level.
+func (r *Report) add(a Audit) {
+	for _, f := range a.Findings {
+		switch f.Level {
+		case LevelMust:
+			r.Must++
+		case LevelShould:
+			r.Should++
+		case LevelWarn:
+			r.Warn++
+		case LevelError:
+			r.Errors++
+		}
+	}
+	r.PSKs = append(r.PSKs, a)
+}
+
 // Check audits every PSK against RFC 9257, and reports where the records and
 // the backend disagreed at start (reconcile.go). It reads records only.
 func (v *Vault) Check() *Report {
@@ -70,20 +87,7 @@ func (v *Vault) Check() *Report {
 		}
 	}
 	for _, p := range psks {
-		a := v.audit(p, fps, known, now)
-		for _, f := range a.Findings {
-			switch f.Level {
-			case LevelMust:
-				r.Must++
-			case LevelShould:
-				r.Should++
-			case LevelWarn:
-				r.Warn++
-			case LevelError:
-				r.Errors++
-			}
-		}
-		r.PSKs = append(r.PSKs, a)
+		r.add(v.audit(p, fps, known, now))
 	}
 	if rec := v.Reconciliation(); len(rec.Orphans) > 0 || len(rec.Problems) > 0 || rec.CreatesUndone+rec.DeletesFinished+rec.HandlesCleared+rec.KeysChecked > 0 {
 		r.Reconciliation = &rec

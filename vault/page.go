@@ -121,20 +121,7 @@ func (v *Vault) CheckPage(after []byte, limit int) (*Report, []byte, error) {
 	}
 	v.mu.RUnlock()
 	for _, p := range psks {
-		a := v.audit(p, fps, known, now)
-		for _, f := range a.Findings {
-			switch f.Level {
-			case LevelMust:
-				r.Must++
-			case LevelShould:
-				r.Should++
-			case LevelWarn:
-				r.Warn++
-			case LevelError:
-				r.Errors++
-			}
-		}
-		r.PSKs = append(r.PSKs, a)
+		r.add(v.audit(p, fps, known, now))
 	}
 	if after == nil {
 		if rec := v.Reconciliation(); len(rec.Orphans) > 0 || len(rec.Problems) > 0 || rec.CreatesUndone+rec.DeletesFinished+rec.HandlesCleared+rec.KeysChecked > 0 {

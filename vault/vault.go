@@ -349,30 +349,9 @@ func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
 	if err != nil {
 		return nil, err
 	}
-	var handle []byte
-	if req.Wrapped {
-		wi, ok := v.backend.(WrappedImporter)
-		if !ok {
-			return nil, fmt.Errorf("%w: backend %s has no wrapped import", ErrUnsupported, v.backend.Info().Name)
-		}
-		err = v.guard.change(ctx, OpStore, func() (err error) {
-			handle, err = wi.ImportWrapped(v.intentContext(ctx, "import", req.Identity, req.Hash), req.Key, req.Hash, req.Params)
-			return err
-		})
-	} else {
-		var prk []byte
-		prk, err = importer.Extract(req.Hash, req.Key)
-		if err != nil {
-			return nil, err
-		}
-		err = v.guard.change(ctx, OpStore, func() (err error) {
-			handle, err = v.backend.StoreKey(v.intentContext(ctx, "import", req.Identity, req.Hash), StoreRequest{PRK: prk, Hash: req.Hash, Label: keyLabel(req.Identity), Params: req.Params})
-			return err
-		})
-		clear(prk)
-	}
+	handle, err := v.storeKey(ctx, &req)
 	if err != nil {
-		return nil, fmt.Errorf("store key in %s backend: %w", v.backend.Info().Name, err)
+		return nil, err
 	}
 	ref := KeyRef{Handle: handle, Hash: req.Hash}
 	if req.Bundle != nil {
@@ -429,6 +408,39 @@ func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
 		return fp, nil
 	}
 	return p.clone(), nil
+}
+
+// storeKey has the backend keep req's key (Extract, then StoreKey; or
+// ImportWrapped for a wrapped key) and returns the backend's handle. The PRK
+// is wiped; the caller owns req.Key.
+func (v *Vault) storeKey(ctx context.Context, req *ImportRequest) ([]byte, error) {
+	var handle []byte
+	var err error
+	if req.Wrapped {
+		wi, ok := v.backend.(WrappedImporter)
+		if !ok {
+			return nil, fmt.Errorf("%w: backend %s has no wrapped import", ErrUnsupported, v.backend.Info().Name)
+		}
+		err = v.guard.change(ctx, OpStore, func() (err error) {
+			handle, err = wi.ImportWrapped(v.intentContext(ctx, "import", req.Identity, req.Hash), req.Key, req.Hash, req.Params)
+			return err
+		})
+	} else {
+		var prk []byte
+		prk, err = importer.Extract(req.Hash, req.Key)
+		if err != nil {
+			return nil, err
+		}
+		err = v.guard.change(ctx, OpStore, func() (err error) {
+			handle, err = v.backend.StoreKey(v.intentContext(ctx, "import", req.Identity, req.Hash), StoreRequest{PRK: prk, Hash: req.Hash, Label: keyLabel(req.Identity), Params: req.Params})
+			return err
+		})
+		clear(prk)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store key in %s backend: %w", v.backend.Info().Name, err)
+	}
+	return handle, nil
 }
 
 // keyLabel is the non-secret name a backend may give the key.
