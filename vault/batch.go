@@ -225,55 +225,13 @@ func (v *Vault) batchEntry(ctx context.Context, st *batchState, i int, req *Impo
 	if dry {
 		return nil, nil
 	}
-	p, err := v.storeBatchKey(ctx, req, pol)
+	p, err := v.keyRecord(ctx, req, pol, func(ref KeyRef) error {
+		return v.dropBatchKeys(ctx, []*PSK{{Handle: ref.Handle, Hash: ref.Hash}})
+	})
 	if err != nil {
 		return nil, err
 	}
 	return p, nil
-}
-
-// storeBatchKey has the backend keep the entry's key, checks its bundle
-// and computes its KCV, as Import does, and returns the record to write.
-func (v *Vault) storeBatchKey(ctx context.Context, req *ImportRequest, pol Policy) (*PSK, error) {
-	handle, err := v.storeKey(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	ref := KeyRef{Handle: handle, Hash: req.Hash}
-	drop := func(err error) (*PSK, error) {
-		if derr := v.dropBatchKeys(ctx, []*PSK{{Handle: handle, Hash: req.Hash}}); derr != nil {
-			err = errors.Join(err, derr)
-		}
-		return nil, err
-	}
-	if req.Bundle != nil {
-		if err := v.verifyBundle(ctx, ref, req.Bundle); err != nil {
-			return drop(err)
-		}
-	}
-	if pol.KCV, err = v.keyCheck(ctx, ref); err != nil {
-		return drop(fmt.Errorf("key check value: %w", err))
-	}
-	origin := "imported"
-	bits := len(req.Key) * 8
-	if req.Wrapped {
-		origin, bits = "imported-wrapped", req.WrappedKeyBits
-	}
-	return &PSK{
-		Identity:   append([]byte{}, req.Identity...),
-		Hash:       req.Hash,
-		KeyBits:    bits,
-		ClientNode: req.ClientNode,
-		ServerNode: req.ServerNode,
-		Targets:    req.Targets,
-		Created:    v.now().UTC().Truncate(time.Second),
-		NotAfter:   req.NotAfter.UTC(),
-		State:      StateActive,
-		Origin:     origin,
-		Backend:    v.backend.Info().Name,
-		Handle:     handle,
-		Policy:     pol,
-	}, nil
 }
 
 // dropBatchKeys destroys the backend keys of records that were never

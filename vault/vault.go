@@ -349,49 +349,14 @@ func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
 	if err != nil {
 		return nil, err
 	}
-	handle, err := v.storeKey(ctx, &req)
+	// A key stored but refused (bundle, KCV) is destroyed; the error
+	// is the refusal's, as before.
+	p, err := v.keyRecord(ctx, &req, pol, func(ref KeyRef) error { v.backend.DeleteKey(ctx, ref); return nil })
 	if err != nil {
 		return nil, err
 	}
-	ref := KeyRef{Handle: handle, Hash: req.Hash}
-	if req.Bundle != nil {
-		if err := v.verifyBundle(ctx, ref, req.Bundle); err != nil {
-			v.backend.DeleteKey(ctx, ref)
-			return nil, err
-		}
-	}
-	if pol.KCV, err = v.keyCheck(ctx, ref); err != nil {
-		v.backend.DeleteKey(ctx, ref)
-		return nil, fmt.Errorf("key check value: %w", err)
-	}
-	origin := req.origin
-	if origin == "" {
-		origin = "imported"
-		if req.Wrapped {
-			origin = "imported-wrapped"
-		}
-	}
-	bits := len(req.Key) * 8
-	if req.Wrapped {
-		bits = req.WrappedKeyBits
-	}
-	p := &PSK{
-		Identity:   append([]byte{}, req.Identity...),
-		Hash:       req.Hash,
-		KeyBits:    bits,
-		ClientNode: req.ClientNode,
-		ServerNode: req.ServerNode,
-		Targets:    req.Targets,
-		Created:    v.now().UTC().Truncate(time.Second),
-		NotAfter:   req.NotAfter.UTC(),
-		State:      StateActive,
-		Origin:     origin,
-		Backend:    v.backend.Info().Name,
-		Handle:     handle,
-		Policy:     pol,
-	}
 	if err := v.put(p, true); err != nil {
-		v.backend.DeleteKey(ctx, KeyRef{Handle: handle, Hash: req.Hash})
+		v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: req.Hash})
 		return nil, err
 	}
 	if req.Finalize {
@@ -441,6 +406,57 @@ func (v *Vault) storeKey(ctx context.Context, req *ImportRequest) ([]byte, error
 		return nil, fmt.Errorf("store key in %s backend: %w", v.backend.Info().Name, err)
 	}
 	return handle, nil
+}
+
+// keyRecord has the backend keep req's key, checks its bundle, computes
+// its key check value and returns the record to write. A key the backend
+// kept for a request then refused is handed to drop, whose error joins the
+// refusal's.
+func (v *Vault) keyRecord(ctx context.Context, req *ImportRequest, pol Policy, drop func(KeyRef) error) (*PSK, error) {
+	handle, err := v.storeKey(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	ref := KeyRef{Handle: handle, Hash: req.Hash}
+	refuse := func(err error) (*PSK, error) {
+		if derr := drop(ref); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		return nil, err
+	}
+	if req.Bundle != nil {
+		if err := v.verifyBundle(ctx, ref, req.Bundle); err != nil {
+			return refuse(err)
+		}
+	}
+	if pol.KCV, err = v.keyCheck(ctx, ref); err != nil {
+		return refuse(fmt.Errorf("key check value: %w", err))
+	}
+	origin, bits := req.origin, len(req.Key)*8
+	if req.Wrapped {
+		bits = req.WrappedKeyBits
+	}
+	if origin == "" {
+		origin = "imported"
+		if req.Wrapped {
+			origin = "imported-wrapped"
+		}
+	}
+	return &PSK{
+		Identity:   append([]byte{}, req.Identity...),
+		Hash:       req.Hash,
+		KeyBits:    bits,
+		ClientNode: req.ClientNode,
+		ServerNode: req.ServerNode,
+		Targets:    req.Targets,
+		Created:    v.now().UTC().Truncate(time.Second),
+		NotAfter:   req.NotAfter.UTC(),
+		State:      StateActive,
+		Origin:     origin,
+		Backend:    v.backend.Info().Name,
+		Handle:     handle,
+		Policy:     pol,
+	}, nil
 }
 
 // keyLabel is the non-secret name a backend may give the key.
