@@ -6,7 +6,6 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -464,17 +463,12 @@ func parseSecret(pt []byte, nboxes int) ([]byte, [][]byte, error) {
 }
 
 // diskRecord is p as stored: the handle and boxes only inside Sealed.
+// (encodeRecord, codec.go, never writes them).
 func diskRecord(p *PSK) ([]byte, error) {
-	c := *p
-	c.Handle = nil
-	if len(p.Finalized) > 0 {
-		c.Finalized = make([]Sealed, len(p.Finalized))
-		for i, s := range p.Finalized {
-			s.Box = nil
-			c.Finalized[i] = s
-		}
+	if err := checkEncodable(p); err != nil {
+		return nil, err
 	}
-	return json.Marshal(&c)
+	return encodeRecord(p), nil
 }
 
 // shredNote records, in tx, that slot must be zeroed (Open does it when a

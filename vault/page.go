@@ -2,7 +2,6 @@ package vault
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
@@ -52,10 +51,8 @@ func (v *Vault) ListPage(after []byte, limit int) (recs []*PSK, next []byte, err
 			}
 			id := k
 			if len(k) >= bolt.MaxKeySize {
-				var p struct {
-					Identity []byte `json:"identity"`
-				}
-				if err := json.Unmarshal(val, &p); err != nil {
+				p, err := decodeRecord(val)
+				if err != nil {
 					return fmt.Errorf("read PSK record %x: %w", k[:16], err)
 				}
 				id = p.Identity

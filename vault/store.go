@@ -41,8 +41,8 @@ func (v *Vault) load(slotData []byte) ([]string, error) {
 			})
 		}
 		return tx.Bucket(bucketPSKs).ForEach(func(k, val []byte) error {
-			p := &PSK{}
-			if err := json.Unmarshal(val, p); err != nil {
+			p, err := decodeRecord(val)
+			if err != nil {
 				return fmt.Errorf("read PSK record %x: %w", k, err)
 			}
 			switch {

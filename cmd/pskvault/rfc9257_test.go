@@ -67,12 +67,15 @@ func TestRFC9257CheckCLI(t *testing.T) {
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte("psks"))
-		var p vault.PSK
-		if err := json.Unmarshal(b.Get([]byte("weak")), &p); err != nil {
+		p, err := vault.DecodeRecord(b.Get([]byte("weak")))
+		if err != nil {
 			return err
 		}
 		p.Identity, p.ClientNode, p.KeyBits = []byte("copy"), "node-c", 64
-		raw, _ := json.Marshal(p)
+		raw, err := vault.EncodeRecord(p)
+		if err != nil {
+			return err
+		}
 		return b.Put(p.Identity, raw)
 	})
 	db.Close()
@@ -250,12 +253,15 @@ func TestRFC9257MustViolationNotServed(t *testing.T) {
 	err = db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte("psks"))
 		edit := func(id string, f func(p *vault.PSK)) error {
-			var p vault.PSK
-			if err := json.Unmarshal(b.Get([]byte(id)), &p); err != nil {
+			p, err := vault.DecodeRecord(b.Get([]byte(id)))
+			if err != nil {
 				return err
 			}
-			f(&p)
-			raw, _ := json.Marshal(p)
+			f(p)
+			raw, err := vault.EncodeRecord(p)
+			if err != nil {
+				return err
+			}
 			return b.Put(p.Identity, raw)
 		}
 		return errors.Join(
