@@ -59,7 +59,7 @@ func (s *Server) keys(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	me := s.v.NodeID()
-	for _, p := range s.v.List() {
+	err = s.v.Each(func(p *vault.PSK) bool {
 		var ok bool
 		switch {
 		case p.IsGroup():
@@ -70,15 +70,20 @@ func (s *Server) keys(w http.ResponseWriter, r *http.Request) {
 			ok = p.ServerNode == me && (req.Peer == "" || p.ClientNode == req.Peer)
 		}
 		if !ok || !p.Allows(t) {
-			continue
+			return true
 		}
 		d, err := s.v.Derive(r.Context(), vault.DeriveRequest{Identity: p.Identity, Context: ctxBytes, Target: t, Peer: req.Peer, Role: req.Role, Caller: caller})
 		if err != nil {
-			continue
+			return true
 		}
 		keys = append(keys, d.IPSKX)
 		created = append(created, d.PSK.Created)
 		out.Keys = append(out.Keys, offerOf(p, d, t, len(keys)-1))
+		return true
+	})
+	if err != nil {
+		s.fail(w, err)
+		return
 	}
 	sortOffers(out.Keys, created)
 	ae.Count = len(out.Keys)

@@ -185,17 +185,17 @@ func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
 	binary := wantsBinary(r)
 	var bins []BinKey
 	me := s.v.NodeID()
-	for _, p := range s.v.List() {
+	err = s.v.Each(func(p *vault.PSK) bool {
 		pairwise := p.ClientNode == me && p.ServerNode == server
 		group := p.IsGroup() && slices.Contains(p.Group, me) && slices.Contains(p.Group, server) && server != me
 		if !(pairwise || group) || !p.Allows(t) {
-			continue
+			return true
 		}
 		// The vault checks the caller; a PSK it may not use, or one that is
 		// revoked or expired, is simply not offered.
 		d, err := s.v.Derive(r.Context(), vault.DeriveRequest{Identity: p.Identity, Context: ctxBytes, Target: t, Peer: server, Role: "client", Caller: caller})
 		if err != nil {
-			continue
+			return true
 		}
 		keys = append(keys, d.IPSKX)
 		created = append(created, d.PSK.Created)
@@ -203,6 +203,11 @@ func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
 			bins = append(bins, binKeyOf(d, t))
 		}
 		out.Offers = append(out.Offers, offerOf(p, d, t, len(keys)-1))
+		return true
+	})
+	if err != nil {
+		s.fail(w, err)
+		return
 	}
 	sortOffers(out.Offers, created)
 	ae.Count = len(out.Offers)

@@ -535,7 +535,11 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	n := s.v.Count() // O(1): no copy of the records
 	info := s.v.BackendInfo()
 	if sock, _ := r.Context().Value(keySocket).(Socket); sock == SocketData {
-		n = s.v.CountDerivable(callerOf(r.Context()))
+		var err error
+		if n, err = s.v.CountDerivable(callerOf(r.Context())); err != nil {
+			s.fail(w, err)
+			return
+		}
 		info = vault.BackendInfo{Name: info.Name, Hardware: info.Hardware, HashNames: info.HashNames}
 	}
 	st := Status{Version: Version, NodeID: s.v.NodeID(), Backend: wire.BackendInfo{Name: info.Name, Description: info.Description, Hardware: info.Hardware, HashNames: info.HashNames}, PSKs: n}

@@ -123,7 +123,11 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 	}()
 	for {
 		changed := s.v.Changed() // before the view: a change in between wakes us
-		digest, next := s.v.View(caller)
+		digest, next, err := s.v.View(caller)
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
 		tok := s.watchers.token(caller, digest)
 		if since == "" || tok != since {
 			writeJSON(w, http.StatusOK, WatchResponse{Token: tok, Changed: since != "" && tok != since})

@@ -155,11 +155,9 @@ func (v *Vault) allows(c *Caller, p *PSK, role string) bool {
 	rule, ok := a.PSKs[string(p.Identity)]
 	for prev, i := p.RotatedFrom, 0; !ok && len(prev) > 0 && i < maxLineage; i++ {
 		rule, ok = a.PSKs[string(prev)]
-		v.mu.RLock()
-		older := v.psks[string(prev)]
-		v.mu.RUnlock()
-		if older == nil {
-			break
+		older, err := v.peek(prev)
+		if err != nil {
+			break // deleted (or unreadable): the lineage ends here
 		}
 		prev = older.RotatedFrom
 	}

@@ -280,22 +280,23 @@ func (v *Vault) putBatch(ps []*PSK) error {
 	}
 	v.wmu.Lock()
 	defer v.wmu.Unlock()
-	v.mu.RLock()
-	for i, p := range ps {
-		if v.psks[string(p.Identity)] != nil {
-			v.mu.RUnlock()
-			return &EntryError{Index: i, Err: fmt.Errorf("%w: %x (imported meanwhile by another request)", ErrExists, p.Identity)}
-		}
-		if len(p.Fingerprint) > 0 {
-			for _, id := range v.sameKey[string(p.Fingerprint)] {
-				if v.psks[string(id)] != nil {
-					v.mu.RUnlock()
-					return &EntryError{Index: i, Err: fmt.Errorf("%w: it is the key of PSK %x (imported meanwhile by another request)", ErrKeyReused, id)}
+	err := v.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPSKs)
+		for i, p := range ps {
+			if b.Get(recordKey(p.Identity)) != nil {
+				return &EntryError{Index: i, Err: fmt.Errorf("%w: %x (imported meanwhile by another request)", ErrExists, p.Identity)}
+			}
+			if len(p.Fingerprint) > 0 {
+				if ids := withKey(tx, p.Fingerprint); len(ids) > 0 {
+					return &EntryError{Index: i, Err: fmt.Errorf("%w: it is the key of PSK %x (imported meanwhile by another request)", ErrKeyReused, ids[0])}
 				}
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	v.mu.RUnlock()
 	// Each record's handle is sealed under a data key of its own
 	// (keyslots.go); the batch's keys are written with one fdatasync
 	// before the records that name them are committed.
@@ -312,6 +313,9 @@ func (v *Vault) putBatch(ps []*PSK) error {
 			if err := dropIntent(tx, p.Handle); err != nil {
 				return err
 			}
+			if err := indexPut(tx, nil, p); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
@@ -320,12 +324,9 @@ func (v *Vault) putBatch(ps []*PSK) error {
 		v.slots.release(slots...)
 		return fmt.Errorf("write the batch's PSK records: %w", err)
 	}
-	v.mu.Lock()
-	for _, p := range ps {
-		v.index(nil, p)
-		v.psks[string(p.Identity)] = p
+	for i, p := range ps {
+		p.disk, p.opened = raws[i], true
 	}
-	v.mu.Unlock()
 	v.changes.notify()
 	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // Audit is one PSK's RFC 9257 audit: the facts `pskvault check` tabulates
@@ -70,30 +72,28 @@ func (r *Report) add(a Audit) {
 }
 
 // Check audits every PSK against RFC 9257, and reports where the records and
-// the backend disagreed at start (reconcile.go). It reads records only.
-func (v *Vault) Check() *Report {
-	now := v.now()
-	psks := v.List()
-	r := &Report{Node: v.cfg.NodeID, PSKs: []Audit{}}
-	ids := make([][]byte, len(psks))
-	for i, p := range psks {
-		ids[i] = p.Identity
-	}
-	known := newSkeletons(ids)
-	fps := map[string][][]byte{} // fingerprint -> live identities
-	for _, p := range psks {
-		if holdsKey(p) {
-			fps[string(p.Fingerprint)] = append(fps[string(p.Fingerprint)], p.Identity)
+// the backend disagreed at start (reconcile.go). It reads records only, a
+// page at a time (CheckPage), but its report holds every record's audit:
+// for a vault of any size use CheckPage.
+func (v *Vault) Check() (*Report, error) {
+	var after []byte
+	var all *Report
+	for {
+		r, next, err := v.CheckPage(after, eachPage)
+		if err != nil {
+			return nil, err
 		}
+		if all == nil {
+			all = r
+		} else {
+			all.PSKs = append(all.PSKs, r.PSKs...)
+			all.Must, all.Should, all.Warn, all.Errors = all.Must+r.Must, all.Should+r.Should, all.Warn+r.Warn, all.Errors+r.Errors
+		}
+		if next == nil {
+			return all, nil
+		}
+		after = next
 	}
-	for _, p := range psks {
-		r.add(v.audit(p, fps, known, now))
-	}
-	if rec := v.Reconciliation(); len(rec.Orphans) > 0 || len(rec.Problems) > 0 || rec.CreatesUndone+rec.DeletesFinished+rec.HandlesCleared+rec.KeysChecked > 0 {
-		r.Reconciliation = &rec
-		r.Errors += len(rec.Orphans) + len(rec.Problems)
-	}
-	return r
 }
 
 func (v *Vault) audit(p *PSK, fps map[string][][]byte, known skeletons, now time.Time) Audit {
@@ -254,13 +254,14 @@ func (v *Vault) mustViolations(p *PSK, sameKey [][]byte) []Finding {
 func (v *Vault) refuseViolation(p *PSK) error {
 	var same [][]byte
 	if holdsKey(p) {
-		v.mu.RLock()
-		for _, id := range v.sameKey[string(p.Fingerprint)] {
-			if o := v.psks[string(id)]; o != nil && holdsKey(o) {
-				same = append(same, id)
-			}
+		err := v.db.View(func(tx *bolt.Tx) error {
+			var err error
+			same, err = liveWithKey(tx, p.Fingerprint)
+			return err
+		})
+		if err != nil {
+			return err
 		}
-		v.mu.RUnlock()
 	}
 	fs := v.mustViolations(p, same)
 	if len(fs) == 0 {
@@ -271,43 +272,4 @@ func (v *Vault) refuseViolation(p *PSK) error {
 		msgs[i] = f.Rule + ": " + f.String()
 	}
 	return fmt.Errorf("%w: %s", ErrMustViolation, strings.Join(msgs, "; "))
-}
-
-// index keeps v.sameKey (fingerprint -> identities of the records made
-// with that key, revoked ones included) and v.skel (skeleton -> text
-// identities) in step with v.psks when the record for one identity goes
-// from old to next (either nil). The caller holds v.mu for writing.
-func (v *Vault) index(old, next *PSK) {
-	v.stats.update(old, next) // counts by state for Stats (stats.go)
-	if old != nil && next != nil && bytes.Equal(old.Fingerprint, next.Fingerprint) && bytes.Equal(old.Identity, next.Identity) {
-		return
-	}
-	if old != nil {
-		if len(old.Fingerprint) > 0 {
-			removeID(v.sameKey, string(old.Fingerprint), old.Identity)
-		}
-		if sk, ok := skeletonOf(old.Identity); ok {
-			removeID(v.skel, sk, old.Identity)
-		}
-	}
-	if next != nil {
-		if len(next.Fingerprint) > 0 {
-			k := string(next.Fingerprint)
-			v.sameKey[k] = append(slices.Clone(v.sameKey[k]), next.Identity)
-		}
-		if sk, ok := skeletonOf(next.Identity); ok {
-			v.skel[sk] = append(slices.Clone(v.skel[sk]), next.Identity)
-		}
-	}
-}
-
-// removeID drops id from m[k]. The slices are copied on change, never
-// edited in place, so a reader's copy of one stays valid.
-func removeID(m map[string][][]byte, k string, id []byte) {
-	ids := slices.DeleteFunc(slices.Clone(m[k]), func(e []byte) bool { return bytes.Equal(e, id) })
-	if len(ids) == 0 {
-		delete(m, k)
-	} else {
-		m[k] = ids
-	}
 }

@@ -38,17 +38,14 @@ func PutRecords(v *Vault, ps []*PSK) error {
 			if err := b.Put(recordKey(p.Identity), raws[i]); err != nil {
 				return err
 			}
+			if err := indexPut(tx, nil, p); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
 	if err != nil {
 		return err
-	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	for _, p := range ps {
-		v.index(v.psks[string(p.Identity)], p)
-		v.psks[string(p.Identity)] = p
 	}
 	return nil
 }
@@ -74,9 +71,7 @@ func SetSlotFault(v *Vault, f func(step string) error) {
 
 // KeySlotOf returns the key slot of the PSK's record (tests only).
 func KeySlotOf(v *Vault, identity []byte) uint32 {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	if p := v.psks[string(identity)]; p != nil {
+	if p, err := v.peek(identity); err == nil {
 		return p.KeySlot
 	}
 	return 0

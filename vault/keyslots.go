@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
@@ -78,10 +79,14 @@ var (
 
 // keySlots is the open vault.keys.
 type keySlots struct {
-	mu   sync.Mutex
-	f    *os.File
-	n    uint32   // slots in the file, header included
-	free []uint32 // zero slots below n, reused first
+	// mu serializes the writers (alloc, shred, release, scan, Close).
+	// read takes only closeMu, shared, so a derivation reading a DEK never
+	// waits for a writer's fdatasync; Close takes both.
+	mu      sync.Mutex
+	closeMu sync.RWMutex
+	f       *os.File
+	n       atomic.Uint32 // slots in the file, header included
+	free    []uint32      // zero slots below n, reused first
 
 	// fault, when set (tests only), is called before each step ("shred":
 	// before a slot is zeroed; "write": before a DEK is written) and
@@ -124,8 +129,8 @@ func openKeySlots(path string, create bool) (*keySlots, []byte, error) {
 	}
 	// A trailing partial slot is a DEK whose write a crash interrupted:
 	// no record names it, and the next allocation overwrites it.
-	s.n = uint32(len(data) / slotSize)
-	return s, data[:int(s.n)*slotSize], nil
+	s.n.Store(uint32(len(data) / slotSize))
+	return s, data[:int(s.n.Load())*slotSize], nil
 }
 
 // scan builds the free list from the file's content: every zero slot, and
@@ -138,7 +143,7 @@ func (s *keySlots) scan(data []byte, inUse func(slot uint32) bool) (int, error) 
 	var zero [slotSize]byte
 	s.free = s.free[:0]
 	orphans := 0
-	for i := s.n - 1; i >= 1; i-- {
+	for i := s.n.Load() - 1; i >= 1; i-- {
 		slot := data[int(i)*slotSize : int(i+1)*slotSize]
 		if bytes.Equal(slot, zero[:]) {
 			s.free = append(s.free, i)
@@ -195,7 +200,7 @@ func (s *keySlots) allocN(n int) ([]uint32, [][]byte, error) {
 	}
 	slots := make([]uint32, n)
 	deks := make([][]byte, n)
-	free, top := len(s.free), s.n
+	free, top := len(s.free), s.n.Load()
 	for i := range slots {
 		if free > 0 {
 			free--
@@ -230,18 +235,19 @@ func (s *keySlots) allocN(n int) ([]uint32, [][]byte, error) {
 	if err := datasync(s.f); err != nil {
 		return undo(fmt.Errorf("sync %s: %w", keysFile, err))
 	}
-	s.free, s.n = s.free[:free], top
+	s.free = s.free[:free]
+	s.n.Store(top)
 	return slots, deks, nil
 }
 
 // read returns the DEK in slot (the caller wipes it).
 func (s *keySlots) read(slot uint32) ([]byte, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
 	if s.f == nil {
 		return nil, errDBClosed
 	}
-	if slot == 0 || slot >= s.n {
+	if slot == 0 || slot >= s.n.Load() {
 		return nil, fmt.Errorf("%w: slot %d", errShredded, slot)
 	}
 	dek := make([]byte, slotSize)
@@ -264,7 +270,7 @@ func (s *keySlots) shred(slots ...uint32) error {
 	}
 	var zero [slotSize]byte
 	for _, slot := range slots {
-		if slot == 0 || slot >= s.n {
+		if slot == 0 || slot >= s.n.Load() {
 			continue
 		}
 		if _, err := s.f.WriteAt(zero[:], int64(slot)*slotSize); err != nil {
@@ -282,7 +288,7 @@ func (s *keySlots) release(slots ...uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, slot := range slots {
-		if slot != 0 && slot < s.n {
+		if slot != 0 && slot < s.n.Load() {
 			s.free = append(s.free, slot)
 		}
 	}
@@ -291,6 +297,8 @@ func (s *keySlots) release(slots ...uint32) {
 func (s *keySlots) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
 	if s.f == nil {
 		return nil
 	}

@@ -66,11 +66,9 @@ func (v *Vault) finalizeContexts(p *PSK, req FinalizeRequest) ([][]byte, error) 
 // hardware-bound as the main key was, while the main key, which could
 // derive imported keys for any target and context, is gone.
 func (v *Vault) Finalize(ctx context.Context, identity []byte, req FinalizeRequest) (*PSK, error) {
-	v.mu.RLock()
-	p := v.psks[string(identity)]
-	v.mu.RUnlock()
-	if p == nil {
-		return nil, ErrNotFound
+	p, err := v.get(identity)
+	if err != nil {
+		return nil, err
 	}
 	if err := v.usable(p); err != nil {
 		return nil, err
@@ -192,11 +190,9 @@ func (v *Vault) revoke(ctx context.Context, identity []byte, reason string) (*PS
 	if len(reason) > maxProvenance {
 		return nil, fmt.Errorf("%w: reason longer than %d characters", ErrInvalid, maxProvenance)
 	}
-	v.mu.RLock()
-	p := v.psks[string(identity)]
-	v.mu.RUnlock()
-	if p == nil {
-		return nil, ErrNotFound
+	p, err := v.get(identity)
+	if err != nil {
+		return nil, err
 	}
 	if p.State == StateRevoked {
 		return nil, fmt.Errorf("%w already at %s", ErrRevoked, p.RevokedAt.Format(time.RFC3339))
@@ -264,11 +260,9 @@ type RotateRequest struct {
 // so both sides can switch over while either generation works. It returns
 // the new record and, when it generated the key, the key for the peer.
 func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) (*PSK, []byte, error) {
-	v.mu.RLock()
-	cur := v.psks[string(identity)]
-	v.mu.RUnlock()
-	if cur == nil {
-		return nil, nil, ErrNotFound
+	cur, err := v.get(identity)
+	if err != nil {
+		return nil, nil, err
 	}
 	old := cur.clone()
 	if err := v.usable(old); err != nil {
@@ -278,9 +272,10 @@ func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) 
 		// Rotating again is refused while the next generation lives; one
 		// that was deleted or revoked (say its key never reached the peer)
 		// no longer blocks the link's rotation.
-		v.mu.RLock()
-		next := v.psks[string(old.RotatedTo)]
-		v.mu.RUnlock()
+		next, err := v.peek(old.RotatedTo)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, nil, err
+		}
 		if next != nil && next.State == StateActive {
 			return nil, nil, fmt.Errorf("%w: PSK was already rotated to %x; rotate that one", ErrInvalid, old.RotatedTo)
 		}
@@ -317,7 +312,6 @@ func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) 
 	}
 	var n *PSK
 	var key []byte
-	var err error
 	if req.Key == nil {
 		n, key, err = v.Create(ctx, ir)
 	} else {
@@ -360,7 +354,11 @@ func (v *Vault) Sweep(ctx context.Context) ([][]byte, error) {
 	now := v.now()
 	var swept [][]byte
 	var errs []error
-	for _, p := range v.records(func(p *PSK) bool { return p.State == StateActive && p.Expired(now) }) {
+	expired, err := v.expiredAt(now)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range expired {
 		if _, err := v.revoke(ctx, p.Identity, "expired at "+p.NotAfter.Format(time.RFC3339)); err != nil {
 			errs = append(errs, fmt.Errorf("PSK %x: %w", p.Identity, err))
 			continue

@@ -196,7 +196,7 @@ func TestDestroyFailureKeepsHandle(t *testing.T) {
 					t.Fatal("finalized PSK derives a different key")
 				}
 				found := false
-				for _, a := range v.Check().PSKs {
+				for _, a := range checkAll(t, v).PSKs {
 					for _, f := range a.Findings {
 						found = found || f.Rule == "main-key" && bytes.Contains([]byte(f.Message), []byte("handle is still recorded"))
 					}
@@ -209,7 +209,7 @@ func TestDestroyFailureKeepsHandle(t *testing.T) {
 					t.Fatalf("revoked PSK derives: %v", err)
 				}
 				found := false
-				for _, a := range v.Check().PSKs {
+				for _, a := range checkAll(t, v).PSKs {
 					for _, f := range a.Findings {
 						found = found || f.Rule == "main-key" && bytes.Contains([]byte(f.Message), []byte("handle is still recorded"))
 					}

@@ -19,19 +19,20 @@ import (
 // or deleted meanwhile; one imported or deleted meanwhile may or may not
 // be listed.
 
-// ListPage returns copies of at most limit records whose identity sorts
-// after after (nil: from the first), in identity-byte order, and next, the
-// identity to pass as after for the following page: nil when there is
-// nothing after this page.
-//
-// This version walks the database's key order with a bbolt cursor (O(log N)
-// to find the page, O(limit) to read it) and takes each record from the
-// in-memory index, so a page costs no record decoding.
+// ListPage returns at most limit records whose identity sorts after after
+// (nil: from the first), in identity-byte order, and next, the identity to
+// pass as after for the following page: nil when there is nothing after
+// this page. O(log N) to find the page, O(limit) to read it, all in one
+// read transaction (records.go).
 func (v *Vault) ListPage(after []byte, limit int) (recs []*PSK, next []byte, err error) {
 	if limit <= 0 {
 		return nil, nil, fmt.Errorf("%w: page limit must be positive, got %d", ErrInvalid, limit)
 	}
-	var ids [][]byte
+	return v.page(after, limit, true)
+}
+
+// page is ListPage, with the records' secrets opened only when open is set.
+func (v *Vault) page(after []byte, limit int, open bool) (recs []*PSK, next []byte, err error) {
 	more := false
 	err = v.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketPSKs).Cursor()
@@ -45,39 +46,29 @@ func (v *Vault) ListPage(after []byte, limit int) (recs []*PSK, next []byte, err
 			}
 		}
 		for ; k != nil; k, val = c.Next() {
-			if len(ids) == limit {
+			if len(recs) == limit {
 				more = true
 				return nil
 			}
-			id := k
-			if len(k) >= bolt.MaxKeySize {
-				p, err := decodeRecord(val)
-				if err != nil {
-					return fmt.Errorf("read PSK record %x: %w", k[:16], err)
-				}
-				id = p.Identity
+			p, err := decodeRecord(val)
+			if err != nil {
+				return fmt.Errorf("read PSK record %x: %w", sum256(k)[:8], err)
 			}
-			ids = append(ids, bytes.Clone(id))
+			p.disk = bytes.Clone(val)
+			if open {
+				if err := v.openSecret(p); err != nil {
+					return err
+				}
+			}
+			recs = append(recs, p)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	recs = make([]*PSK, 0, len(ids))
-	v.mu.RLock()
-	for _, id := range ids {
-		// A record deleted since the cursor read it is left out.
-		if p := v.psks[string(id)]; p != nil {
-			recs = append(recs, p)
-		}
-	}
-	v.mu.RUnlock()
-	for i, p := range recs {
-		recs[i] = p.clone() // records are never edited in place
-	}
-	if more && len(ids) > 0 {
-		next = ids[len(ids)-1]
+	if more && len(recs) > 0 {
+		next = bytes.Clone(recs[len(recs)-1].Identity)
 	}
 	return recs, next, nil
 }
@@ -97,26 +88,28 @@ func (v *Vault) CheckPage(after []byte, limit int) (*Report, []byte, error) {
 	r := &Report{Node: v.cfg.NodeID, PSKs: make([]Audit, 0, len(psks))}
 	known := skeletons{}
 	fps := map[string][][]byte{}
-	v.mu.RLock()
-	for _, p := range psks {
-		if sk, ok := skeletonOf(p.Identity); ok {
-			known[sk] = v.skel[sk] // never edited in place (removeID)
-		}
-		if holdsKey(p) {
-			k := string(p.Fingerprint)
-			if _, done := fps[k]; done {
-				continue
+	err = v.db.View(func(tx *bolt.Tx) error {
+		for _, p := range psks {
+			for sk, ids := range sameSkeleton(tx, p.Identity) {
+				known[sk] = ids
 			}
-			var live [][]byte
-			for _, id := range v.sameKey[k] {
-				if o := v.psks[string(id)]; o != nil && holdsKey(o) {
-					live = append(live, id)
+			if holdsKey(p) {
+				k := string(p.Fingerprint)
+				if _, done := fps[k]; done {
+					continue
 				}
+				live, err := liveWithKey(tx, p.Fingerprint)
+				if err != nil {
+					return err
+				}
+				fps[k] = live
 			}
-			fps[k] = live
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
 	}
-	v.mu.RUnlock()
 	for _, p := range psks {
 		r.add(v.audit(p, fps, known, now))
 	}

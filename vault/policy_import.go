@@ -2,9 +2,12 @@ package vault
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"unicode"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // prepareIdentity generates a random identity when asked. It runs first in
@@ -44,12 +47,11 @@ func (v *Vault) preparePolicy(ctx context.Context, req *ImportRequest) (Policy, 
 		// Only the identities sharing this one's skeleton matter to the
 		// confusable rule: one lookup in the index, not a skeleton of
 		// every stored identity.
-		known := skeletons{}
-		if sk, ok := skeletonOf(req.Identity); ok {
-			v.mu.RLock()
-			known[sk] = v.skel[sk] // never edited in place (removeID)
-			v.mu.RUnlock()
-		}
+		var known skeletons
+		v.db.View(func(tx *bolt.Tx) error {
+			known = sameSkeleton(tx, req.Identity)
+			return nil
+		})
 		f, err := checkIdentity(req.Identity, known, req.AllowIdentityWarnings)
 		if err != nil {
 			return pol, err
@@ -108,15 +110,21 @@ func (v *Vault) preparePolicy(ctx context.Context, req *ImportRequest) (Policy, 
 	}
 	// Any record made with this key, revoked ones included: one lookup in
 	// the fingerprint index.
-	v.mu.RLock()
 	var dup *PSK
-	for _, id := range v.sameKey[string(fp)] {
-		if p := v.psks[string(id)]; p != nil {
-			dup = p
-			break
+	err = v.db.View(func(tx *bolt.Tx) error {
+		for _, id := range withKey(tx, fp) {
+			if p, err := peekTx(tx, id); err == nil {
+				dup = p
+				return nil
+			} else if !errors.Is(err, ErrNotFound) {
+				return err
+			}
 		}
+		return nil
+	})
+	if err != nil {
+		return pol, err
 	}
-	v.mu.RUnlock()
 	if dup != nil {
 		return pol, fmt.Errorf("%w: it is the key of PSK %x (%s); give every pair of nodes its own key", ErrKeyReused, dup.Identity, dup.describeNodes())
 	}

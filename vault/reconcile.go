@@ -171,8 +171,14 @@ func (v *Vault) reconcile(ctx context.Context) *Reconciliation {
 	problem := func(format string, a ...any) { r.Problems = append(r.Problems, fmt.Sprintf(format, a...)) }
 	referenced := func() map[string]bool {
 		refs := map[string]bool{}
-		for _, p := range v.records(func(p *PSK) bool { return len(p.Handle) > 0 }) {
-			refs[string(p.Handle)] = true
+		if err := v.each(true, func(p *PSK) bool {
+			if len(p.Handle) > 0 {
+				refs[string(p.Handle)] = true
+			}
+			return true
+		}); err != nil {
+			problem("the records could not all be read: %v", err)
+			return nil
 		}
 		v.db.View(func(tx *bolt.Tx) error {
 			if h := tx.Bucket(bucketMeta).Get([]byte(auxKeyName)); len(h) > 0 {
@@ -203,7 +209,9 @@ func (v *Vault) reconcile(ctx context.Context) *Reconciliation {
 	})
 	var refs map[string]bool
 	if len(intents) > 0 {
-		refs = referenced()
+		if refs = referenced(); refs == nil {
+			intents = nil // nothing known to be unnamed: left for the next start
+		}
 	}
 	for _, it := range intents {
 		if !refs[string(it.handle)] {
@@ -219,10 +227,23 @@ func (v *Vault) reconcile(ctx context.Context) *Reconciliation {
 	}
 
 	// Deletes, revokes and finalizes that did not finish.
-	unfinished := v.records(func(p *PSK) bool {
-		return !p.DeletePending.IsZero() || (len(p.Handle) > 0 && (p.State == StateRevoked || p.IsFinalized()))
+	var todo []*PSK
+	err := v.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketUnfinished).ForEach(func(_, id []byte) error {
+			p, err := v.readTx(tx, id)
+			if err != nil {
+				return err
+			}
+			if unfinished(p) {
+				todo = append(todo, p)
+			}
+			return nil
+		})
 	})
-	for _, p := range unfinished {
+	if err != nil {
+		problem("the records left unfinished could not be read: %v", err)
+	}
+	for _, p := range todo {
 		switch {
 		case !p.DeletePending.IsZero():
 			if err := v.deleteRecord(ctx, p.Identity); err != nil {
@@ -237,7 +258,7 @@ func (v *Vault) reconcile(ctx context.Context) *Reconciliation {
 			}
 			done := p.clone()
 			done.Handle = nil
-			if err := v.replace(v.current(p.Identity), done); err != nil {
+			if err := v.replace(p, done); err != nil {
 				problem("PSK %x: %v", p.Identity, err)
 				continue
 			}
@@ -247,31 +268,11 @@ func (v *Vault) reconcile(ctx context.Context) *Reconciliation {
 
 	// The backend's keys against the records.
 	if inv, ok := v.backend.(KeyInventory); ok {
-		v.inventory(ctx, inv, r, referenced())
-	}
-	return r
-}
-
-// records returns the records for which keep is true, in no order. They
-// are the index's own (never edited in place): clone one before changing
-// it. O(N) without copying the records, unlike List.
-func (v *Vault) records(keep func(*PSK) bool) []*PSK {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	var out []*PSK
-	for _, p := range v.psks {
-		if keep(p) {
-			out = append(out, p)
+		if refs := referenced(); refs != nil {
+			v.inventory(ctx, inv, r, refs)
 		}
 	}
-	return out
-}
-
-// current returns the record now in the index for identity.
-func (v *Vault) current(identity []byte) *PSK {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	return v.psks[string(identity)]
+	return r
 }
 
 // inventory marks active records whose key is gone, clears the mark of
@@ -290,9 +291,17 @@ func (v *Vault) inventory(ctx context.Context, inv KeyInventory, r *Reconciliati
 		}
 	}
 	now := v.now().UTC().Truncate(time.Second)
-	for _, p := range v.records(func(p *PSK) bool {
-		return p.State == StateActive && len(p.Handle) > 0 && !p.IsFinalized() && p.DeletePending.IsZero()
-	}) {
+	var active []*PSK
+	if err := v.each(true, func(p *PSK) bool {
+		if p.State == StateActive && len(p.Handle) > 0 && !p.IsFinalized() && p.DeletePending.IsZero() {
+			active = append(active, p)
+		}
+		return true
+	}); err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("the records could not all be read, so records and keys were not compared: %v", err))
+		return
+	}
+	for _, p := range active {
 		r.KeysChecked++
 		present := have[string(p.Handle)]
 		if !present {
@@ -318,7 +327,7 @@ func (v *Vault) inventory(ctx context.Context, inv KeyInventory, r *Reconciliati
 		if !present {
 			n.KeyMissing = now
 		}
-		if err := v.replace(v.current(p.Identity), n); err != nil {
+		if err := v.replace(p, n); err != nil {
 			r.Problems = append(r.Problems, fmt.Sprintf("PSK %x: recording whether its key is missing: %v", p.Identity, err))
 		}
 	}

@@ -206,7 +206,7 @@ func TestReconcile(t *testing.T) {
 	if s.count() != base-1 {
 		t.Fatalf("%d keys after restart, want %d (two records and the auxiliary key)", s.count(), base-1)
 	}
-	if rep := v.Check(); rep.Errors != 0 {
+	if rep := checkAll(t, v); rep.Errors != 0 {
 		t.Fatalf("check after the reconciliation: %d errors", rep.Errors)
 	}
 	v.Close()
@@ -231,7 +231,7 @@ func TestReconcile(t *testing.T) {
 	if p, _ := v.Get([]byte("a")); p.KeyMissing.IsZero() {
 		t.Fatal("record whose key is gone is not marked")
 	}
-	rep := v.Check()
+	rep := checkAll(t, v)
 	if rep.Errors != 2 { // the key-missing finding and the orphan
 		t.Fatalf("check: %d errors, want 2", rep.Errors)
 	}

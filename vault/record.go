@@ -65,6 +65,13 @@ type PSK struct {
 	// longer holds the key Handle names; zero while the key is there.
 	KeyMissing time.Time `json:"key_missing_since,omitzero"`
 	Policy               // RFC 9257 policy and lifecycle (policy.go); zero value is the safe default
+
+	// disk is the record as read from vault.db (nil: not read from it):
+	// a change checks that the stored record is still this one
+	// (Vault.replace). opened says its sealed secret was opened (or it
+	// has none): only such a record may be written back (Vault.store).
+	disk   []byte
+	opened bool
 }
 
 // IdentityHex is the identity in lowercase hex, the record's stable name.

@@ -111,7 +111,7 @@ func TestRFC9257_Sec4_2_LowEntropyRefused(t *testing.T) {
 			if !p.LowEntropy || len(p.EntropyFindings) != 0 {
 				t.Fatal("PSK not flagged LowEntropy, or the detector's finding kept")
 			}
-			rep := v.Check()
+			rep := checkAll(t, v)
 			if !hasRule(rep.PSKs[0].Findings, "entropy", vault.LevelShould) {
 				t.Fatalf("check does not report low entropy: %+v", rep.PSKs[0].Findings)
 			}
@@ -174,7 +174,7 @@ func TestRFC9257_Sec6_Rec1_DHERequiredNoEarlyDataByDefault(t *testing.T) {
 	if !d.PSK.PSKKE || !d.PSK.EarlyData {
 		t.Fatal("Derive does not carry the key-exchange flags")
 	}
-	for _, a := range v.Check().PSKs {
+	for _, a := range checkAll(t, v).PSKs {
 		if a.IdentityHex == hex.EncodeToString([]byte("lax")) {
 			if a.DHERequired || !a.EarlyData || !hasRule(a.Findings, "dhe", vault.LevelShould) || !hasRule(a.Findings, "early-data", vault.LevelWarn) {
 				t.Fatalf("check row %+v", a)
@@ -315,7 +315,7 @@ func TestRFC9257_Sec6_Rec2_GroupKeys(t *testing.T) {
 	if !bytes.Equal(da.IPSKX, db.IPSKX) || bytes.Equal(da.IPSKX, dc.IPSKX) {
 		t.Fatal("group derivations: same pair must agree, different pairs must differ")
 	}
-	a := v.Check().PSKs[0]
+	a := checkAll(t, v).PSKs[0]
 	if a.Kind != "group" || !hasRule(a.Findings, "group", vault.LevelWarn) {
 		t.Fatalf("group not reported: %+v", a)
 	}
@@ -349,7 +349,7 @@ func TestRFC9257_Sec6_Rec4_FinalizeDestroysMainKey(t *testing.T) {
 	if _, err := v.Finalize(bg, []byte("fin"), vault.FinalizeRequest{}); !errors.Is(err, vault.ErrFinalized) {
 		t.Fatalf("second finalize: %v", err)
 	}
-	if a := v.Check().PSKs[0]; !a.Finalized || hasRule(a.Findings, "main-key", "") {
+	if a := checkAll(t, v).PSKs[0]; !a.Finalized || hasRule(a.Findings, "main-key", "") {
 		t.Fatalf("check after finalize: %+v", a)
 	}
 	// Created finalized in one step.
@@ -506,7 +506,7 @@ func TestRFC9257_Sec4_2_Lifecycle(t *testing.T) {
 	if _, err := v.Revoke(bg, n.Identity, ""); !errors.Is(err, vault.ErrRevoked) {
 		t.Fatalf("revoke twice: %v", err)
 	}
-	if a := v.Check(); !hasRule(a.PSKs[0].Findings, "revoked", "") && !hasRule(a.PSKs[1].Findings, "revoked", "") {
+	if a := checkAll(t, v); !hasRule(a.PSKs[0].Findings, "revoked", "") && !hasRule(a.PSKs[1].Findings, "revoked", "") {
 		t.Fatal("check does not report the revocation")
 	}
 }
@@ -521,7 +521,7 @@ func TestRFC9257_Check(t *testing.T) {
 	} else {
 		clear(key)
 	}
-	rep := v.Check()
+	rep := checkAll(t, v)
 	if !rep.OK() || rep.Should != 0 || rep.Warn != 0 {
 		t.Fatalf("clean vault: %+v", rep)
 	}
@@ -531,7 +531,7 @@ func TestRFC9257_Check(t *testing.T) {
 	if err := vault.PutRecord(v, &bad); err != nil {
 		t.Fatal(err)
 	}
-	rep = v.Check()
+	rep = checkAll(t, v)
 	if rep.OK() || rep.Must < 3 { // key length, and key reuse on both records
 		t.Fatalf("tampered vault: %d MUST violations, want >= 3: %+v", rep.Must, rep)
 	}
@@ -552,7 +552,7 @@ func TestRFC9257_Check(t *testing.T) {
 	} else {
 		clear(d.IPSKX)
 	}
-	if rep = v.Check(); !rep.OK() {
+	if rep = checkAll(t, v); !rep.OK() {
 		t.Fatalf("after revoking the copy: %+v", rep)
 	}
 }
@@ -625,7 +625,7 @@ func TestRFC9257_Sec6_1_IdentitySectionsAndImporterOnly(t *testing.T) {
 	if err := vault.PutRecord(v, &q); err != nil {
 		t.Fatal(err)
 	}
-	rep := v.Check()
+	rep := checkAll(t, v)
 	found := false
 	for _, a := range rep.PSKs {
 		if !a.ImporterOnly {
@@ -646,7 +646,7 @@ func TestRFC9257_Sec6_1_IdentitySectionsAndImporterOnly(t *testing.T) {
 	if _, err := v.Revoke(bg, p.Identity, "test"); err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range v.Check().PSKs {
+	for _, a := range checkAll(t, v).PSKs {
 		if a.Identity == "paypal" && a.ImporterOnly {
 			t.Error("importer_only true for a revoked PSK, which hands nothing out")
 		}

@@ -33,7 +33,7 @@ func TestStats(t *testing.T) {
 		t.Helper()
 		got := v.Stats()
 		var want vault.Stats
-		for _, p := range v.List() {
+		for _, p := range listAll(t, v) {
 			switch {
 			case p.State == vault.StateRevoked:
 				want.Revoked++

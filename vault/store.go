@@ -12,26 +12,29 @@ import (
 
 // Reading and writing records with their sealed secrets (keyslots.go).
 
-// load reads every record into the in-memory index, opening each sealed
-// secret with its DEK from slotData (the content of vault.keys), zeroes
-// the slots no record names (orphans of interrupted changes), and converts
-// records written before the key slots existed. It returns what it found
-// amiss but could live with.
-func (v *Vault) load(slotData []byte) ([]string, error) {
+// start prepares an opened vault.db for serving, reading no record in the
+// usual case: it reads the configuration, zeroes the key slots noted in
+// the shred bucket (a crash before they were zeroed), builds the indexes
+// of a vault made before them (migrateIndexes, once), and, when the last
+// process to open the vault did not close it, zeroes the key slots a crash
+// may have left that no record names (reclaimSlots). slotData is the
+// content of vault.keys. It returns what it found amiss but could live
+// with.
+func (v *Vault) start(slotData []byte) ([]string, error) {
 	var problems []string
-	nslots := uint32(len(slotData) / slotSize)
-	inUse := make([]bool, nslots)
-	var legacy []*PSK
 	var notes []uint32
-	now := v.now().UTC().Truncate(time.Second)
+	var version []byte
+	crashed := false
 	err := v.db.View(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
-		if m == nil {
+		if m == nil || tx.Bucket(bucketPSKs) == nil {
 			return fmt.Errorf("%w: %s has no metadata", ErrNotInitialized, v.db.path)
 		}
 		if err := json.Unmarshal(m.Get([]byte("config")), &v.cfg); err != nil {
 			return fmt.Errorf("read vault config: %w", err)
 		}
+		version = bytes.Clone(m.Get([]byte(indexesName)))
+		crashed = m.Get([]byte(runningName)) != nil
 		if b := tx.Bucket(bucketShred); b != nil {
 			b.ForEach(func(k, _ []byte) error {
 				if len(k) == 4 {
@@ -40,51 +43,170 @@ func (v *Vault) load(slotData []byte) ([]string, error) {
 				return nil
 			})
 		}
-		return tx.Bucket(bucketPSKs).ForEach(func(k, val []byte) error {
-			p, err := decodeRecord(val)
-			if err != nil {
-				return fmt.Errorf("read PSK record %x: %w", k, err)
-			}
-			switch {
-			case p.KeySlot != 0:
-				var err error
-				if p.KeySlot < nslots && !inUse[p.KeySlot] {
-					err = openRecord(slotData[int(p.KeySlot)*slotSize:int(p.KeySlot+1)*slotSize], p)
-				} else {
-					err = errShredded
-				}
-				if err != nil {
-					markDestroyed(p, now)
-					problems = append(problems, fmt.Sprintf("PSK %x: its key slot no longer opens its sealed handle (destroyed by a change a crash interrupted, or vault.keys is not this vault.db's): treated as destroyed", p.Identity))
-				} else {
-					inUse[p.KeySlot] = true
-				}
-			case hasSecret(p):
-				legacy = append(legacy, p)
-			}
-			v.index(v.psks[string(p.Identity)], p)
-			v.psks[string(p.Identity)] = p
-			return nil
-		})
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	// Every slot no record names is zeroed: the slots noted in the shred
-	// bucket (a crash before they were zeroed) among them.
-	if _, err := v.slots.scan(slotData, func(slot uint32) bool { return slot < nslots && inUse[slot] }); err != nil {
-		problems = append(problems, fmt.Sprintf("unused key slots not zeroed yet: %v", err))
-	} else if len(notes) > 0 {
-		if err := v.db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketShred) }); err != nil {
+	if len(notes) > 0 {
+		if err := v.slots.shred(notes...); err != nil {
+			problems = append(problems, fmt.Sprintf("key slots noted for shredding not zeroed yet: %v", err))
+		} else if err := v.db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketShred) }); err != nil {
 			problems = append(problems, fmt.Sprintf("shredded key slots done, but the note not removed: %v", err))
+		} else {
+			v.slots.release(notes...)
 		}
+	}
+	switch {
+	case !bytes.Equal(version, []byte{indexesVersion}):
+		ps, err := v.migrateIndexes(slotData)
+		if err != nil {
+			return nil, fmt.Errorf("build the record indexes: %w", err)
+		}
+		problems = append(problems, ps...)
+	case crashed:
+		ps, err := v.reclaimSlots(slotData)
+		problems = append(problems, ps...)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("key slots left by an interrupted change not zeroed yet: %v", err))
+		}
+	}
+	if err := v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put([]byte(runningName), []byte{1}) }); err != nil {
+		problems = append(problems, fmt.Sprintf("could not mark the vault open (after a crash now, the next start will not look for key slots left behind): %v", err))
+	}
+	return problems, nil
+}
+
+// walk calls fn with every record, its secret opened with slotData (the
+// content of vault.keys) and opened reporting whether it opened (false:
+// the slot no longer opens it, and p is marked destroyed; true too for a
+// record with nothing sealed). Records are read a page at a time.
+func (v *Vault) walk(slotData []byte, fn func(p *PSK, opened bool) error) error {
+	nslots := uint32(len(slotData) / slotSize)
+	now := v.now().UTC().Truncate(time.Second)
+	var after []byte
+	for {
+		ps, next, err := v.page(after, 4096, false)
+		if err != nil {
+			return err
+		}
+		for _, p := range ps {
+			ok := true
+			if p.KeySlot != 0 {
+				err := errShredded
+				if p.KeySlot < nslots {
+					err = openRecord(slotData[int(p.KeySlot)*slotSize:int(p.KeySlot+1)*slotSize], p)
+				}
+				if err != nil {
+					markDestroyed(p, now)
+					ok = false
+				}
+			}
+			p.opened = true
+			if err := fn(p, ok); err != nil {
+				return err
+			}
+		}
+		if next == nil {
+			return nil
+		}
+		after = next
+	}
+}
+
+// reclaimSlots zeroes the non-zero key slots that no record's secret
+// opens with: the DEKs of creates a crash interrupted before their record
+// was committed. Only a crash leaves such slots (a change that fails
+// zeroes its own), so Open runs this only after one: O(N) then.
+func (v *Vault) reclaimSlots(slotData []byte) (problems []string, err error) {
+	inUse := make([]bool, len(slotData)/slotSize)
+	err = v.walk(slotData, func(p *PSK, opened bool) error {
+		switch {
+		case !opened:
+			problems = append(problems, destroyedProblem(p))
+		case p.KeySlot != 0:
+			inUse[p.KeySlot] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return problems, err
+	}
+	_, err = v.slots.scan(slotData, func(slot uint32) bool { return inUse[slot] })
+	return problems, err
+}
+
+func destroyedProblem(p *PSK) string {
+	return fmt.Sprintf("PSK %x: its key slot no longer opens its sealed handle (destroyed by a change a crash interrupted, or vault.keys is not this vault.db's): treated as destroyed", p.Identity)
+}
+
+// migrateIndexes builds the indexes and counts (records.go) of a vault
+// made before them, zeroes the key slots no record names, and converts
+// the records written before vault.keys (handles in clear). The indexes
+// are rebuilt from nothing, so an interrupted build is simply redone.
+func (v *Vault) migrateIndexes(slotData []byte) ([]string, error) {
+	var problems []string
+	err := v.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range indexBuckets {
+			if tx.Bucket(b) != nil {
+				if err := tx.DeleteBucket(b); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.CreateBucket(b); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketMeta).Delete([]byte(countsName))
+	})
+	if err != nil {
+		return nil, err
+	}
+	inUse := make([]bool, len(slotData)/slotSize)
+	var legacy, batch []*PSK
+	flush := func() error {
+		err := v.db.Update(func(tx *bolt.Tx) error {
+			for _, p := range batch {
+				if err := indexPut(tx, nil, p); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		batch = batch[:0]
+		return err
+	}
+	err = v.walk(slotData, func(p *PSK, opened bool) error {
+		switch {
+		case !opened:
+			problems = append(problems, destroyedProblem(p))
+		case p.KeySlot != 0:
+			inUse[p.KeySlot] = true
+		case hasSecret(p):
+			legacy = append(legacy, p)
+		}
+		batch = append(batch, p)
+		if len(batch) == 4096 {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if _, err := v.slots.scan(slotData, func(slot uint32) bool { return inUse[slot] }); err != nil {
+		problems = append(problems, fmt.Sprintf("unused key slots not zeroed yet: %v", err))
 	}
 	if len(legacy) > 0 {
 		if err := v.convert(legacy); err != nil {
 			problems = append(problems, fmt.Sprintf("%d records written before vault.keys keep their handles in clear until the next start: %v", len(legacy), err))
 		}
 	}
-	return problems, nil
+	err = v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put([]byte(indexesName), []byte{indexesVersion}) })
+	return problems, err
 }
 
 // markDestroyed makes p the record of a PSK whose key material is gone:
@@ -142,12 +264,6 @@ func (v *Vault) convert(ps []*PSK) error {
 		v.slots.release(slots...)
 		return err
 	}
-	v.mu.Lock()
-	for i, p := range ps {
-		v.index(p, next[i])
-		v.psks[string(p.Identity)] = next[i]
-	}
-	v.mu.Unlock()
 	// The records' earlier versions, handles in clear, are in freed pages.
 	return v.db.compact()
 }
@@ -163,6 +279,9 @@ func (v *Vault) convert(ps []*PSK) error {
 // zeroed before the transaction, so that a crash can only leave a record
 // whose key is destroyed, never a destroyed record whose key survives.
 func (v *Vault) store(identity []byte, prev, next *PSK, extra func(*bolt.Tx) error) error {
+	if prev != nil && !prev.opened {
+		return fmt.Errorf("%w: a record read without its secret cannot be changed", ErrInvalid)
+	}
 	var prevSlot uint32
 	if prev != nil {
 		prevSlot = prev.KeySlot
@@ -231,6 +350,9 @@ func (v *Vault) store(identity []byte, prev, next *PSK, extra func(*bolt.Tx) err
 				return err
 			}
 		}
+		if err := indexPut(tx, prev, next); err != nil {
+			return err
+		}
 		if extra != nil {
 			return extra(tx)
 		}
@@ -245,14 +367,15 @@ func (v *Vault) store(identity []byte, prev, next *PSK, extra func(*bolt.Tx) err
 			// The key material is destroyed although the record change is
 			// not written: the record (on disk, and now here) is that of
 			// a destroyed key.
-			d := prev.clone()
-			markDestroyed(d, v.now().UTC().Truncate(time.Second))
-			d.KeyMissing = prev.KeyMissing
-			v.setRecord(identity, prev, d)
+			// Reading it back opens nothing: it is read as destroyed.
+			v.changes.notify()
 		}
 		return err
 	}
-	v.setRecord(identity, prev, next)
+	if next != nil {
+		next.disk, next.opened = raw, true
+	}
+	v.changes.notify()
 	if shredFirst != 0 {
 		v.slots.release(shredFirst)
 	}

@@ -18,7 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
+
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -96,24 +96,14 @@ type Vault struct {
 	now     func() time.Time
 
 	// wmu serializes the changes to records: a change holds it across its
-	// checks, its database write (which may wait for a compaction) and its
-	// index update. mu guards the in-memory index below and is only ever
-	// held for the index update itself, never while waiting for the
-	// database or a backend, so derivations (which read the index under
-	// mu.RLock) never wait behind a write. Lock order: wmu, then
-	// boltStore.mu (compact.go), released before mu is taken.
-	wmu  sync.Mutex
-	mu   sync.RWMutex
-	psks map[string]*PSK // by string(identity)
-	// sameKey indexes records by key fingerprint (identities of every
-	// record that has one, revoked ones included): the import refuses a
-	// key any record was made with, and Derive enforces the key-reuse MUST
-	// on the live ones (check.go). skel indexes text identities by their
-	// UTS #39 skeleton, for the confusable-identity rule at import
-	// (identity.go). Both are kept by index() and guarded by mu.
-	sameKey map[string][][]byte
-	skel    skeletons
-	stats   stateStats // counts by state and expiries (stats.go), kept by index()
+	// checks and its database write. Readers (derivations among them) hold
+	// no lock of the vault's: they read records from bbolt read
+	// transactions (records.go), which never wait for the writer. Lock
+	// order: wmu, then boltStore.mu (compact.go).
+	wmu sync.Mutex
+
+	// mu guards recon.
+	mu sync.RWMutex
 
 	aux auxKey // the auxiliary backend key (aux.go)
 
@@ -173,6 +163,17 @@ func Init(ctx context.Context, dir string, cfg Config) error {
 		if _, err := tx.CreateBucketIfNotExists(bucketIntents); err != nil {
 			return err
 		}
+		for _, b := range indexBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		if err := m.Put([]byte(indexesName), []byte{indexesVersion}); err != nil {
+			return err
+		}
+		if err := m.Put([]byte(countsName), counts{}.encode()); err != nil {
+			return err
+		}
 		if err := m.Put([]byte(vaultIDName), vaultID); err != nil {
 			return err
 		}
@@ -197,7 +198,7 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	v := &Vault{dir: dir, db: boltStore{db: db, path: path}, now: time.Now, psks: map[string]*PSK{}, sameKey: map[string][][]byte{}, skel: skeletons{}}
+	v := &Vault{dir: dir, db: boltStore{db: db, path: path}, now: time.Now}
 	v.access.Store(DefaultAccess(uint32(os.Geteuid())))
 	// vault.keys is created here for a vault made before it existed
 	// (its records are converted by load).
@@ -207,7 +208,7 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 		return nil, fmt.Errorf("open %s: %w", keysFile, err)
 	}
 	v.slots = slots
-	loadProblems, err := v.load(slotData)
+	loadProblems, err := v.start(slotData)
 	clear(slotData)
 	if err != nil {
 		v.slots.Close()
@@ -234,8 +235,12 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 	return v, nil
 }
 
-// Close closes the backend and the database.
+// Close closes the backend and the database, marking the vault closed
+// (a vault found still marked at Open was not closed: start).
 func (v *Vault) Close() error {
+	v.wmu.Lock()
+	defer v.wmu.Unlock()
+	v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete([]byte(runningName)) })
 	return errors.Join(v.backend.Close(), v.db.Close(), v.slots.Close())
 }
 
@@ -327,11 +332,11 @@ func (v *Vault) checkImport(req *ImportRequest) error {
 	if !req.NotAfter.IsZero() && !req.NotAfter.After(v.now()) {
 		return fmt.Errorf("%w: not-after %s is in the past", ErrInvalid, req.NotAfter.Format(time.RFC3339))
 	}
-	v.mu.RLock()
-	_, dup := v.psks[string(req.Identity)]
-	v.mu.RUnlock()
-	if dup {
+	switch _, err := v.peek(req.Identity); {
+	case err == nil:
 		return fmt.Errorf("%w: %x", ErrExists, req.Identity)
+	case !errors.Is(err, ErrNotFound):
+		return err
 	}
 	return nil
 }
@@ -511,9 +516,13 @@ func (v *Vault) generateKey(ctx context.Context) ([]byte, error) {
 func (v *Vault) put(p *PSK, mustBeNew bool) error {
 	v.wmu.Lock()
 	defer v.wmu.Unlock()
-	v.mu.RLock()
-	old := v.psks[string(p.Identity)]
-	v.mu.RUnlock()
+	old, err := v.get(p.Identity)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		old = nil
+	case err != nil:
+		return err
+	}
 	if old != nil && mustBeNew {
 		return fmt.Errorf("%w: %x", ErrExists, p.Identity)
 	}
@@ -534,37 +543,21 @@ func (v *Vault) put(p *PSK, mustBeNew bool) error {
 func (v *Vault) replace(prev, next *PSK) error {
 	v.wmu.Lock()
 	defer v.wmu.Unlock()
-	v.mu.RLock()
-	cur := v.psks[string(prev.Identity)]
-	v.mu.RUnlock()
+	cur, err := v.get(prev.Identity)
 	switch {
-	case cur == nil:
+	case errors.Is(err, ErrNotFound):
 		return fmt.Errorf("%w: it was deleted meanwhile", ErrNotFound)
+	case err != nil:
+		return err
 	case cur.State == StateRevoked && prev.State != StateRevoked:
 		return fmt.Errorf("%w meanwhile at %s: %s", ErrRevoked, cur.RevokedAt.Format(time.RFC3339), cur.RevokeReason)
-	case cur != prev:
+	case prev.disk == nil || !bytes.Equal(cur.disk, prev.disk):
 		return fmt.Errorf("%w: PSK %x was changed by another operation meanwhile; try again", ErrInvalid, prev.Identity)
 	}
 	if err := v.store(next.Identity, cur, next, nil); err != nil {
 		return fmt.Errorf("write PSK record: %w", err)
 	}
 	return nil
-}
-
-// setRecord makes next (nil: none) the record for identity in the
-// in-memory index, in place of old, and wakes the watchers. The caller
-// holds v.wmu and has written the change to the database; v.mu is held
-// here only for the update itself.
-func (v *Vault) setRecord(identity []byte, old, next *PSK) {
-	v.mu.Lock()
-	v.index(old, next)
-	if next == nil {
-		delete(v.psks, string(identity))
-	} else {
-		v.psks[string(identity)] = next
-	}
-	v.mu.Unlock()
-	v.changes.notify()
 }
 
 // recordKey is the bbolt key of a PSK record: the identity itself when it
@@ -580,59 +573,54 @@ func recordKey(identity []byte) []byte {
 	return append(bytes.Clone(identity[:bolt.MaxKeySize-len(sum)]), sum[:]...)
 }
 
-// Get returns a copy of the PSK with this identity.
+// Get returns the PSK with this identity.
 func (v *Vault) Get(identity []byte) (*PSK, error) {
-	v.mu.RLock()
-	p := v.psks[string(identity)]
-	v.mu.RUnlock()
-	if p == nil {
-		return nil, ErrNotFound
-	}
-	return p.clone(), nil
+	return v.get(identity)
 }
 
-// Count is the number of PSK records, in O(1).
+// Count is the number of PSK records, in O(1) (the counts in vault.db).
 func (v *Vault) Count() int {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	return len(v.psks)
-}
-
-// CountDerivable counts the PSKs c may derive (MayDerive), without cloning
-// or sorting them: O(1) for a trusted or in-process caller (who may derive
-// them all), one pass over the index otherwise. Records in the index are
-// never edited in place (a change replaces the pointer), so the pass reads
-// them after the lock is released; the access check takes the lock itself.
-func (v *Vault) CountDerivable(c *Caller) int {
-	if c == nil || v.Access().IsTrusted(c) {
-		return v.Count()
-	}
-	v.mu.RLock()
-	ps := make([]*PSK, 0, len(v.psks))
-	for _, p := range v.psks {
-		ps = append(ps, p)
-	}
-	v.mu.RUnlock()
 	n := 0
-	for _, p := range ps {
-		if v.mayDerive(c, p, "") {
-			n++
-		}
-	}
+	v.db.View(func(tx *bolt.Tx) error {
+		c := readCounts(tx)
+		n = int(c.active + c.revoked)
+		return nil
+	})
 	return n
 }
 
-// List returns copies of all PSKs, ordered by identity.
-func (v *Vault) List() []*PSK {
-	v.mu.RLock()
-	out := make([]*PSK, 0, len(v.psks))
-	for _, p := range v.psks {
-		out = append(out, p.clone())
+// CountDerivable counts the PSKs c may derive (MayDerive): O(1) for a
+// trusted or in-process caller (who may derive them all), one pass over
+// the records otherwise.
+func (v *Vault) CountDerivable(c *Caller) (int, error) {
+	if c == nil || v.Access().IsTrusted(c) {
+		return v.Count(), nil
 	}
-	v.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool { return string(out[i].Identity) < string(out[j].Identity) })
-	return out
+	n := 0
+	err := v.each(false, func(p *PSK) bool {
+		if v.mayDerive(c, p, "") {
+			n++
+		}
+		return true
+	})
+	return n, err
 }
+
+// List returns all PSKs, ordered by identity. It holds them all in
+// memory: for a vault of any size use ListPage or Each.
+func (v *Vault) List() ([]*PSK, error) {
+	var out []*PSK
+	err := v.each(true, func(p *PSK) bool {
+		out = append(out, p)
+		return true
+	})
+	return out, err
+}
+
+// Each calls fn with every PSK in identity order until fn returns false,
+// reading a page at a time, never holding a transaction while fn runs.
+// The records come without their secrets (no Handle, no finalized boxes).
+func (v *Vault) Each(fn func(*PSK) bool) error { return v.each(false, fn) }
 
 // Delete destroys the PSK's key in the backend and removes its record.
 // The record's key slot is zeroed first (keyslots.go), so the copies of
@@ -644,11 +632,9 @@ func (v *Vault) Delete(ctx context.Context, identity []byte) error {
 func (v *Vault) deleteRecord(ctx context.Context, identity []byte) error {
 	v.wmu.Lock()
 	defer v.wmu.Unlock()
-	v.mu.RLock()
-	p := v.psks[string(identity)]
-	v.mu.RUnlock()
-	if p == nil {
-		return ErrNotFound
+	p, err := v.get(identity)
+	if err != nil {
+		return err
 	}
 	// A revoked, swept or finalized PSK has no main key left (its handle
 	// is gone from the record); the hardware backends refuse an empty
@@ -727,11 +713,9 @@ type Derived struct {
 // Derive computes ipskx for the request after checking policy: the PSK exists
 // and is active, unexpired, allows the target, and this node is party to it.
 func (v *Vault) Derive(ctx context.Context, req DeriveRequest) (*Derived, error) {
-	v.mu.RLock()
-	p := v.psks[string(req.Identity)]
-	v.mu.RUnlock()
-	if p == nil {
-		return nil, ErrNotFound
+	p, err := v.get(req.Identity)
+	if err != nil {
+		return nil, err
 	}
 	// Who asks comes first, so a caller without rights learns nothing about
 	// the PSK, not even that it exists.
@@ -780,5 +764,5 @@ func (v *Vault) Derive(ctx context.Context, req DeriveRequest) (*Derived, error)
 	if err != nil {
 		return nil, fmt.Errorf("derive in %s backend: %w", p.Backend, err)
 	}
-	return &Derived{PSK: p.clone(), ImportedIdentity: plan.ImportedIdentity(), IPSKX: ipskx, Role: role, Context: idCtx}, nil
+	return &Derived{PSK: p, ImportedIdentity: plan.ImportedIdentity(), IPSKX: ipskx, Role: role, Context: idCtx}, nil
 }

@@ -75,7 +75,7 @@ func TestImportRules(t *testing.T) {
 			}
 		})
 	}
-	if n := len(v.List()); n != 1 {
+	if n := len(listAll(t, v)); n != 1 {
 		t.Fatalf("refused imports changed the vault: %d records", n)
 	}
 	// Identities differing only in case or trailing bytes are different PSKs
@@ -141,4 +141,35 @@ func TestOpenTwiceRefused(t *testing.T) {
 	if err := vault.Init(ctx, t.TempDir()+"/x", vault.Config{NodeID: "n1", Backend: "nope"}); !errors.Is(err, vault.ErrUnknownBackend) {
 		t.Fatalf("unknown backend: %v", err)
 	}
+}
+
+// listAll is v.List, failing the test on an error.
+func listAll(tb testing.TB, v *vault.Vault) []*vault.PSK {
+	tb.Helper()
+	ps, err := v.List()
+	if err != nil {
+		tb.Errorf("List: %v", err)
+	}
+	return ps
+}
+
+// checkAll is v.Check, failing the test on an error.
+func checkAll(tb testing.TB, v *vault.Vault) *vault.Report {
+	tb.Helper()
+	r, err := v.Check()
+	if err != nil {
+		tb.Errorf("Check: %v", err)
+		return &vault.Report{}
+	}
+	return r
+}
+
+// countDerivable is v.CountDerivable, failing the test on an error.
+func countDerivable(tb testing.TB, v *vault.Vault, c *vault.Caller) int {
+	tb.Helper()
+	n, err := v.CountDerivable(c)
+	if err != nil {
+		tb.Errorf("CountDerivable: %v", err)
+	}
+	return n
 }

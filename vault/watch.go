@@ -46,7 +46,7 @@ func (v *Vault) Changed() <-chan struct{} { return v.changes.wait() }
 // digest moves only when c's own view does. next is the earliest future
 // instant at which the view changes by the clock alone (a not-after of a
 // PSK in it); zero when there is none.
-func (v *Vault) View(c *Caller) (digest [32]byte, next time.Time) {
+func (v *Vault) View(c *Caller) (digest [32]byte, next time.Time, err error) {
 	now := v.now()
 	h := sha256.New()
 	var n [8]byte
@@ -63,9 +63,9 @@ func (v *Vault) View(c *Caller) (digest [32]byte, next time.Time) {
 			str("0")
 		}
 	}
-	for _, p := range v.List() { // ordered by identity
+	err = v.each(false, func(p *PSK) bool { // ordered by identity
 		if p.State != StateActive || !p.DeletePending.IsZero() || p.Expired(now) || !v.mayDerive(c, p, "") {
-			continue
+			return true
 		}
 		if !p.NotAfter.IsZero() && (next.IsZero() || p.NotAfter.Before(next)) {
 			next = p.NotAfter
@@ -99,7 +99,8 @@ func (v *Vault) View(c *Caller) (digest [32]byte, next time.Time) {
 		// Which role c may derive in (a group PSK's) changes its keys too.
 		flag(v.allows(c, p, "client"))
 		flag(v.allows(c, p, "server"))
-	}
+		return true
+	})
 	h.Sum(digest[:0])
-	return digest, next
+	return digest, next, err
 }
