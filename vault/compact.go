@@ -3,6 +3,7 @@ package vault
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -74,6 +75,28 @@ type boltStore struct {
 	// beforeUpdate, when set (tests only), is called at the start of every
 	// Update, before it waits for the database.
 	beforeUpdate atomic.Pointer[func()]
+
+	// unlocked is the size of the mapping of vault.db last unlocked
+	// (munlock.go), and unlockedAt its address: a write that leaves the
+	// file larger, or the mapping elsewhere, unlocks it again.
+	unlockMu   sync.Mutex
+	unlocked   int64
+	unlockedAt uintptr
+}
+
+// unlockMapping unlocks the mapping of vault.db when it may be new.
+func (s *boltStore) unlockMapping(size int64) {
+	s.unlockMu.Lock()
+	defer s.unlockMu.Unlock()
+	s.mu.RLock()
+	db := s.db
+	s.mu.RUnlock()
+	if db == nil {
+		return
+	}
+	if at := db.Info().Data; at != s.unlockedAt || size > s.unlocked {
+		s.unlocked, s.unlockedAt = unlockMappings(s.path), at
+	}
 }
 
 var errDBClosed = errors.New("vault database is closed")
@@ -93,12 +116,23 @@ func (s *boltStore) Update(fn func(*bolt.Tx) error) error {
 	if f := s.beforeUpdate.Load(); f != nil {
 		(*f)()
 	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.db == nil {
-		return errDBClosed
+	var size int64
+	err := func() error {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		if s.db == nil {
+			return errDBClosed
+		}
+		return s.db.Update(func(tx *bolt.Tx) error {
+			err := fn(tx)
+			size = tx.Size()
+			return err
+		})
+	}()
+	if err == nil {
+		s.unlockMapping(size)
 	}
-	return s.db.Update(fn)
+	return err
 }
 
 // Close closes the database; later transactions fail.
@@ -124,13 +158,14 @@ func (s *boltStore) step(name string) error {
 // and nothing else. See the comment at the top of this file.
 func (s *boltStore) compact() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	err := s.compactLocked()
 	if err != nil {
 		s.pending.Store(&err)
 	} else {
 		s.pending.Store(nil)
 	}
+	s.mu.Unlock()
+	s.unlockMapping(math.MaxInt64) // a new file, a new mapping
 	return err
 }
 
