@@ -542,10 +542,10 @@ func TestFinalizeAtImportAllOrNothing(t *testing.T) {
 	fail := errors.New("simulated disk failure")
 	// The import's own record gets its slot; finalize's move to a new
 	// slot (once the main key is destroyed) fails.
-	writes := 0
+	takes := 0
 	vault.SetSlotFault(v, func(step string) error {
-		if step == "write" {
-			if writes++; writes > 1 {
+		if step == "take" {
+			if takes++; takes > 1 {
 				return fail
 			}
 		}

@@ -61,7 +61,8 @@ func SetBeforeWrite(v *Vault, f func()) {
 }
 
 // SetSlotFault makes every later key-slot step call f first ("write":
-// before a DEK is written; "shred": before slots are zeroed) and fail
+// before DEKs are written; "take": before a single allocation takes a
+// slot; "shred": before slots are zeroed) and fail
 // there when f returns an error (tests only).
 func SetSlotFault(v *Vault, f func(step string) error) {
 	v.slots.mu.Lock()

@@ -310,6 +310,8 @@ func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) 
 	if ir.NotAfter.IsZero() && !old.NotAfter.IsZero() {
 		ir.NotAfter = v.now().Add(old.NotAfter.Sub(old.Created))
 	}
+	// The new generation is written with its lineage, in one change.
+	ir.generation, ir.rotatedFrom = max(old.Generation, 1)+1, old.Identity
 	var n *PSK
 	var key []byte
 	if req.Key == nil {
@@ -321,8 +323,6 @@ func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) 
 	if err != nil {
 		return nil, nil, fmt.Errorf("new generation: %w", err)
 	}
-	gen := max(old.Generation, 1) + 1
-	n.Generation, n.RotatedFrom = gen, bytes.Clone(old.Identity)
 	o := old
 	o.RotatedTo = bytes.Clone(n.Identity)
 	if end := v.now().Add(req.Overlap).UTC().Truncate(time.Second); o.NotAfter.IsZero() || end.Before(o.NotAfter) {
@@ -338,10 +338,6 @@ func (v *Vault) Rotate(ctx context.Context, identity []byte, req RotateRequest) 
 			err = errors.Join(err, fmt.Errorf("and removing the new generation %x failed: %w", n.Identity, derr))
 		}
 		return nil, nil, fmt.Errorf("rotate (no new generation kept): %w", err)
-	}
-	if err := v.put(n.clone(), false); err != nil {
-		clear(key)
-		return nil, nil, err
 	}
 	return n, key, nil
 }

@@ -271,8 +271,12 @@ type ImportRequest struct {
 	// Bundle, when set, must authenticate under the key being imported
 	// (docs/BUNDLE.md); otherwise nothing is kept and Import fails with
 	// ErrBundleMAC.
-	Bundle        *BundleAuth
-	origin        string
+	Bundle *BundleAuth
+	origin string
+	// generation and rotatedFrom, set by Rotate, make the record the next
+	// generation of another from its first write.
+	generation    int
+	rotatedFrom   []byte
 	PolicyRequest // RFC 9257 options (policy.go)
 }
 
@@ -359,6 +363,9 @@ func (v *Vault) Import(ctx context.Context, req ImportRequest) (*PSK, error) {
 	p, err := v.keyRecord(ctx, &req, pol, func(ref KeyRef) error { v.backend.DeleteKey(ctx, ref); return nil })
 	if err != nil {
 		return nil, err
+	}
+	if req.generation > 0 {
+		p.Generation, p.RotatedFrom = req.generation, bytes.Clone(req.rotatedFrom)
 	}
 	if err := v.put(p, true); err != nil {
 		v.backend.DeleteKey(ctx, KeyRef{Handle: p.Handle, Hash: req.Hash})
