@@ -291,17 +291,12 @@ func (v *Vault) inventory(ctx context.Context, inv KeyInventory, r *Reconciliati
 		}
 	}
 	now := v.now().UTC().Truncate(time.Second)
-	var active []*PSK
-	if err := v.each(true, func(p *PSK) bool {
-		if p.State == StateActive && len(p.Handle) > 0 && !p.IsFinalized() && p.DeletePending.IsZero() {
-			active = append(active, p)
+	// One record at a time: each holds no transaction while the backend
+	// is asked (each, records.go).
+	err = v.each(true, func(p *PSK) bool {
+		if p.State != StateActive || len(p.Handle) == 0 || p.IsFinalized() || !p.DeletePending.IsZero() {
+			return true
 		}
-		return true
-	}); err != nil {
-		r.Problems = append(r.Problems, fmt.Sprintf("the records could not all be read, so records and keys were not compared: %v", err))
-		return
-	}
-	for _, p := range active {
 		r.KeysChecked++
 		present := have[string(p.Handle)]
 		if !present {
@@ -313,14 +308,14 @@ func (v *Vault) inventory(ctx context.Context, inv KeyInventory, r *Reconciliati
 				present = true
 			case !errors.Is(err, ErrKeyNotFound):
 				r.Problems = append(r.Problems, fmt.Sprintf("PSK %x: its key's presence could not be checked: %v", p.Identity, err))
-				continue
+				return true
 			}
 		}
 		if !present {
 			r.KeysMissing = append(r.KeysMissing, p.IdentityHex())
 		}
 		if present == p.KeyMissing.IsZero() {
-			continue // the mark is right
+			return true // the mark is right
 		}
 		n := p.clone()
 		n.KeyMissing = time.Time{}
@@ -330,5 +325,9 @@ func (v *Vault) inventory(ctx context.Context, inv KeyInventory, r *Reconciliati
 		if err := v.replace(p, n); err != nil {
 			r.Problems = append(r.Problems, fmt.Sprintf("PSK %x: recording whether its key is missing: %v", p.Identity, err))
 		}
+		return true
+	})
+	if err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("the records could not all be read, so records and keys were not all compared: %v", err))
 	}
 }
