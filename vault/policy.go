@@ -32,8 +32,9 @@ var (
 )
 
 // Policy is the RFC 9257 part of a PSK record. It is embedded in PSK, so its
-// fields sit at the top level of the stored JSON; every zero value is the
-// safe default, so records written before these fields existed read as
+// fields sit at the top level of the JSON (API answers, and records written
+// before the binary form of codec.go); every zero value is the safe
+// default, so records written before these fields existed read as
 // pairwise, DHE-required, no early data, not finalized.
 type Policy struct {
 	// PSKKE allows psk_ke (PSK-only key exchange). false: psk_dhe_ke is
