@@ -305,7 +305,7 @@ func (v *Vault) putBatch(ps []*PSK) error {
 		return fmt.Errorf("write the batch's PSK records: %w", err)
 	}
 	err = v.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketPSKs)
+		b := writeBucket(tx, bucketPSKs)
 		for i, p := range ps {
 			if err := b.Put(recordKey(p.Identity), raws[i]); err != nil {
 				return err

@@ -246,7 +246,7 @@ func (v *Vault) convert(ps []*PSK) error {
 	}
 	if err == nil {
 		err = v.db.Update(func(tx *bolt.Tx) error {
-			b := tx.Bucket(bucketPSKs)
+			b := writeBucket(tx, bucketPSKs)
 			for _, n := range next {
 				raw, err := diskRecord(n)
 				if err != nil {
@@ -337,7 +337,7 @@ func (v *Vault) store(identity []byte, prev, next *PSK, extra func(*bolt.Tx) err
 		}
 	}
 	err := v.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketPSKs)
+		b := writeBucket(tx, bucketPSKs)
 		if next == nil {
 			if err := b.Delete(recordKey(identity)); err != nil {
 				return err

@@ -317,8 +317,9 @@ func scaleRun(b *testing.B, uri string, n int) {
 	}
 	b.ReportMetric(float64(nBatch)/time.Since(t0).Seconds(), "batch-import/s")
 
-	// Delete, revoke, rotate: up to 200 each (at least 5, 120 s each at
-	// most), on records of the offline set's upper half.
+	// Delete, revoke, rotate: up to 200 each (N/8 below 1,600 records; at
+	// least 5, 120 s each at most), on records of the offline set's upper
+	// half.
 	var mu sync.Mutex
 	next := n - 1
 	pick := func() []byte {
@@ -343,7 +344,7 @@ func scaleRun(b *testing.B, uri string, n int) {
 			return err
 		}},
 	} {
-		ds := timed(b, 200, 5, 120*time.Second, func(int) error {
+		ds := timed(b, min(200, n/8), 5, 120*time.Second, func(int) error {
 			id := pick()
 			if err := op.f(id); err != nil {
 				return fmt.Errorf("%s %s: %w", op.name, id, err)
