@@ -82,6 +82,11 @@ type boltStore struct {
 	unlockMu   sync.Mutex
 	unlocked   int64
 	unlockedAt uintptr
+
+	// warmGen counts the walks that map vault.db's pages (warm.go), the
+	// latest of which runs; warmed counts those that finished.
+	warmGen atomic.Int64
+	warmed  atomic.Int64
 }
 
 // unlockMapping unlocks the mapping of vault.db when it may be new.
@@ -96,6 +101,7 @@ func (s *boltStore) unlockMapping(size int64) {
 	}
 	if at := db.Info().Data; at != s.unlockedAt || size > s.unlocked {
 		s.unlocked, s.unlockedAt = unlockMappings(s.path), at
+		s.warm() // a new mapping: its pages are not mapped yet
 	}
 }
 

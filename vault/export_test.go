@@ -90,3 +90,14 @@ func HoldWrite(v *Vault, held chan<- struct{}, release <-chan struct{}) error {
 		return nil
 	})
 }
+
+// WaitWarm waits until a walk mapping vault.db's pages has finished
+// (warm.go), at most d; it reports whether one did.
+func WaitWarm(v *Vault, d time.Duration) bool {
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if v.db.warmed.Load() > 0 {
+			return true
+		}
+	}
+	return false
+}
