@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"slices"
 	"sync"
@@ -100,43 +99,81 @@ type keySlots struct {
 	fault func(step string) error
 }
 
-// openKeySlots opens (creating when create is set) vault.keys in dir and
-// returns its content, which the caller scans for the slots in use.
-func openKeySlots(path string, create bool) (*keySlots, []byte, error) {
+// openKeySlots opens (creating when create is set) vault.keys in dir. Its
+// free list holds every zero slot, found by reading the file a block at a
+// time (32 MB at 1M records, never held whole).
+func openKeySlots(path string, create bool) (*keySlots, error) {
 	flag := os.O_RDWR
 	if create {
 		flag |= os.O_CREATE
 	}
 	f, err := OpenStateFile(path, flag, 0o600)
 	if err != nil {
-		return nil, nil, err
-	}
-	data, err := io.ReadAll(f)
-	if err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("read %s: %w", path, err)
+		return nil, err
 	}
 	s := &keySlots{f: f}
-	if len(data) < slotSize {
+	fail := func(err error) (*keySlots, error) {
+		f.Close()
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return fail(err)
+	}
+	if st.Size() < slotSize {
 		var hdr [slotSize]byte
 		copy(hdr[:], slotsMagic)
 		if _, err := f.WriteAt(hdr[:], 0); err != nil {
-			f.Close()
-			return nil, nil, fmt.Errorf("write %s: %w", path, err)
+			return fail(fmt.Errorf("write %s: %w", path, err))
 		}
 		if err := f.Sync(); err != nil {
-			f.Close()
-			return nil, nil, fmt.Errorf("sync %s: %w", path, err)
+			return fail(fmt.Errorf("sync %s: %w", path, err))
 		}
-		data = hdr[:]
-	} else if !bytes.Equal(data[:len(slotsMagic)], []byte(slotsMagic)) {
-		f.Close()
-		return nil, nil, fmt.Errorf("%w: %s is not a pskvault key-slot file", ErrInvalid, path)
+		s.n.Store(1)
+		return s, nil
 	}
 	// A trailing partial slot is a DEK whose write a crash interrupted:
 	// no record names it, and the next allocation overwrites it.
-	s.n.Store(uint32(len(data) / slotSize))
-	return s, data[:int(s.n.Load())*slotSize], nil
+	n := uint32(st.Size() / slotSize)
+	s.n.Store(n)
+	var zero [slotSize]byte
+	buf := make([]byte, 64*1024)
+	for off := int64(0); off < int64(n)*slotSize; off += int64(len(buf)) {
+		chunk := buf[:min(int64(len(buf)), int64(n)*slotSize-off)]
+		if _, err := f.ReadAt(chunk, off); err != nil {
+			return fail(fmt.Errorf("read %s: %w", path, err))
+		}
+		for i := 0; i < len(chunk); i += slotSize {
+			slot := uint32((off + int64(i)) / slotSize)
+			switch {
+			case slot == 0:
+				if !bytes.Equal(chunk[:len(slotsMagic)], []byte(slotsMagic)) {
+					return fail(fmt.Errorf("%w: %s is not a pskvault key-slot file", ErrInvalid, path))
+				}
+			case bytes.Equal(chunk[i:i+slotSize], zero[:]):
+				s.free = append(s.free, slot)
+			}
+		}
+	}
+	clear(buf)
+	slices.Reverse(s.free) // the lowest slots are taken first
+	return s, nil
+}
+
+// readAll returns the content of vault.keys, whole (the caller wipes
+// it): for the walks over every record after a crash or a migration.
+func (s *keySlots) readAll() ([]byte, error) {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.f == nil {
+		return nil, errDBClosed
+	}
+	data := make([]byte, int(s.n.Load())*slotSize)
+	if _, err := s.f.ReadAt(data, 0); err != nil {
+		clear(data)
+		return nil, fmt.Errorf("read %s: %w", keysFile, err)
+	}
+	return data, nil
 }
 
 // scan builds the free list from the file's content: every zero slot, and

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -234,5 +235,38 @@ func markCrashed(t *testing.T, dir string) {
 	defer db.Close()
 	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("meta")).Put([]byte("running"), []byte{1}) }); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSlotsReusedAfterReopen: the key slots freed before a clean close are
+// found free at the next Open (a zero slot is free) and taken before the
+// file grows.
+func TestSlotsReusedAfterReopen(t *testing.T) {
+	v, dir, closeV := openAt(t, "soft")
+	var top uint32
+	for i := range 6 {
+		id := fmt.Sprintf("first-%d", i)
+		if _, err := v.Import(bg, pairReq(id, randKey(t, 32))); err != nil {
+			t.Fatal(err)
+		}
+		top = max(top, vault.KeySlotOf(v, []byte(id)))
+	}
+	for i := range 3 {
+		if err := v.Delete(bg, fmt.Appendf(nil, "first-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := closeV(); err != nil {
+		t.Fatal(err)
+	}
+	v2, _, _ := reopen(t, dir)
+	for i := range 3 {
+		id := fmt.Sprintf("again-%d", i)
+		if _, err := v2.Import(bg, pairReq(id, randKey(t, 32))); err != nil {
+			t.Fatal(err)
+		}
+		if s := vault.KeySlotOf(v2, []byte(id)); s > top {
+			t.Fatalf("%s took slot %d although slots up to %d were freed before the reopen", id, s, top)
+		}
 	}
 }

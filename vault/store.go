@@ -17,10 +17,10 @@ import (
 // the shred bucket (a crash before they were zeroed), builds the indexes
 // of a vault made before them (migrateIndexes, once), and, when the last
 // process to open the vault did not close it, zeroes the key slots a crash
-// may have left that no record names (reclaimSlots). slotData is the
-// content of vault.keys. It returns what it found amiss but could live
+// may have left that no record names (reclaimSlots); only these two read
+// vault.keys whole. It returns what it found amiss but could live
 // with.
-func (v *Vault) start(slotData []byte) ([]string, error) {
+func (v *Vault) start() ([]string, error) {
 	var problems []string
 	var notes []uint32
 	var version []byte
@@ -56,6 +56,13 @@ func (v *Vault) start(slotData []byte) ([]string, error) {
 		} else {
 			v.slots.release(notes...)
 		}
+	}
+	var slotData []byte
+	if crashed || !bytes.Equal(version, []byte{indexesVersion}) {
+		if slotData, err = v.slots.readAll(); err != nil {
+			return nil, err
+		}
+		defer clear(slotData)
 	}
 	switch {
 	case !bytes.Equal(version, []byte{indexesVersion}):

@@ -146,7 +146,7 @@ func Init(ctx context.Context, dir string, cfg Config) error {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
 	defer db.Close()
-	slots, _, err := openKeySlots(filepath.Join(dir, keysFile), true)
+	slots, err := openKeySlots(filepath.Join(dir, keysFile), true)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", keysFile, err)
 	}
@@ -202,14 +202,13 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 	v.access.Store(DefaultAccess(uint32(os.Geteuid())))
 	// vault.keys is created here for a vault made before it existed
 	// (its records are converted by load).
-	slots, slotData, err := openKeySlots(filepath.Join(dir, keysFile), true)
+	slots, err := openKeySlots(filepath.Join(dir, keysFile), true)
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", keysFile, err)
 	}
 	v.slots = slots
-	loadProblems, err := v.start(slotData)
-	clear(slotData)
+	loadProblems, err := v.start()
 	if err != nil {
 		v.slots.Close()
 		db.Close()
