@@ -183,7 +183,7 @@ func (s *boltStore) compactLocked() error {
 	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove stale %s: %w", tmp, err)
 	}
-	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second, OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second, FreelistType: bolt.FreelistMapType, OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
 		return OpenStateFile(name, flag|os.O_EXCL, perm) // removed just above: a new file or nothing
 	}})
 	if err != nil {
@@ -213,6 +213,7 @@ func (s *boltStore) compactLocked() error {
 	}
 	// From here vault.db is the new file (held open and locked by dst).
 	old := s.db
+	dst.NoFreelistSync = old.NoFreelistSync // as the vault runs (store.go start)
 	s.db = dst
 	return errors.Join(syncDir(filepath.Dir(s.path)), old.Close())
 }

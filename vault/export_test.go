@@ -101,3 +101,11 @@ func WaitWarm(v *Vault, d time.Duration) bool {
 	}
 	return false
 }
+
+// FreelistSyncSkipped reports whether the vault's commits skip writing
+// bbolt's free-page list (tests only).
+func FreelistSyncSkipped(v *Vault) bool {
+	skipped := false
+	v.db.View(func(tx *bolt.Tx) error { skipped = tx.DB().NoFreelistSync; return nil })
+	return skipped
+}

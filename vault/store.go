@@ -78,7 +78,15 @@ func (v *Vault) start() ([]string, error) {
 			problems = append(problems, fmt.Sprintf("key slots left by an interrupted change not zeroed yet: %v", err))
 		}
 	}
-	if err := v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put([]byte(runningName), []byte{1}) }); err != nil {
+	// While the vault is open, commits do not write bbolt's free-page
+	// list: with many free pages (23,700 after a 1M-record fill: 190 KB
+	// of list) every commit rewrote it, and a single import ran at 480/s
+	// instead of 690-1,280/s. Close writes it once; after a crash bbolt
+	// rebuilds it at Open from the page headers (1.1 s at 1M records).
+	if err := v.db.Update(func(tx *bolt.Tx) error {
+		tx.DB().NoFreelistSync = true
+		return tx.Bucket(bucketMeta).Put([]byte(runningName), []byte{1})
+	}); err != nil {
 		problems = append(problems, fmt.Sprintf("could not mark the vault open (after a crash now, the next start will not look for key slots left behind): %v", err))
 	}
 	return problems, nil

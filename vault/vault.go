@@ -191,7 +191,7 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 	if err := ensurePrivateDir(dir); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 500 * time.Millisecond, OpenFile: OpenStateFile})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 500 * time.Millisecond, OpenFile: OpenStateFile, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("vault %s is in use by another process (is a daemon already serving it?)", dir)
@@ -239,7 +239,10 @@ func Open(ctx context.Context, dir string) (*Vault, error) {
 func (v *Vault) Close() error {
 	v.wmu.Lock()
 	defer v.wmu.Unlock()
-	v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete([]byte(runningName)) })
+	v.db.Update(func(tx *bolt.Tx) error {
+		tx.DB().NoFreelistSync = false // this last commit writes it (start)
+		return tx.Bucket(bucketMeta).Delete([]byte(runningName))
+	})
 	return errors.Join(v.backend.Close(), v.db.Close(), v.slots.Close())
 }
 
