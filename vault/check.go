@@ -240,10 +240,20 @@ func (v *Vault) mustViolations(p *PSK, sameKey [][]byte) []Finding {
 		add("not-party", "4.1", "this node (%s) is not party to the PSK but holds it", v.cfg.NodeID)
 	}
 	if holdsKey(p) {
+		self := false
 		for _, o := range sameKey {
 			if !bytes.Equal(o, p.Identity) {
 				add("key-reuse", "6", "same key as PSK %x: one key is used by more than two nodes", o)
+			} else {
+				self = true
 			}
+		}
+		// The key index lists every record with a fingerprint
+		// (records.go); one it does not list was written behind the
+		// vault's back (by hand, or by a pskvault from before the
+		// indexes), and the index cannot vouch for its key.
+		if !self {
+			add("key-reuse-unverified", "6", "record missing from the vault's key index (written by hand or by an older pskvault): reuse of its key cannot be ruled out; remove the \"indexes\" entry of vault.db's meta bucket and restart to rebuild the indexes")
 		}
 	}
 	return out

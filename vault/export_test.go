@@ -25,7 +25,13 @@ func SetCompactFault(v *Vault, f func(step string) error) {
 // PutRecords writes many records as they are, in one transaction,
 // bypassing every check (tests and benchmarks only: it builds a large
 // vault quickly, as an offline provisioning run would).
-func PutRecords(v *Vault, ps []*PSK) error {
+func PutRecords(v *Vault, ps []*PSK) error { return putRecords(v, ps, true) }
+
+// PutRecordsUnindexed is PutRecords leaving the indexes as they are, as a
+// hand edit or a pskvault from before the indexes would (tests only).
+func PutRecordsUnindexed(v *Vault, ps []*PSK) error { return putRecords(v, ps, false) }
+
+func putRecords(v *Vault, ps []*PSK, index bool) error {
 	// Records with a handle get key slots and sealed secrets, as the
 	// vault writes them.
 	raws, _, err := v.sealBatch(ps)
@@ -37,6 +43,9 @@ func PutRecords(v *Vault, ps []*PSK) error {
 		for i, p := range ps {
 			if err := b.Put(recordKey(p.Identity), raws[i]); err != nil {
 				return err
+			}
+			if !index {
+				continue
 			}
 			if err := indexPut(tx, nil, p); err != nil {
 				return err
