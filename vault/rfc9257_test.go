@@ -33,7 +33,7 @@ func newVault(t *testing.T, node string) *vault.Vault {
 	return v
 }
 
-func randKey(t *testing.T, n int) []byte {
+func randKey(t testing.TB, n int) []byte {
 	t.Helper()
 	k := make([]byte, n)
 	rand.Read(k)
