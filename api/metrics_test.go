@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -249,6 +250,10 @@ func TestRefusalsSummarized(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ss.Close()
+	// Two connections fill the cap. Each is answered once before the
+	// flood, so both are known to be admitted: the listener's acceptors
+	// run in parallel, and a connection dialled later could otherwise be
+	// admitted first and a held one refused.
 	var held []net.Conn
 	for range 2 {
 		c, err := net.Dial("unix", path)
@@ -256,6 +261,17 @@ func TestRefusalsSummarized(t *testing.T) {
 			t.Fatal(err)
 		}
 		held = append(held, c)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET /v1/health HTTP/1.1\r\nHost: pskvault\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("a held connection: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		c.SetDeadline(time.Time{})
 	}
 	defer func() {
 		for _, c := range held {

@@ -72,10 +72,10 @@ func (v *Vault) start() ([]string, error) {
 		}
 		problems = append(problems, ps...)
 	case crashed:
-		ps, err := v.reclaimSlots(slotData)
+		ps, err := v.reclaimSlots(slotData, nil)
 		problems = append(problems, ps...)
 		if err != nil {
-			problems = append(problems, fmt.Sprintf("key slots left by an interrupted change not zeroed yet: %v", err))
+			problems = append(problems, fmt.Sprintf("the records could not all be read, so key slots left by an interrupted change were not zeroed: %v", err))
 		}
 	}
 	// While the vault is open, commits do not write bbolt's free-page
@@ -129,11 +129,14 @@ func (v *Vault) walk(slotData []byte, fn func(p *PSK, opened bool) error) error 
 	}
 }
 
-// reclaimSlots zeroes the non-zero key slots that no record's secret
-// opens with: the DEKs of creates a crash interrupted before their record
-// was committed. Only a crash leaves such slots (a change that fails
-// zeroes its own), so Open runs this only after one: O(N) then.
-func (v *Vault) reclaimSlots(slotData []byte) (problems []string, err error) {
+// reclaimSlots walks every record and zeroes the non-zero key slots that
+// no record's secret opens with: the DEKs of creates a crash interrupted
+// before their record was committed. Only a crash leaves such slots (a
+// change that fails zeroes its own), so Open runs this only after one, or
+// with a migration: O(N) then. each, when set, is called with every
+// record on the way. It returns the records found destroyed and a failure
+// to zeroe as problems, and the error of the walk or of each.
+func (v *Vault) reclaimSlots(slotData []byte, each func(*PSK) error) (problems []string, err error) {
 	inUse := make([]bool, len(slotData)/slotSize)
 	err = v.walk(slotData, func(p *PSK, opened bool) error {
 		switch {
@@ -142,13 +145,18 @@ func (v *Vault) reclaimSlots(slotData []byte) (problems []string, err error) {
 		case p.KeySlot != 0:
 			inUse[p.KeySlot] = true
 		}
+		if each != nil {
+			return each(p)
+		}
 		return nil
 	})
 	if err != nil {
 		return problems, err
 	}
-	_, err = v.slots.scan(slotData, func(slot uint32) bool { return inUse[slot] })
-	return problems, err
+	if _, err := v.slots.scan(slotData, func(slot uint32) bool { return inUse[slot] }); err != nil {
+		problems = append(problems, fmt.Sprintf("key slots left by an interrupted change not zeroed yet: %v", err))
+	}
+	return problems, nil
 }
 
 func destroyedProblem(p *PSK) string {
@@ -177,7 +185,6 @@ func (v *Vault) migrateIndexes(slotData []byte) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	inUse := make([]bool, len(slotData)/slotSize)
 	var legacy, batch []*PSK
 	flush := func() error {
 		err := v.db.Update(func(tx *bolt.Tx) error {
@@ -191,14 +198,9 @@ func (v *Vault) migrateIndexes(slotData []byte) ([]string, error) {
 		batch = batch[:0]
 		return err
 	}
-	err = v.walk(slotData, func(p *PSK, opened bool) error {
-		switch {
-		case !opened:
-			problems = append(problems, destroyedProblem(p))
-		case p.KeySlot != 0:
-			inUse[p.KeySlot] = true
-		case hasSecret(p):
-			legacy = append(legacy, p)
+	problems, err = v.reclaimSlots(slotData, func(p *PSK) error {
+		if p.KeySlot == 0 && hasSecret(p) {
+			legacy = append(legacy, p) // a handle in clear: before vault.keys
 		}
 		batch = append(batch, p)
 		if len(batch) == 4096 {
@@ -211,9 +213,6 @@ func (v *Vault) migrateIndexes(slotData []byte) ([]string, error) {
 	}
 	if err != nil {
 		return nil, err
-	}
-	if _, err := v.slots.scan(slotData, func(slot uint32) bool { return inUse[slot] }); err != nil {
-		problems = append(problems, fmt.Sprintf("unused key slots not zeroed yet: %v", err))
 	}
 	if len(legacy) > 0 {
 		if err := v.convert(legacy); err != nil {
