@@ -59,7 +59,7 @@ func (s *Server) keys(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	me := s.v.NodeID()
-	err = s.v.Each(func(p *vault.PSK) bool {
+	err = s.v.EachDerivable(caller, func(p *vault.PSK) bool {
 		var ok bool
 		switch {
 		case p.IsGroup():

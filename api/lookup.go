@@ -185,7 +185,7 @@ func (s *Server) offers(w http.ResponseWriter, r *http.Request) {
 	binary := wantsBinary(r)
 	var bins []BinKey
 	me := s.v.NodeID()
-	err = s.v.Each(func(p *vault.PSK) bool {
+	err = s.v.EachDerivable(caller, func(p *vault.PSK) bool {
 		pairwise := p.ClientNode == me && p.ServerNode == server
 		group := p.IsGroup() && slices.Contains(p.Group, me) && slices.Contains(p.Group, server) && server != me
 		if !(pairwise || group) || !p.Allows(t) {

@@ -118,3 +118,6 @@ func FreelistSyncSkipped(v *Vault) bool {
 	v.db.View(func(tx *bolt.Tx) error { skipped = tx.DB().NoFreelistSync; return nil })
 	return skipped
 }
+
+// Walks counts the walks over every record so far (tests only).
+func Walks(v *Vault) int64 { return v.walks.Load() }

@@ -315,6 +315,7 @@ func (v *Vault) openSecret(p *PSK) error {
 // read transaction of its own, so that it holds neither a transaction nor
 // more than a page of records at a time.
 func (v *Vault) each(open bool, fn func(*PSK) bool) error {
+	v.walks.Add(1)
 	var after []byte
 	for {
 		ps, next, err := v.page(after, eachPage, open)

@@ -114,6 +114,8 @@ type Vault struct {
 	changes changes // wakes watchers after each change (watch.go)
 
 	recon *Reconciliation // what the reconciliation at Open found and did (reconcile.go)
+
+	walks atomic.Int64 // walks over every record (each), for tests
 }
 
 // Init creates a vault in dir (created 0700 if missing) for nodeID on the

@@ -63,8 +63,8 @@ func (v *Vault) View(c *Caller) (digest [32]byte, next time.Time, err error) {
 			str("0")
 		}
 	}
-	err = v.each(false, func(p *PSK) bool { // ordered by identity
-		if p.State != StateActive || !p.DeletePending.IsZero() || p.Expired(now) || !v.mayDerive(c, p, "") {
+	err = v.EachDerivable(c, func(p *PSK) bool { // ordered by identity
+		if p.State != StateActive || !p.DeletePending.IsZero() || p.Expired(now) {
 			return true
 		}
 		if !p.NotAfter.IsZero() && (next.IsZero() || p.NotAfter.Before(next)) {
