@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -316,4 +317,85 @@ func freelistSynced(t *testing.T, path string) bool {
 		f0 = f1
 	}
 	return f0 != ^uint64(0)
+}
+
+// TestPreviousReleaseVault: a vault.db as the release before the record
+// indexes wrote it (records in JSON, secrets already sealed under
+// vault.keys, no index buckets, no counts, no index version) opens with
+// its indexes built once: every PSK derives as before, the counts, the
+// next expiry and the key-reuse and confusable rules see every record,
+// and the next start builds nothing.
+func TestPreviousReleaseVault(t *testing.T) {
+	v, dir, closeV := openAt(t, "soft")
+	keepers := importKeepers(t, v, 4)
+	exp := pairReq("expiring", randKey(t, 32))
+	exp.NotAfter = time.Now().Add(time.Hour).Truncate(time.Second)
+	reused := randKey(t, 32)
+	for _, r := range []vault.ImportRequest{exp, pairReq("paypal", reused)} {
+		if _, err := v.Import(bg, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := closeV(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(filepath.Join(dir, "vault.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range []string{"by-key", "by-skeleton", "by-expiry", "unfinished"} {
+			if err := tx.DeleteBucket([]byte(b)); err != nil {
+				return err
+			}
+		}
+		m := tx.Bucket([]byte("meta"))
+		if err := errors.Join(m.Delete([]byte("indexes")), m.Delete([]byte("counts"))); err != nil {
+			return err
+		}
+		b := tx.Bucket([]byte("psks"))
+		var ps []*vault.PSK
+		if err := b.ForEach(func(_, raw []byte) error {
+			p, err := vault.DecodeRecord(raw)
+			ps = append(ps, p)
+			return err
+		}); err != nil {
+			return err
+		}
+		for _, p := range ps {
+			raw, err := json.Marshal(p)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(p.Identity, raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	v2, _, close2 := reopen(t, dir)
+	checkKeepers(t, v2, keepers)
+	st := v2.Stats()
+	if st.Active != 6 || !st.NextExpiry.Equal(exp.NotAfter) || v2.Count() != 6 {
+		t.Fatalf("after the index build: %+v, count %d", st, v2.Count())
+	}
+	if _, err := v2.Import(bg, pairReq("other", reused)); !errors.Is(err, vault.ErrKeyReused) {
+		t.Fatalf("import of a stored key after the index build: %v, want ErrKeyReused", err)
+	}
+	if _, err := v2.Import(bg, pairReq("paypa1", randKey(t, 32))); !errors.Is(err, vault.ErrIdentity) {
+		t.Fatalf("import of a confusable identity after the index build: %v, want ErrIdentity", err)
+	}
+	if rep := checkAll(t, v2); rep.Must != 0 {
+		t.Fatalf("check after the index build: %d MUST violations", rep.Must)
+	}
+	if err := close2(); err != nil {
+		t.Fatal(err)
+	}
+	v3, _, _ := reopen(t, dir)
+	checkKeepers(t, v3, keepers)
 }
