@@ -8,8 +8,6 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // Audit is one PSK's RFC 9257 audit: the facts `pskvault check` tabulates
@@ -260,19 +258,9 @@ func (v *Vault) mustViolations(p *PSK, sameKey [][]byte) []Finding {
 }
 
 // refuseViolation returns ErrMustViolation naming the violated rules (never
-// key material) when p breaks a MUST, nil otherwise.
-func (v *Vault) refuseViolation(p *PSK) error {
-	var same [][]byte
-	if holdsKey(p) {
-		err := v.db.View(func(tx *bolt.Tx) error {
-			var err error
-			same, err = liveWithKey(tx, p.Fingerprint)
-			return err
-		})
-		if err != nil {
-			return err
-		}
-	}
+// key material) when p breaks a MUST, nil otherwise. same lists the live
+// records with p's key (liveWithKey, read with p).
+func (v *Vault) refuseViolation(p *PSK, same [][]byte) error {
 	fs := v.mustViolations(p, same)
 	if len(fs) == 0 {
 		return nil

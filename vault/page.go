@@ -98,7 +98,7 @@ func (v *Vault) CheckPage(after []byte, limit int) (*Report, []byte, error) {
 				if _, done := fps[k]; done {
 					continue
 				}
-				live, err := liveWithKey(tx, p.Fingerprint)
+				live, err := liveWithKey(tx, p)
 				if err != nil {
 					return err
 				}

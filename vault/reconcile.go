@@ -83,9 +83,7 @@ type Reconciliation struct {
 
 // Reconciliation returns what Open's reconciliation found and did.
 func (v *Vault) Reconciliation() Reconciliation {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	if v.recon == nil {
+	if v.recon == nil { // set once, by Open
 		return Reconciliation{}
 	}
 	return *v.recon

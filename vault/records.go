@@ -215,10 +215,17 @@ func withKey(tx *bolt.Tx, fp []byte) [][]byte {
 }
 
 // liveWithKey returns the identities of the live records (holdsKey) made
-// with the key whose fingerprint is fp.
-func liveWithKey(tx *bolt.Tx, fp []byte) ([][]byte, error) {
+// with p's key, p's own among them when the index lists it (p, read in the
+// same transaction, is not read again).
+func liveWithKey(tx *bolt.Tx, p *PSK) ([][]byte, error) {
 	var out [][]byte
-	for _, id := range withKey(tx, fp) {
+	for _, id := range withKey(tx, p.Fingerprint) {
+		if bytes.Equal(id, p.Identity) {
+			if holdsKey(p) {
+				out = append(out, id)
+			}
+			continue
+		}
 		o, err := peekTx(tx, id)
 		if errors.Is(err, ErrNotFound) {
 			continue

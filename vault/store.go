@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -92,41 +93,31 @@ func (v *Vault) start() ([]string, error) {
 	return problems, nil
 }
 
-// walk calls fn with every record, its secret opened with slotData (the
-// content of vault.keys) and opened reporting whether it opened (false:
-// the slot no longer opens it, and p is marked destroyed; true too for a
-// record with nothing sealed). Records are read a page at a time.
+// walk calls fn with every record (each), its secret opened with
+// slotData (the content of vault.keys) and opened reporting whether it
+// opened (false: the slot no longer opens it, and p is marked destroyed;
+// true too for a record with nothing sealed).
 func (v *Vault) walk(slotData []byte, fn func(p *PSK, opened bool) error) error {
 	nslots := uint32(len(slotData) / slotSize)
 	now := v.now().UTC().Truncate(time.Second)
-	var after []byte
-	for {
-		ps, next, err := v.page(after, 4096, false)
-		if err != nil {
-			return err
-		}
-		for _, p := range ps {
-			ok := true
-			if p.KeySlot != 0 {
-				err := errShredded
-				if p.KeySlot < nslots {
-					err = openRecord(slotData[int(p.KeySlot)*slotSize:int(p.KeySlot+1)*slotSize], p)
-				}
-				if err != nil {
-					markDestroyed(p, now)
-					ok = false
-				}
+	var ferr error
+	err := v.each(false, func(p *PSK) bool {
+		ok := true
+		if p.KeySlot != 0 {
+			err := errShredded
+			if p.KeySlot < nslots {
+				err = openRecord(slotData[int(p.KeySlot)*slotSize:int(p.KeySlot+1)*slotSize], p)
 			}
-			p.opened = true
-			if err := fn(p, ok); err != nil {
-				return err
+			if err != nil {
+				markDestroyed(p, now)
+				ok = false
 			}
 		}
-		if next == nil {
-			return nil
-		}
-		after = next
-	}
+		p.opened = true
+		ferr = fn(p, ok)
+		return ferr == nil
+	})
+	return errors.Join(err, ferr)
 }
 
 // reclaimSlots walks every record and zeroes the non-zero key slots that

@@ -102,9 +102,6 @@ type Vault struct {
 	// order: wmu, then boltStore.mu (compact.go).
 	wmu sync.Mutex
 
-	// mu guards recon.
-	mu sync.RWMutex
-
 	aux auxKey // the auxiliary backend key (aux.go)
 
 	guard backendGuard // deadlines against a stalled backend (guard.go)
@@ -724,7 +721,18 @@ type Derived struct {
 // Derive computes ipskx for the request after checking policy: the PSK exists
 // and is active, unexpired, allows the target, and this node is party to it.
 func (v *Vault) Derive(ctx context.Context, req DeriveRequest) (*Derived, error) {
-	p, err := v.get(req.Identity)
+	// The record and the live records sharing its key (for the key-reuse
+	// MUST below), from one snapshot.
+	var p *PSK
+	var same [][]byte
+	err := v.db.View(func(tx *bolt.Tx) error {
+		var err error
+		if p, err = v.readTx(tx, req.Identity); err != nil || !holdsKey(p) {
+			return err
+		}
+		same, err = liveWithKey(tx, p)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -746,7 +754,7 @@ func (v *Vault) Derive(ctx context.Context, req DeriveRequest) (*Derived, error)
 		return nil, fmt.Errorf("%w at %s", ErrExpired, p.NotAfter.Format(time.RFC3339))
 	}
 	// Whatever `check` calls a MUST violation is not served (check.go).
-	if err := v.refuseViolation(p); err != nil {
+	if err := v.refuseViolation(p, same); err != nil {
 		return nil, err
 	}
 	if !p.Allows(req.Target) {
