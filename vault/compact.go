@@ -25,23 +25,24 @@ import (
 // does not help either: the overwrite is written to a new page and the old
 // one is freed as is (TestZeroOverwriteLeavesOldBytes).
 //
-// So after every change that destroys key material (Delete, Revoke, Sweep,
-// Finalize, and Rotate or Import when they finalize) and once at Open, the
-// vault rewrites the database: bolt.Compact copies the live records into a
-// fresh vault.db.tmp (0600, same directory, fsynced), which is renamed over
-// vault.db, and the directory is fsynced. The new file only ever held live
-// records; the old one is unlinked. A crash at any point leaves either the
-// old or the new file under the name vault.db, both complete; a leftover
-// vault.db.tmp is removed by the next compaction (Open runs one).
+// Destruction no longer needs a rewrite: a record's secrets are sealed
+// under a data key that is zeroed first (crypto-shredding, keyslots.go).
+// The rewrite is kept for what still needs it: purging the handles in
+// clear of a vault.db converted from before vault.keys (convert, store.go)
+// and an explicit reclaim of space (Vault.Compact). bolt.Compact copies
+// the live records into a fresh vault.db.tmp (0600, same directory,
+// fsynced), which is renamed over vault.db, and the directory is fsynced.
+// The new file only ever held live records; the old one is unlinked. A
+// crash at any point leaves either the old or the new file under the name
+// vault.db, both complete; a leftover vault.db.tmp is removed by the next
+// compaction.
 //
 // Locking: boltStore.mu guards the *bolt.DB. Every transaction holds it
 // shared (bbolt serializes writers itself); a compaction holds it
-// exclusively, so no write can slip in between the copy and the swap. The
-// in-memory index (Vault.mu) is not held, so derivations keep being
-// answered from memory while the file is rewritten, and a change waiting
-// for the database holds Vault.wmu, never Vault.mu. Lock order: Vault.wmu
-// (or auxKey.mu) before boltStore.mu, never the reverse; Vault.mu is never
-// held while waiting for boltStore.mu.
+// exclusively, so no write can slip in between the copy and the swap, and
+// reads wait for the swap (a compaction is never on the derive path's
+// account: it runs only for the two cases above). Lock order: Vault.wmu
+// (or auxKey.mu) before boltStore.mu, never the reverse.
 //
 // The new database is opened on vault.db.tmp and stays open across the
 // rename, so bbolt's file lock never lapses and no other process can open

@@ -3,8 +3,10 @@
 // plan the HKDF-Expand blocks and has the backend answer each block with one
 // HMAC under a key the backend never lets go of.
 //
-// Records live in a bbolt file in the state directory; an in-memory index
-// serves derivations without touching the disk.
+// Records live in a bbolt file in the state directory and are read on
+// demand from its read transactions, which never wait for a writer
+// (records.go); their secrets are sealed under data keys in vault.keys
+// (keyslots.go).
 package vault
 
 import (
